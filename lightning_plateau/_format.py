@@ -1,0 +1,56 @@
+"""Human-readable numbers and sentences shared by the callback's messages, replay and the command line."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from lightning_plateau.config import PlateauConfig
+from lightning_plateau.scheduler import PlateauCut
+
+
+def format_lr(lr: float) -> str:
+    """An LR the way people write it: ``1e-3``, ``5e-4``, ``0.1``, ``0``."""
+    if lr == 0.0 or not math.isfinite(lr):
+        return f"{lr:g}"
+    if 1e-2 <= abs(lr) < 1e3:
+        return f"{lr:.4g}"
+    mantissa, exponent = f"{lr:.3e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def format_lrs(lrs: Sequence[float]) -> str:
+    """One LR as :func:`format_lr`, several as a bracketed list."""
+    if len(lrs) == 1:
+        return format_lr(lrs[0])
+    return "[" + ", ".join(format_lr(lr) for lr in lrs) + "]"
+
+
+def format_value(value: float) -> str:
+    """A metric value with four decimals where that is readable, else four significant digits."""
+    if math.isfinite(value) and (value == 0.0 or 1e-3 <= abs(value) < 1e5):
+        return f"{value:.4f}"
+    return f"{value:.4g}"
+
+
+def format_cut(cut: PlateauCut, config: PlateauConfig) -> str:
+    """Why a cut happened, in one line. Epochs and evaluations are counted from 1, as people count them.
+
+    Example: ``epoch 16, eval 16: val_loss has not improved on 0.4120 (epoch 5) for 11 evaluations
+    (> patience 10): lr 1e-3 -> 1e-4``.
+    """
+    where = f"eval {cut.evaluation}" if cut.epoch is None else f"epoch {cut.epoch + 1}, eval {cut.evaluation}"
+    if math.isfinite(cut.best):
+        since = ""
+        if cut.best_epoch is not None:
+            since = f" (epoch {cut.best_epoch + 1})"
+        elif cut.best_evaluation is not None:
+            since = f" (eval {cut.best_evaluation})"
+        judged = f"has not improved on {format_value(cut.best)}{since}"
+    else:
+        judged = "has had no finite value to improve on"
+    return (
+        f"{where}: {config.monitor} {judged} for {cut.num_bad} evaluations (> patience {config.patience}):"
+        f" lr {format_lrs(cut.lrs_before)} -> {format_lrs(cut.lrs_after)}"
+    )

@@ -1,0 +1,267 @@
+"""PlateauCallback: steps the plateau scheduler once per fresh value, identically on every rank."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException  # type: ignore[attr-defined]
+from lightning.pytorch.utilities.types import LRSchedulerConfig
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from typing_extensions import override
+
+from lightning_plateau._format import format_cut
+from lightning_plateau.config import PlateauConfig
+from lightning_plateau.scheduler import PlateauScheduler
+
+if TYPE_CHECKING:
+    from lightning_plateau.scheduler import PlateauCut
+
+# Where a monitor's fresh values come from, learned from the first one.
+_VALIDATION = "validation"
+_TRAINING = "training"
+
+
+class PlateauCallback(Callback):
+    r"""Owns *when* the plateau scheduler steps: once per fresh value of the monitor, the same on every rank.
+
+    Lightning steps a ``ReduceLROnPlateau`` from its training loop on ``trainer.callback_metrics``, which
+    are never cleared: stale values are judged again, strict mode crashes before the first validation,
+    a resume loses a step, and each DDP rank judges its own value. This callback takes the stepping over:
+
+    - a value is *fresh* when the loop that just ended logged it: a validation run (any
+      ``val_check_interval``, ``check_val_every_n_epoch``, ``limit_val_batches``), or a training epoch
+      for a metric logged with ``on_epoch=True``. Sanity checks and stale values are never judged;
+    - the value judged is the mean over ranks (one collective per evaluation), so every rank takes the
+      same decision whether or not the metric was logged with ``sync_dist``;
+    - the step happens in ``on_validation_end`` / ``on_train_epoch_end``, before ``ModelCheckpoint``
+      writes, so a checkpoint holds the state after that evaluation and a resume repeats nothing.
+
+    With :class:`~lightning_plateau.PlateauMixin` the callback is added for you. Without it, give a
+    ``config``: the callback attaches a :class:`~lightning_plateau.PlateauScheduler` to the optimizer
+    that ``configure_optimizers`` returns.
+
+    Args:
+        config: the policy, a :class:`~lightning_plateau.PlateauConfig` or a dict of its fields. ``None``:
+            take it from the module's ``PlateauScheduler`` (the mixin's).
+        verbose: log a rank-zero message at each cut.
+
+    Raises:
+        MisconfigurationException: at fit start, if the module already returns a plain ``ReduceLROnPlateau``
+            (it would be stepped twice), if no config is known, or if this callback's config contradicts
+            the module's.
+        RuntimeError: with ``strict=True``, after the first evaluation that should have produced the
+            monitor when it was not logged (the message lists the metrics that were).
+
+    Example::
+
+        trainer = Trainer(callbacks=[PlateauCallback(PlateauConfig(monitor="val_loss", patience=5))])
+    """
+
+    def __init__(self, config: PlateauConfig | Mapping[str, Any] | None = None, *, verbose: bool = True) -> None:
+        super().__init__()
+        self.config: Optional[PlateauConfig] = None if config is None else PlateauConfig.coerce(config)
+        self.verbose = verbose
+        self.scheduler: Optional[PlateauScheduler] = None
+        self._source: Optional[str] = None
+        self._validation_runs = 0
+        self._train_epochs = 0
+        self._missing_reported = False
+
+    @property
+    @override
+    def state_key(self) -> str:
+        if self.config is None:
+            return self.__class__.__qualname__
+        return self._generate_state_key(monitor=self.config.monitor, mode=self.config.mode)
+
+    @property
+    def monitor(self) -> str:
+        """The monitored metric's name."""
+        return self._require_config().monitor
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        module_config = getattr(pl_module, "plateau_config", None)
+        if isinstance(module_config, PlateauConfig):
+            self._adopt(module_config, source=f"{type(pl_module).__name__}.plateau")
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.scheduler = self._own_scheduler(trainer)
+        self._validation_runs = 0
+        self._train_epochs = 0
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self._validation_runs += 1
+        self._evaluate(trainer, _VALIDATION)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._train_epochs += 1
+        self._evaluate(trainer, _TRAINING)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"source": self._source, "missing_reported": self._missing_reported}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._source = state_dict.get("source", self._source)
+        self._missing_reported = state_dict.get("missing_reported", self._missing_reported)
+
+    def _evaluate(self, trainer: pl.Trainer, where: str) -> None:
+        if self.scheduler is None or self._source not in (None, where):
+            return
+        value = self._fresh_value(trainer)
+        # Every rank enters the reduction at the same hook until the source is known, so none can hang.
+        mean = self._reduce_over_ranks(trainer, value)
+        if mean is None:
+            self._check_missing(trainer)
+            return
+        self._source = where
+        self._step(trainer, mean)
+
+    def _fresh_value(self, trainer: pl.Trainer) -> Optional[float]:
+        # `trainer.callback_metrics` keeps every value ever logged, so it cannot tell fresh from stale. The
+        # running loop's result collection holds only what was logged since its last reset, which Lightning
+        # does after each validation run and each training epoch: exactly one evaluation's worth.
+        if trainer._results is None:
+            return None
+        value = trainer._logger_connector.metrics["callback"].get(self.monitor)
+        if value is None:
+            return None
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise MisconfigurationException(
+                    f"PlateauCallback monitors '{self.monitor}', which was logged as a tensor of shape"
+                    f" {tuple(value.shape)}; log one scalar per evaluation."
+                )
+            return float(value.item())
+        return float(value)
+
+    def _reduce_over_ranks(self, trainer: pl.Trainer, value: Optional[float]) -> Optional[float]:
+        """Mean of ``value`` over ranks, or ``None`` where no rank has one; one collective for both."""
+        world_size = trainer.world_size
+        if world_size == 1:
+            return value
+        present = value is not None
+        packed = torch.tensor(
+            [value if present else 0.0, 1.0 if present else 0.0],
+            dtype=torch.float64 if trainer.strategy.root_device.type != "mps" else torch.float32,
+            device=trainer.strategy.root_device,
+        )
+        total = trainer.strategy.reduce(packed, reduce_op="sum")
+        count = round(float(total[1].item()))
+        if count == 0:
+            return None
+        if count != world_size:
+            self._raise_partial(trainer, present)
+        return float(total[0].item()) / count
+
+    def _raise_partial(self, trainer: pl.Trainer, present: bool) -> None:
+        flags = trainer.strategy.all_gather(torch.tensor([1 if present else 0], device=trainer.strategy.root_device))
+        missing = [rank for rank, flag in enumerate(flags.reshape(-1).tolist()) if not flag]
+        raise RuntimeError(
+            f"PlateauCallback: '{self.monitor}' was logged on some ranks but not on rank(s) {missing} of"
+            f" {trainer.world_size}. Every rank must log it at the same point, e.g. `self.log('{self.monitor}',"
+            " value)` outside any `if self.global_rank == 0` branch; the plateau decision is taken on the"
+            " mean over all ranks."
+        )
+
+    def _check_missing(self, trainer: pl.Trainer) -> None:
+        if self._source is not None or self._missing_reported or self.scheduler is None:
+            return
+        if self.scheduler.num_evaluations > 0 or self._train_epochs == 0:
+            return
+        if self._validation_runs == 0 and trainer.enable_validation:
+            return  # a validation that may log it is still to come
+        self._missing_reported = True
+        available = sorted(trainer.callback_metrics)
+        message = (
+            f"PlateauCallback monitors '{self.monitor}', but no evaluation logged it"
+            f" ({self._validation_runs} validation run(s), {self._train_epochs} training epoch(s) so far)."
+            f" Available metrics are: {available}. Log it with `self.log('{self.monitor}', value)` in"
+            " `validation_step` (or in `training_step` with `on_epoch=True`), or set `PlateauConfig(monitor=...)`"
+            " to one of the available metrics."
+        )
+        if self._require_config().strict:
+            raise RuntimeError(message)
+        rank_zero_warn(message + " The learning rate stays unchanged (strict=False).", category=RuntimeWarning)
+
+    def _step(self, trainer: pl.Trainer, value: float) -> None:
+        scheduler = self.scheduler
+        assert scheduler is not None
+        scheduler._context = (trainer.current_epoch, trainer.global_step)
+        cuts_before = scheduler.num_reductions
+        scheduler._driving = True
+        try:
+            scheduler.step(value)
+        finally:
+            scheduler._driving = False
+        if self.verbose and scheduler.num_reductions > cuts_before:
+            self._announce(scheduler.cuts[-1])
+
+    def _announce(self, cut: PlateauCut) -> None:
+        rank_zero_info(format_cut(cut, self._require_config()))
+
+    def _own_scheduler(self, trainer: pl.Trainer) -> PlateauScheduler:
+        configs = [c for c in trainer.lr_scheduler_configs if isinstance(c.scheduler, ReduceLROnPlateau)]
+        foreign = [c for c in configs if not isinstance(c.scheduler, PlateauScheduler)]
+        if foreign:
+            raise MisconfigurationException(
+                f"`configure_optimizers` returns a {type(foreign[0].scheduler).__name__} and PlateauCallback is"
+                " in the Trainer: both would step the learning rate. Either return the optimizer alone and let"
+                " PlateauCallback(config=PlateauConfig(...)) attach a PlateauScheduler, or return a"
+                " PlateauScheduler instead of torch's class."
+            )
+        if len(configs) > 1:
+            raise MisconfigurationException(
+                f"`configure_optimizers` returns {len(configs)} PlateauSchedulers; one PlateauCallback drives one."
+            )
+        if configs:
+            scheduler_config = configs[0]
+            scheduler = scheduler_config.scheduler
+            assert isinstance(scheduler, PlateauScheduler)
+            self._adopt(scheduler.config, source="the module's PlateauScheduler")
+        else:
+            config = self._require_config()
+            if len(trainer.optimizers) != 1:
+                raise MisconfigurationException(
+                    f"PlateauCallback attaches a PlateauScheduler to the optimizer from `configure_optimizers`,"
+                    f" which returned {len(trainer.optimizers)} optimizers. Return a PlateauScheduler for the one"
+                    " whose LR should follow the plateau."
+                )
+            scheduler = PlateauScheduler(trainer.optimizers[0], config)
+            scheduler_config = LRSchedulerConfig(scheduler, monitor=config.monitor, strict=config.strict)
+            trainer.strategy.lr_scheduler_configs.append(scheduler_config)
+        # Lightning's loop would step a plateau scheduler on stale `callback_metrics`; as a plain epoch
+        # scheduler it only calls `step()` without a value, which the scheduler ignores while we drive it.
+        scheduler_config.reduce_on_plateau = False
+        scheduler._driver = self
+        return scheduler
+
+    def _adopt(self, config: PlateauConfig, source: str) -> None:
+        if self.config is None:
+            self.config = config
+        elif self.config != config:
+            raise MisconfigurationException(
+                f"PlateauCallback(config={self.config}) contradicts the plateau of {source} ({config})."
+                " Configure the plateau in one place: drop the callback's config, or make both the same."
+            )
+
+    def _require_config(self) -> PlateauConfig:
+        if self.config is None:
+            raise MisconfigurationException(
+                "PlateauCallback has no PlateauConfig: pass `PlateauCallback(config=PlateauConfig(...))`, inherit"
+                " PlateauMixin in the LightningModule, or return a PlateauScheduler from `configure_optimizers`."
+            )
+        return self.config

@@ -1,0 +1,130 @@
+"""The plateau policy: what to watch and how to cut, as one validated dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+_MODES = ("min", "max")
+_THRESHOLD_MODES = ("rel", "abs")
+
+
+@dataclass(frozen=True)
+class PlateauConfig:
+    """When and how to reduce the learning rate once a monitored value stops improving.
+
+    The rule is torch's ``ReduceLROnPlateau``: after more than ``patience`` evaluations without
+    improvement, every param group's LR is multiplied by ``factor`` (never below ``min_lr``).
+    LightningCLI reads this dataclass from YAML or from ``--model.plateau.patience 3``.
+
+    Args:
+        monitor: the logged metric to watch, e.g. ``"val_loss"`` or ``"val_acc"``.
+        mode: ``"min"`` when lower is better, ``"max"`` when higher is better.
+        factor: multiplier applied to the LR at each cut, in (0, 1).
+        patience: evaluations without improvement that are tolerated; the cut comes at the
+            ``patience + 1``-th one. Counted in fresh values of ``monitor``, not in epochs.
+        threshold: how much better a value must be to count as an improvement.
+        threshold_mode: ``"rel"`` (better than ``best`` by ``threshold * |best|``) or ``"abs"``
+            (better by ``threshold``).
+        cooldown: evaluations after a cut during which bad evaluations are not counted.
+        min_lr: lower bound on the LR, one float for all param groups or one per group.
+        eps: a cut smaller than this is not applied.
+        strict: raise when ``monitor`` is never logged (``False``: warn once and leave the LR alone).
+
+    Raises:
+        ValueError: if a field is outside its allowed range; the message names the value given.
+
+    Example::
+
+        PlateauConfig(monitor="val_acc", mode="max", patience=3, factor=0.5)
+    """
+
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    factor: float = 0.1
+    patience: int = 10
+    threshold: float = 1e-4
+    threshold_mode: Literal["rel", "abs"] = "rel"
+    cooldown: int = 0
+    min_lr: Union[float, list[float]] = 0.0
+    eps: float = 1e-8
+    strict: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.monitor, str) or not self.monitor:
+            raise ValueError(f"`monitor` must be a non-empty metric name, got {self.monitor!r}")
+        if self.mode not in _MODES:
+            raise ValueError(f"`mode` can be 'min' or 'max', got {self.mode!r}")
+        if self.threshold_mode not in _THRESHOLD_MODES:
+            raise ValueError(f"`threshold_mode` can be 'rel' or 'abs', got {self.threshold_mode!r}")
+        _check_number("factor", self.factor, "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
+        _check_int("patience", self.patience)
+        _check_int("cooldown", self.cooldown)
+        _check_number("threshold", self.threshold, "a finite float >= 0", lambda v: v >= 0.0)
+        _check_number("eps", self.eps, "a finite float >= 0", lambda v: v >= 0.0)
+        if isinstance(self.min_lr, (list, tuple)):
+            if not self.min_lr:
+                raise ValueError("`min_lr` must be a float or a non-empty list of floats (one per param group), got []")
+            for value in self.min_lr:
+                _check_number("min_lr", value, "a finite float >= 0 or a list of them", lambda v: v >= 0.0)
+            object.__setattr__(self, "min_lr", [float(v) for v in self.min_lr])
+        else:
+            _check_number("min_lr", self.min_lr, "a finite float >= 0 or a list of them", lambda v: v >= 0.0)
+            object.__setattr__(self, "min_lr", float(self.min_lr))
+        if not isinstance(self.strict, bool):
+            raise ValueError(f"`strict` must be True or False, got {self.strict!r}")
+        for name in ("factor", "threshold", "eps"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    @classmethod
+    def coerce(cls, config: PlateauConfig | Mapping[str, Any] | None) -> PlateauConfig:
+        """Return ``config`` as a ``PlateauConfig``: a config as is, a mapping as keyword arguments.
+
+        LightningCLI stores dataclass arguments in ``hparams`` as plain dicts, so every place that
+        takes a config takes a dict too. ``None`` gives the defaults.
+
+        Raises:
+            TypeError: if ``config`` is of another type, or a mapping has keys that are not fields.
+        """
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, Mapping):
+            names = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(str(key) for key in config if key not in names)
+            if unknown:
+                raise TypeError(f"Unknown PlateauConfig field(s) {unknown}; the fields are {sorted(names)}")
+            return cls(**dict(config))
+        raise TypeError(f"Expected a PlateauConfig or a dict of its fields, got {type(config).__name__}: {config!r}")
+
+    def min_lr_for(self, num_groups: int) -> float | list[float]:
+        """Return ``min_lr`` as torch's scheduler takes it for an optimizer with ``num_groups`` param groups.
+
+        Raises:
+            ValueError: if ``min_lr`` is a list whose length is not ``num_groups``.
+        """
+        if isinstance(self.min_lr, list) and len(self.min_lr) != num_groups:
+            raise ValueError(
+                f"`min_lr` has {len(self.min_lr)} values {self.min_lr} but the optimizer has {num_groups} param"
+                " group(s): give one value per group, or a single float for all of them"
+            )
+        return self.min_lr
+
+    def describe(self) -> str:
+        """A one-line summary used in messages, e.g. ``val_loss (min), patience 10, factor 0.1``."""
+        extra = f", cooldown {self.cooldown}" if self.cooldown else ""
+        return f"{self.monitor} ({self.mode}), patience {self.patience}, factor {self.factor:g}{extra}"
+
+
+def _check_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"`{name}` must be an int >= 0, got {value!r}")
+
+
+def _check_number(name: str, value: Any, allowed: str, ok: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"`{name}` must be {allowed}, got {value!r}")

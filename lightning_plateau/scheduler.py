@@ -1,0 +1,233 @@
+"""torch's ReduceLROnPlateau rule, exactly, with its known bugs fixed and every cut recorded."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, SupportsFloat
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from typing_extensions import override
+
+from lightning_plateau.config import PlateauConfig
+
+# Attributes that belong to the running object, not to the decision state a checkpoint must restore.
+_TRANSIENT = frozenset({"optimizer", "config", "_driver", "_driving", "_context"})
+
+
+@dataclass(frozen=True)
+class PlateauCut:
+    """One learning-rate cut, as the scheduler saw it.
+
+    Attributes:
+        evaluation: 1-based index of the evaluation (fresh value) that caused the cut.
+        epoch: the trainer's epoch at that evaluation (0-based), ``None`` outside a Trainer.
+        global_step: the trainer's global step at that evaluation, ``None`` outside a Trainer.
+        value: the value that was judged.
+        best: the best value so far (the one it failed to improve on).
+        best_evaluation: evaluation index at which ``best`` was reached, ``None`` if no value ever improved.
+        best_epoch: epoch at which ``best`` was reached, ``None`` when unknown.
+        num_bad: evaluations without improvement that triggered the cut (``patience + 1``).
+        lrs_before: LR of each param group before the cut.
+        lrs_after: LR of each param group after the cut.
+    """
+
+    evaluation: int
+    epoch: Optional[int]
+    global_step: Optional[int]
+    value: float
+    best: float
+    best_evaluation: Optional[int]
+    best_epoch: Optional[int]
+    num_bad: int
+    lrs_before: tuple[float, ...]
+    lrs_after: tuple[float, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (lists for the LRs), safe in any checkpoint and in JSON."""
+        data = asdict(self)
+        data["lrs_before"] = list(self.lrs_before)
+        data["lrs_after"] = list(self.lrs_after)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PlateauCut:
+        """Inverse of :meth:`as_dict`."""
+        fields = dict(data)
+        fields["lrs_before"] = tuple(fields["lrs_before"])
+        fields["lrs_after"] = tuple(fields["lrs_after"])
+        return cls(**fields)
+
+
+class PlateauScheduler(ReduceLROnPlateau):
+    """torch's ``ReduceLROnPlateau`` configured by a :class:`PlateauConfig`, with two bugs fixed.
+
+    For any sequence of finite non-negative values the LR trajectory is torch's, step for step. The fixes:
+
+    - the relative threshold is taken of ``|best|``, so a negative metric (a log-likelihood, a negative
+      reward) improves only when it really gets better (pytorch issues 38622, 47513);
+    - a param group added after construction (as ``BaseFinetuning`` does) never crashes a later cut:
+      it takes the scalar ``min_lr``, or ``0.0`` with one warning when ``min_lr`` was a list.
+
+    Every cut is recorded in :attr:`cuts`. Inside a Trainer the scheduler is stepped by
+    :class:`~lightning_plateau.PlateauCallback`, once per fresh value; outside one, call
+    ``step(value)`` as with torch's class.
+
+    Args:
+        optimizer: the optimizer whose param groups' LRs are reduced.
+        config: the policy, a :class:`PlateauConfig` or a dict of its fields (``None``: the defaults).
+
+    Raises:
+        ValueError: if ``config.min_lr`` is a list whose length differs from the number of param groups.
+        TypeError: if ``optimizer`` is not a torch optimizer or ``config`` is not a config or dict.
+
+    Example::
+
+        scheduler = PlateauScheduler(optimizer, PlateauConfig(patience=3))
+        for epoch in range(20):
+            scheduler.step(validate(model))
+    """
+
+    def __init__(self, optimizer: Optimizer, config: PlateauConfig | Mapping[str, Any] | None = None) -> None:
+        config = PlateauConfig.coerce(config)
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"PlateauScheduler needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        super().__init__(
+            optimizer,
+            mode=config.mode,
+            factor=config.factor,
+            patience=config.patience,
+            threshold=config.threshold,
+            threshold_mode=config.threshold_mode,
+            cooldown=config.cooldown,
+            min_lr=config.min_lr_for(len(optimizer.param_groups)),
+            eps=config.eps,
+        )
+        self.config = config
+        self.monitor = config.monitor
+        self.num_evaluations = 0
+        self.best_evaluation: Optional[int] = None
+        self.best_epoch: Optional[int] = None
+        self.cuts: list[PlateauCut] = []
+        self._warned_new_groups = False
+        self._value = math.nan
+        # (epoch, global_step) of the evaluation being judged; set by the callback
+        self._context: tuple[Optional[int], Optional[int]] = (None, None)
+        # the PlateauCallback that owns stepping inside a Trainer, if any
+        self._driver: Optional[object] = None
+        self._driving = False
+
+    @property
+    def num_reductions(self) -> int:
+        """How many cuts have been applied so far."""
+        return len(self.cuts)
+
+    @property
+    def last_cut(self) -> Optional[PlateauCut]:
+        """The latest cut, ``None`` before the first."""
+        return self.cuts[-1] if self.cuts else None
+
+    @override
+    def step(self, metrics: Optional[SupportsFloat] = None, epoch: Optional[int] = None) -> None:  # type: ignore[override]
+        """Judge one fresh value of the monitored metric and cut the LR when the rule says so.
+
+        Inside a Trainer with a :class:`~lightning_plateau.PlateauCallback` the callback calls this;
+        Lightning's own loop calls ``step()`` without a value, which is ignored there.
+
+        Args:
+            metrics: the value (a float or a 0-dim tensor).
+            epoch: deprecated by torch; passed through to torch's class.
+
+        Raises:
+            RuntimeError: if a value is passed by hand while a PlateauCallback owns the stepping.
+        """
+        if self._driver is not None and not self._driving:
+            if metrics is None:
+                # Lightning's training loop steps every scheduler at epoch end; the callback owns this one.
+                return
+            raise RuntimeError(
+                f"This PlateauScheduler is stepped by {type(self._driver).__name__} once per fresh value of"
+                f" '{self.monitor}'; stepping it by hand as well would count evaluations twice. Remove the"
+                " call to `.step(...)` (with manual optimization too: the callback steps it for you)."
+            )
+        if metrics is None:
+            raise TypeError("PlateauScheduler.step() needs the monitored value, e.g. `scheduler.step(val_loss)`")
+        self._judge(float(metrics), epoch)
+
+    def _judge(self, value: float, epoch: Optional[int] = None) -> None:
+        best_before = self.best
+        self._value = value
+        self.num_evaluations += 1
+        super().step(value, epoch)
+        if self.best != best_before:
+            self.best_evaluation = self.num_evaluations
+            self.best_epoch = self._context[0]
+
+    def _is_better(self, a: float, best: float) -> bool:
+        # torch's comparisons verbatim, except that a negative best takes the relative threshold of |best|:
+        # torch multiplies it by (1 - t) for "min", which moves the bar the wrong way.
+        t = self.threshold
+        if self.mode == "min":
+            if self.threshold_mode == "rel":
+                return bool(a < best * (1.0 - t if best >= 0 else 1.0 + t))
+            return bool(a < best - t)
+        if self.threshold_mode == "rel":
+            return bool(a > best * (t + 1.0 if best >= 0 else 1.0 - t))
+        return bool(a > best + t)
+
+    # torch releases before 2.4 call the comparison `is_better`, later ones `_is_better`.
+    is_better = _is_better
+
+    @override
+    def _reduce_lr(self, epoch: Any) -> None:
+        groups = self.optimizer.param_groups
+        if len(groups) > len(self.min_lrs):
+            if self.default_min_lr is None:
+                if not self._warned_new_groups:
+                    warnings.warn(
+                        f"The optimizer has {len(groups)} param groups but `min_lr` lists {len(self.min_lrs)}:"
+                        " the groups added since the scheduler was built get min_lr 0.0. Pass a single float"
+                        " min_lr to give every group the same bound.",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                    self._warned_new_groups = True
+                self.min_lrs = list(self.min_lrs) + [0.0] * (len(groups) - len(self.min_lrs))
+            else:
+                self.min_lrs = [self.default_min_lr] * len(groups)
+        before = tuple(float(group["lr"]) for group in groups)
+        super()._reduce_lr(epoch)
+        after = tuple(float(group["lr"]) for group in groups)
+        if after != before:
+            epoch_now, step_now = self._context
+            self.cuts.append(
+                PlateauCut(
+                    evaluation=self.num_evaluations,
+                    epoch=epoch_now,
+                    global_step=step_now,
+                    value=self._value,
+                    best=float(self.best),
+                    best_evaluation=self.best_evaluation,
+                    best_epoch=self.best_epoch,
+                    num_bad=int(self.num_bad_epochs),
+                    lrs_before=before,
+                    lrs_after=after,
+                )
+            )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a later decision depends on, as plain data (loadable with ``weights_only=True``)."""
+        state = {key: value for key, value in self.__dict__.items() if key not in _TRANSIENT}
+        state["cuts"] = [cut.as_dict() for cut in self.cuts]
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; keys added in later versions fall back to their defaults."""
+        state = {key: value for key, value in state_dict.items() if key not in _TRANSIENT}
+        state["cuts"] = [PlateauCut.from_dict(cut) for cut in state.get("cuts", [])]
+        super().load_state_dict(state)

@@ -3,8 +3,16 @@
 from lightning_plateau.callback import PlateauCallback
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.mixin import PlateauMixin
-from lightning_plateau.scheduler import PlateauCut, PlateauScheduler
+from lightning_plateau.scheduler import PlateauCut, PlateauEvaluation, PlateauScheduler
 
 __version__ = "0.1.0"
 
-__all__ = ["PlateauCallback", "PlateauConfig", "PlateauCut", "PlateauMixin", "PlateauScheduler", "__version__"]
+__all__ = [
+    "PlateauCallback",
+    "PlateauConfig",
+    "PlateauCut",
+    "PlateauEvaluation",
+    "PlateauMixin",
+    "PlateauScheduler",
+    "__version__",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Optional
 
 import lightning.pytorch as pl
@@ -17,7 +18,7 @@ from typing_extensions import override
 
 from lightning_plateau._format import format_cut
 from lightning_plateau.config import PlateauConfig
-from lightning_plateau.scheduler import PlateauScheduler
+from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
 
 if TYPE_CHECKING:
     from lightning_plateau.scheduler import PlateauCut
@@ -72,6 +73,8 @@ class PlateauCallback(Callback):
         self._validation_runs = 0
         self._train_epochs = 0
         self._missing_reported = False
+        #: every evaluation judged in this fit (restored on resume), oldest first
+        self.history: list[PlateauEvaluation] = []
 
     @property
     @override
@@ -102,23 +105,28 @@ class PlateauCallback(Callback):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         self._validation_runs += 1
-        self._evaluate(trainer, _VALIDATION)
+        self._evaluate(trainer, pl_module, _VALIDATION)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._train_epochs += 1
-        self._evaluate(trainer, _TRAINING)
+        self._evaluate(trainer, pl_module, _TRAINING)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"source": self._source, "missing_reported": self._missing_reported}
+        return {
+            "source": self._source,
+            "missing_reported": self._missing_reported,
+            "history": [asdict(row) for row in self.history],
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._source = state_dict.get("source", self._source)
         self._missing_reported = state_dict.get("missing_reported", self._missing_reported)
+        self.history = [PlateauEvaluation(**{**row, "lrs": tuple(row["lrs"])}) for row in state_dict.get("history", [])]
 
-    def _evaluate(self, trainer: pl.Trainer, where: str) -> None:
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, where: str) -> None:
         if self.scheduler is None or self._source not in (None, where):
             return
         value = self._fresh_value(trainer)
@@ -128,7 +136,13 @@ class PlateauCallback(Callback):
             self._check_missing(trainer)
             return
         self._source = where
-        self._step(trainer, mean)
+        row = self._step(trainer, mean)
+        self.history.append(row)
+        # Callbacks that decide on the same evaluation (PlateauEarlyStopping) do so after the scheduler.
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            hook = getattr(callback, "on_plateau_evaluation", None)
+            if callback is not self and callable(hook):
+                hook(trainer, pl_module, self, row)
 
     def _fresh_value(self, trainer: pl.Trainer) -> Optional[float]:
         # `trainer.callback_metrics` keeps every value ever logged, so it cannot tell fresh from stale. The
@@ -197,7 +211,7 @@ class PlateauCallback(Callback):
             raise RuntimeError(message)
         rank_zero_warn(message + " The learning rate stays unchanged (strict=False).", category=RuntimeWarning)
 
-    def _step(self, trainer: pl.Trainer, value: float) -> None:
+    def _step(self, trainer: pl.Trainer, value: float) -> PlateauEvaluation:
         scheduler = self.scheduler
         assert scheduler is not None
         scheduler._context = (trainer.current_epoch, trainer.global_step)
@@ -209,6 +223,7 @@ class PlateauCallback(Callback):
             scheduler._driving = False
         if self.verbose and scheduler.num_reductions > cuts_before:
             self._announce(scheduler.cuts[-1])
+        return scheduler.snapshot()
 
     def _announce(self, cut: PlateauCut) -> None:
         rank_zero_info(format_cut(cut, self._require_config()))

@@ -62,6 +62,33 @@ class PlateauCut:
         return cls(**fields)
 
 
+@dataclass(frozen=True)
+class PlateauEvaluation:
+    """The scheduler's state right after judging one value: one row of a plateau history.
+
+    Attributes:
+        evaluation: 1-based index of the evaluation.
+        epoch: the trainer's epoch (0-based), ``None`` outside a Trainer.
+        global_step: the trainer's global step, ``None`` outside a Trainer.
+        value: the value judged.
+        best: best value so far, after this evaluation.
+        num_bad: evaluations without improvement counted so far (0 right after a cut).
+        cooldown: evaluations of cooldown left.
+        lrs: LR of each param group after the decision.
+        cut: whether this evaluation cut the LR.
+    """
+
+    evaluation: int
+    epoch: Optional[int]
+    global_step: Optional[int]
+    value: float
+    best: float
+    num_bad: int
+    cooldown: int
+    lrs: tuple[float, ...]
+    cut: bool
+
+
 class PlateauScheduler(ReduceLROnPlateau):
     """torch's ``ReduceLROnPlateau`` configured by a :class:`PlateauConfig`, with two bugs fixed.
 
@@ -129,6 +156,22 @@ class PlateauScheduler(ReduceLROnPlateau):
     def last_cut(self) -> Optional[PlateauCut]:
         """The latest cut, ``None`` before the first."""
         return self.cuts[-1] if self.cuts else None
+
+    def snapshot(self) -> PlateauEvaluation:
+        """The state after the latest evaluation, as a :class:`PlateauEvaluation` row."""
+        last = self.last_cut
+        epoch, global_step = self._context
+        return PlateauEvaluation(
+            evaluation=self.num_evaluations,
+            epoch=epoch,
+            global_step=global_step,
+            value=self._value,
+            best=float(self.best),
+            num_bad=int(self.num_bad_epochs),
+            cooldown=int(self.cooldown_counter),
+            lrs=tuple(float(lr) for lr in self._last_lr),
+            cut=last is not None and last.evaluation == self.num_evaluations and self.num_evaluations > 0,
+        )
 
     @override
     def step(self, metrics: Optional[SupportsFloat] = None, epoch: Optional[int] = None) -> None:  # type: ignore[override]

@@ -33,4 +33,4 @@ bench: install
 	$(BIN)/python benchmarks/replay_speed.py
 
 clean:
-	rm -rf $(VENV) lightning_logs wandb *.egg-info
+	rm -rf $(VENV) lightning_logs wandb demo_runs *.egg-info

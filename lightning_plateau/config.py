@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
+import torch
+
 _MODES = ("min", "max")
 _THRESHOLD_MODES = ("rel", "abs")
 
@@ -118,6 +120,12 @@ class PlateauConfig:
         """A one-line summary used in messages, e.g. ``val_loss (min), patience 10, factor 0.1``."""
         extra = f", cooldown {self.cooldown}" if self.cooldown else ""
         return f"{self.monitor} ({self.mode}), patience {self.patience}, factor {self.factor:g}{extra}"
+
+
+# Lightning writes `hparams` into checkpoints and torch >= 2.6 loads them with `weights_only=True`: allow the
+# config so a module with a `plateau: PlateauConfig` init argument reloads and resumes outside LightningCLI too.
+if hasattr(torch.serialization, "add_safe_globals"):
+    torch.serialization.add_safe_globals([PlateauConfig])
 
 
 def _check_int(name: str, value: Any) -> None:

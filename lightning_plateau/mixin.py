@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.optim import Optimizer
 
 from lightning_plateau.callback import PlateauCallback
@@ -53,7 +54,7 @@ class PlateauMixin:
             plateau = hparams.get("plateau") if hasattr(hparams, "get") else None
         return PlateauConfig.coerce(plateau)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """Lightning's optimizer dict: the optimizer, a :class:`PlateauScheduler` and its monitor keys."""
         optimizer = self.configure_optimizer()
         if not isinstance(optimizer, Optimizer):
@@ -65,7 +66,7 @@ class PlateauMixin:
         if getattr(self, "automatic_optimization", True):
             # Manual optimization takes no monitor keys (Lightning warns about them); the callback steps either way.
             lr_scheduler.update(monitor=config.monitor, interval="epoch", frequency=1, strict=config.strict)
-        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
+        return cast(OptimizerLRSchedulerConfig, {"optimizer": optimizer, "lr_scheduler": lr_scheduler})
 
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
         """The module's other callbacks plus a :class:`PlateauCallback`, unless the Trainer already has one."""

@@ -1,0 +1,163 @@
+"""Classify scikit-learn's 8x8 digits with LightningCLI and a plateau learning-rate schedule.
+
+The model inherits :class:`~lightning_plateau.PlateauMixin` and takes its plateau policy as an
+``__init__`` argument, so LightningCLI reads it from YAML or from ``--model.plateau.patience 3``.
+The data ships with scikit-learn: nothing is downloaded. At the end of ``fit`` the script prints
+every learning-rate cut and where the logger wrote the run.
+
+Run::
+
+    python examples/digits.py fit --config configs/digits.yaml
+    python examples/digits.py fit --config configs/digits.yaml --model.plateau.patience 3
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import WandbLogger
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset, random_split
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_plateau import PlateauCallback, PlateauConfig, PlateauMixin
+from lightning_plateau._format import format_lrs, format_value
+
+
+class DigitsDataModule(pl.LightningDataModule):
+    """The 1797 bundled 8x8 digit images, pixels scaled to [0, 1], split at random with a fixed seed.
+
+    Args:
+        val_fraction: share of the images held out for validation.
+        batch_size: samples per batch.
+        seed: seed of the train/validation split.
+    """
+
+    def __init__(self, val_fraction: float = 0.2, batch_size: int = 64, seed: int = 0) -> None:
+        super().__init__()
+        self.val_fraction = val_fraction
+        self.batch_size = batch_size
+        self.seed = seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def setup(self, stage: str) -> None:
+        images, labels = load_digits(return_X_y=True)
+        dataset = TensorDataset(
+            torch.tensor(images, dtype=torch.float32) / 16.0,
+            torch.tensor(labels, dtype=torch.long),
+        )
+        num_val = round(len(dataset) * self.val_fraction)
+        generator = torch.Generator().manual_seed(self.seed)
+        self.train_set, self.val_set = random_split(dataset, [len(dataset) - num_val, num_val], generator=generator)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None
+        return DataLoader(self.val_set, batch_size=self.batch_size)
+
+
+class DigitsClassifier(PlateauMixin, pl.LightningModule):
+    """A small MLP over the 64 pixels; its LR is cut when ``plateau.monitor`` stops improving.
+
+    Args:
+        plateau: when and how to cut the learning rate.
+        lr: initial learning rate.
+        optimizer: ``"adam"`` or ``"sgd"`` (with momentum 0.9).
+        hidden: width of the hidden layer.
+    """
+
+    def __init__(
+        self,
+        plateau: PlateauConfig = PlateauConfig(),
+        lr: float = 1e-3,
+        optimizer: Literal["adam", "sgd"] = "adam",
+        hidden: int = 64,
+    ) -> None:
+        super().__init__()
+        # Keeps `plateau` in the checkpoint; the mixin reads it from `self.hparams`.
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+        self.val_acc = MulticlassAccuracy(num_classes=10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_acc(logits, y)
+        self.log("val_loss", nn.functional.cross_entropy(logits, y))
+        self.log("val_acc", self.val_acc)
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        # Singular: the mixin's `configure_optimizers` adds the plateau scheduler to this optimizer.
+        if self.hparams["optimizer"] == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"], momentum=0.9)
+        return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
+
+
+class PlateauReportCLI(LightningCLI):
+    """LightningCLI that ends ``fit`` with a table of the LR cuts and the path of the run."""
+
+    def after_fit(self) -> None:
+        print_cuts(self.trainer)
+        logger = self.trainer.logger
+        if isinstance(logger, WandbLogger):
+            run_dir = Path(logger.experiment.dir).parent
+            # Closes the offline run, so its .wandb file is complete before the script exits.
+            logger.experiment.finish()
+            print(f"W&B offline run: {run_dir}")
+        elif logger is not None and logger.log_dir is not None:
+            print(f"Logs: {logger.log_dir}")
+
+
+def print_cuts(trainer: pl.Trainer) -> None:
+    """Print one row per learning-rate cut made by the trainer's PlateauCallback."""
+    callback = next(cb for cb in trainer.callbacks if isinstance(cb, PlateauCallback))  # type: ignore[attr-defined]
+    assert callback.scheduler is not None
+    assert callback.config is not None
+    cuts = callback.scheduler.cuts
+    print(f"\nPlateau: {callback.config.describe()}; {len(callback.history)} evaluations, {len(cuts)} cut(s)")
+    if not cuts:
+        return
+    print(f"{'epoch':>5}  {'eval':>4}  {'value':>8}  {'best':>8}  lr")
+    for cut in cuts:
+        epoch = "-" if cut.epoch is None else str(cut.epoch + 1)
+        lrs = f"{format_lrs(cut.lrs_before)} -> {format_lrs(cut.lrs_after)}"
+        print(f"{epoch:>5}  {cut.evaluation:>4}  {format_value(cut.value):>8}  {format_value(cut.best):>8}  {lrs}")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (as in tests)."""
+    # An offline W&B run needs no account and no network; `wandb sync` uploads it later if wanted.
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    PlateauReportCLI(
+        DigitsClassifier,
+        DigitsDataModule,
+        args=args,
+        # The optimizer comes from `configure_optimizer`: no `--optimizer` / `--lr_scheduler` options.
+        auto_configure_optimizers=False,
+        # Repeated runs write their config.yaml to the same save_dir.
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+if __name__ == "__main__":
+    main()

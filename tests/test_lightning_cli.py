@@ -1,0 +1,188 @@
+"""LightningCLI reads `plateau: PlateauConfig` from YAML and the command line, rejects bad values, reloads it."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import yaml
+from helpers import loader
+from lightning.pytorch.cli import LightningCLI
+from torch.utils.data import DataLoader
+
+from lightning_plateau import PlateauCallback, PlateauConfig, PlateauMixin, PlateauScheduler
+
+
+class CliModel(PlateauMixin, pl.LightningModule):
+    """The pattern the README teaches: the plateau is an ``__init__`` argument kept by ``save_hyperparameters``."""
+
+    def __init__(self, plateau: PlateauConfig = PlateauConfig(), lr: float = 0.1) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layer(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.mse_loss(self.layer(x), y))
+
+    def train_dataloader(self) -> DataLoader:
+        return loader(8)
+
+    def val_dataloader(self) -> DataLoader:
+        return loader(4)
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"])
+
+
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    # LightningCLI warns when `args` is given while sys.argv holds pytest's own arguments.
+    monkeypatch.setattr(sys, "argv", ["lightning-cli-test"])
+
+
+def cli(tmp_path: Path, args: list[str], run: bool = True) -> LightningCLI:
+    """A LightningCLI over CliModel with a one-epoch, two-batch CPU trainer."""
+    trainer_args = [
+        "--seed_everything",
+        "0",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.logger",
+        "false",
+    ]
+    return LightningCLI(
+        CliModel,
+        args=(["fit"] if run else []) + trainer_args + args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+def write_yaml(tmp_path: Path, plateau: Optional[dict[str, Any]]) -> list[str]:
+    """``--config`` arguments for a YAML file that sets ``model.plateau``, or none."""
+    if plateau is None:
+        return []
+    path = tmp_path / "plateau.yaml"
+    path.write_text(yaml.safe_dump({"model": {"plateau": plateau}}))
+    return ["--config", str(path)]
+
+
+@pytest.mark.parametrize(
+    ("yaml_plateau", "args", "expected"),
+    [
+        pytest.param(None, ["--model.plateau.patience", "3"], PlateauConfig(patience=3), id="command-line"),
+        pytest.param(
+            {"monitor": "val_loss", "patience": 3, "factor": 0.5, "cooldown": 1},
+            [],
+            PlateauConfig(patience=3, factor=0.5, cooldown=1),
+            id="yaml",
+        ),
+        pytest.param(
+            {"patience": 5, "factor": 0.5},
+            ["--model.plateau.patience", "3"],
+            PlateauConfig(patience=3, factor=0.5),
+            id="command-line-overrides-yaml",
+        ),
+        pytest.param(
+            {"mode": "min", "threshold_mode": "abs", "threshold": 0.01, "min_lr": [1e-4], "strict": False},
+            [],
+            PlateauConfig(threshold_mode="abs", threshold=0.01, min_lr=[1e-4], strict=False),
+            id="yaml-literals-and-min-lr-list",
+        ),
+    ],
+)
+def test_lightning_cli_plateau_reaches_scheduler(
+    tmp_path: Path, yaml_plateau: Optional[dict[str, Any]], args: list[str], expected: PlateauConfig
+) -> None:
+    """The plateau given in YAML or on the command line is the one the fitted scheduler and callback use."""
+    result = cli(tmp_path, write_yaml(tmp_path, yaml_plateau) + args)
+    (scheduler_config,) = result.trainer.lr_scheduler_configs
+    scheduler = scheduler_config.scheduler
+    assert isinstance(scheduler, PlateauScheduler)
+    assert scheduler.config == expected
+    assert (scheduler.patience, scheduler.factor, scheduler.cooldown) == (
+        expected.patience,
+        expected.factor,
+        expected.cooldown,
+    )
+    assert scheduler.num_evaluations == 1
+    (callback,) = [cb for cb in result.trainer.callbacks if isinstance(cb, PlateauCallback)]  # type: ignore[attr-defined]
+    assert callback.config == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "expected_texts"),
+    [
+        pytest.param(["--model.plateau.mode", "mni"], ["model.plateau.mode", "'min'", "'max'", "mni"], id="mode"),
+        pytest.param(
+            ["--model.plateau.threshold_mode", "relative"],
+            ["model.plateau.threshold_mode", "'rel'", "'abs'", "relative"],
+            id="threshold-mode",
+        ),
+        pytest.param(["--model.plateau.patience", "three"], ["model.plateau.patience", "int", "three"], id="patience"),
+    ],
+)
+def test_lightning_cli_bad_value_fails_parsing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected_texts: list[str]
+) -> None:
+    """A value of the wrong kind stops the parser with a message that names the key, the value and what is allowed."""
+    with pytest.raises(SystemExit) as excinfo:
+        cli(tmp_path, args, run=False)
+    assert excinfo.value.code != 0
+    error = capsys.readouterr().err
+    for text in expected_texts:
+        assert text in error
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--model.plateau.factor", "2"], r"`factor` must be a float in \(0, 1\), got 2.0"),
+        (["--model.plateau.patience", "-1"], r"`patience` must be an int >= 0, got -1"),
+    ],
+)
+def test_lightning_cli_out_of_range_value_is_named(tmp_path: Path, args: list[str], match: str) -> None:
+    """A well-typed value outside PlateauConfig's range fails at instantiation with the config's own message."""
+    with pytest.raises(ValueError, match=match):
+        cli(tmp_path, args, run=False)
+
+
+def test_lightning_cli_checkpoint_reloads_plateau_config(tmp_path: Path) -> None:
+    """A CLI run keeps the plateau in hparams as a dict; load_from_checkpoint gives back the PlateauConfig."""
+    expected = PlateauConfig(patience=3, factor=0.5)
+    result = cli(tmp_path, ["--model.plateau.patience", "3", "--model.plateau.factor", "0.5"])
+    model = result.model
+    assert isinstance(model, CliModel)
+    assert model.hparams["plateau"] == dataclasses.asdict(expected)
+    assert model.plateau_config == expected
+
+    checkpoint_path = result.trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]
+    loaded = CliModel.load_from_checkpoint(checkpoint_path)
+    assert isinstance(loaded.hparams["plateau"], PlateauConfig)
+    assert loaded.hparams["plateau"] == expected
+    scheduler = loaded.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert isinstance(scheduler, PlateauScheduler)
+    assert scheduler.config == expected

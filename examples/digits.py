@@ -117,6 +117,9 @@ class PlateauReportCLI(LightningCLI):
 
     def after_fit(self) -> None:
         print_cuts(self.trainer)
+        stopper = self.trainer.early_stopping_callback
+        if stopper is not None and stopper.stopping_reason_message:
+            print(f"Stopped early: {stopper.stopping_reason_message}")
         logger = self.trainer.logger
         if isinstance(logger, WandbLogger):
             run_dir = Path(logger.experiment.dir).parent

@@ -16,11 +16,15 @@ from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
+from lightning_plateau._checks import check_setup
 from lightning_plateau._format import format_cut
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
+from lightning_plateau.traces import _summary_message, _Traces
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from lightning_plateau.scheduler import PlateauCut
 
 # Where a monitor's fresh values come from, learned from the first one.
@@ -50,7 +54,13 @@ class PlateauCallback(Callback):
     Args:
         config: the policy, a :class:`~lightning_plateau.PlateauConfig` or a dict of its fields. ``None``:
             take it from the module's ``PlateauScheduler`` (the mixin's).
-        verbose: log a rank-zero message at each cut.
+        verbose: log a rank-zero message at each cut, and one at the end of fit naming the chart.
+        log_traces: at each evaluation, log ``plateau/value``, ``plateau/best``, ``plateau/num_bad``,
+            ``plateau/cooldown``, ``plateau/reductions``, ``plateau/evaluation`` and the LR after the decision
+            (``plateau/lr``, or ``plateau/lr/pg0``, ... for several param groups) to every logger of the Trainer,
+            on rank zero, at Lightning's step; at the end of fit write ``plateau.png`` beside the first logger's
+            files (needs matplotlib) and, with a ``WandbLogger``, add the best value, the final LRs and the
+            number of cuts to the run's summary, a table of cuts and the chart. ``False``: none of this.
 
     Raises:
         MisconfigurationException: at fit start, if the module already returns a plain ``ReduceLROnPlateau``
@@ -58,20 +68,32 @@ class PlateauCallback(Callback):
             the module's.
         RuntimeError: with ``strict=True``, after the first evaluation that should have produced the
             monitor when it was not logged (the message lists the metrics that were).
+        ValueError: if ``log_traces`` is not a bool.
 
     Example::
 
         trainer = Trainer(callbacks=[PlateauCallback(PlateauConfig(monitor="val_loss", patience=5))])
     """
 
-    def __init__(self, config: PlateauConfig | Mapping[str, Any] | None = None, *, verbose: bool = True) -> None:
+    def __init__(
+        self, config: PlateauConfig | Mapping[str, Any] | None = None, *, verbose: bool = True, log_traces: bool = True
+    ) -> None:
         super().__init__()
+        if not isinstance(log_traces, bool):
+            raise ValueError(f"`log_traces` must be True or False, got {log_traces!r}")
+        self.log_traces = log_traces
+        self._traces = _Traces()
         self.config: Optional[PlateauConfig] = None if config is None else PlateauConfig.coerce(config)
+        # The checkpoint key comes from this config only, never from one adopted later: Lightning restores callback
+        # state before `on_fit_start` (where a module's own PlateauScheduler is adopted), so a key that changed on
+        # adoption would differ between saving and restoring, and a resumed run would silently lose its history.
+        self._key_config = self.config
         self.verbose = verbose
         self.scheduler: Optional[PlateauScheduler] = None
         self._source: Optional[str] = None
         self._validation_runs = 0
         self._train_epochs = 0
+        self._epoch_started = False
         self._missing_reported = False
         #: every evaluation judged in this fit (restored on resume), oldest first
         self.history: list[PlateauEvaluation] = []
@@ -79,14 +101,19 @@ class PlateauCallback(Callback):
     @property
     @override
     def state_key(self) -> str:
-        if self.config is None:
+        if self._key_config is None:
             return self.__class__.__qualname__
-        return self._generate_state_key(monitor=self.config.monitor, mode=self.config.mode)
+        return self._generate_state_key(monitor=self._key_config.monitor, mode=self._key_config.mode)
 
     @property
     def monitor(self) -> str:
         """The monitored metric's name."""
         return self._require_config().monitor
+
+    @property
+    def chart_path(self) -> Optional[Path]:
+        """The plateau chart written at the end of the last fit (rank zero), ``None`` before or without one."""
+        return self._traces.chart_path
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -97,8 +124,14 @@ class PlateauCallback(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.scheduler = self._own_scheduler(trainer)
+        check_setup(trainer, self)
         self._validation_runs = 0
         self._train_epochs = 0
+        self._epoch_started = False
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_started = True
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -109,8 +142,22 @@ class PlateauCallback(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._train_epochs += 1
+        # Only an epoch trained from its start in this fit counts as one that should have logged the monitor: a
+        # resume from a checkpoint written at validation end ends the restored epoch again, without its training
+        # values (Lightning does not checkpoint them), and must not raise a false "never logged".
+        if self._epoch_started:
+            self._train_epochs += 1
+        self._epoch_started = False
         self._evaluate(trainer, pl_module, _TRAINING)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.scheduler is None or self.config is None:
+            return
+        # Rank zero only, and no collective: this runs after the strategy's teardown.
+        written = self._traces.finish(trainer, self.scheduler, self.history, self.config) if self.log_traces else []
+        if self.verbose:
+            rank_zero_info(_summary_message(self.config, self.scheduler, self.history, written))
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -138,6 +185,8 @@ class PlateauCallback(Callback):
         self._source = where
         row = self._step(trainer, mean)
         self.history.append(row)
+        if self.log_traces:
+            self._traces.log_evaluation(trainer, self.scheduler, row)
         # Callbacks that decide on the same evaluation (PlateauEarlyStopping) do so after the scheduler.
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
             hook = getattr(callback, "on_plateau_evaluation", None)
@@ -173,13 +222,13 @@ class PlateauCallback(Callback):
             dtype=torch.float64 if trainer.strategy.root_device.type != "mps" else torch.float32,
             device=trainer.strategy.root_device,
         )
-        total = trainer.strategy.reduce(packed, reduce_op="sum")
-        count = round(float(total[1].item()))
+        value_sum, count_sum = _all_reduce_sum(trainer, packed).tolist()
+        count = round(float(count_sum))
         if count == 0:
             return None
         if count != world_size:
             self._raise_partial(trainer, present)
-        return float(total[0].item()) / count
+        return float(value_sum) / count
 
     def _raise_partial(self, trainer: pl.Trainer, present: bool) -> None:
         flags = trainer.strategy.all_gather(torch.tensor([1 if present else 0], device=trainer.strategy.root_device))
@@ -205,7 +254,8 @@ class PlateauCallback(Callback):
             f" ({self._validation_runs} validation run(s), {self._train_epochs} training epoch(s) so far)."
             f" Available metrics are: {available}. Log it with `self.log('{self.monitor}', value)` in"
             " `validation_step` (or in `training_step` with `on_epoch=True`), or set `PlateauConfig(monitor=...)`"
-            " to one of the available metrics."
+            " to one of the available metrics. A value logged in `LightningModule.on_train_epoch_end` is not seen:"
+            " Lightning calls it after this callback's `on_train_epoch_end`."
         )
         if self._require_config().strict:
             raise RuntimeError(message)
@@ -280,3 +330,14 @@ class PlateauCallback(Callback):
                 " PlateauMixin in the LightningModule, or return a PlateauScheduler from `configure_optimizers`."
             )
         return self.config
+
+
+def _all_reduce_sum(trainer: pl.Trainer, tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place, with a single collective."""
+    # Lightning's `strategy.reduce` runs a barrier before its all-reduce: a second round trip per evaluation
+    # that the all-reduce, blocking by itself, does not need. Strategies without a torch process group
+    # (XLA, custom ones) keep their own reduce.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+        return tensor
+    return trainer.strategy.reduce(tensor, reduce_op="sum")

@@ -1,0 +1,95 @@
+"""How fast `replay` and `lightning-plateau explain` go through a long history (target: 1,000,000 values < 2 s).
+
+Run: ``python benchmarks/replay_speed.py [--values N] [--repeat R]``. Each timing is the best of R runs,
+which is the one least disturbed by other work on the machine. Printed:
+
+- ``bare scheduler step``: PlateauScheduler._judge alone, the floor (torch's rule is most of it);
+- ``replay()``: the replay itself, rows not yet built;
+- ``replay() + every row``: the replay and iterating over all its rows;
+- ``explain --only-cuts`` / ``explain --json`` / ``explain`` (table): the command end to end, reading a file
+  of one value per line and writing to /dev/null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from lightning_plateau import PlateauConfig, PlateauScheduler, replay
+from lightning_plateau.cli import main
+
+TARGET_S = 2.0
+
+
+def make_values(count: int) -> list[float]:
+    """A noisy loss that falls with long plateaus, so the rule both improves and cuts along the way."""
+    rng = random.Random(0)
+    return [1.0 / math.log(i + 2) + 0.02 * rng.random() for i in range(count)]
+
+
+def best_time(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bare_steps(values: list[float], config: PlateauConfig) -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=1e-3)
+    judge = PlateauScheduler(optimizer, config)._judge
+    for value in values:
+        judge(value)
+
+
+def run_cli(args: list[str]) -> None:
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        code = main(args)
+    if code != 0:
+        raise SystemExit(f"explain {args} exited with {code}")
+
+
+def main_benchmark() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--values", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    options = parser.parse_args()
+    values = make_values(options.values)
+    config = PlateauConfig(patience=10, threshold=1e-3, min_lr=1e-9)
+    result = replay(values, config)
+    print(f"{len(values):,} values, {config.describe()}: {len(result.cuts)} cuts; best of {options.repeat} runs")
+    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {os.cpu_count()} CPUs")
+
+    timings = {
+        "bare scheduler step": best_time(lambda: bare_steps(values, config), options.repeat),
+        "replay()": best_time(lambda: replay(values, config), options.repeat),
+        "replay() + every row": best_time(lambda: sum(1 for _ in replay(values, config)), options.repeat),
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "values.txt"
+        source.write_text("\n".join(repr(value) for value in values) + "\n")
+        common = ["explain", str(source), "--patience", "10", "--threshold", "1e-3", "--min-lr", "1e-9"]
+        timings["explain --only-cuts"] = best_time(lambda: run_cli([*common, "--only-cuts"]), options.repeat)
+        timings["explain --json"] = best_time(lambda: run_cli([*common, "--json"]), options.repeat)
+        timings["explain (full table)"] = best_time(lambda: run_cli(common), options.repeat)
+
+    per_value = 1e6 / len(values)
+    for name, seconds in timings.items():
+        print(f"{name:24s} {seconds:7.3f} s   {seconds * per_value:6.3f} us/value")
+    verdict = "within" if timings["replay()"] < TARGET_S * len(values) / 1e6 else "OVER"
+    print(f"replay(): {verdict} the target of {TARGET_S} s per million values")
+
+
+if __name__ == "__main__":
+    main_benchmark()

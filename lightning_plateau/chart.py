@@ -1,0 +1,328 @@
+"""The plateau chart: the monitored value, its best, the LR and every cut with its reason, in one PNG."""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from lightning_plateau._format import format_lr, format_lrs
+from lightning_plateau.config import PlateauConfig
+from lightning_plateau.scheduler import PlateauEvaluation
+
+_VALUE = "#1f77b4"
+_BEST = "#2ca02c"
+_LR = "#ff7f0e"
+_CUT = "#d62728"
+_COOLDOWN = "#7f7f7f"
+_PATIENCE = "#ffbf00"
+# Beyond this many cuts the labels would overlap: only the cut number is written.
+_MAX_LABELLED_CUTS = 12
+# Values spanning more than this ratio (a loss falling from 2.3 to 0.02) are drawn on a log scale.
+_LOG_RATIO = 30.0
+# Extra height above the data, as a fraction of its span, that keeps the rotated cut labels off the lines.
+_HEADROOM = 0.4
+# Up to this many distinct LRs each get a tick of their own on the LR axis.
+_MAX_LR_TICKS = 10
+
+
+@dataclass(frozen=True)
+class _Cut:
+    number: int
+    evaluation: int
+    value: float
+    lrs_before: tuple[float, ...]
+    lrs_after: tuple[float, ...]
+
+
+def plot_plateau(
+    history: Sequence[PlateauEvaluation],
+    config: PlateauConfig,
+    path: str | os.PathLike[str],
+    *,
+    initial_lrs: Sequence[float] | None = None,
+    title: str | None = None,
+) -> pathlib.Path:
+    """Draw a plateau history as a PNG: value, best so far, LR, cuts, cooldowns and patience windows.
+
+    The x axis counts evaluations (fresh values judged), with epochs on the top axis when they differ.
+    The LR is a step line on a log-scaled right axis: the LR after evaluation ``i`` is drawn from ``i``
+    on, so each cut shows as a drop at the evaluation that caused it, marked and labelled
+    (``cut 2: 1e-4 -> 1e-5``). Shaded spans show each cut's patience window (the ``patience + 1``
+    evaluations without improvement that triggered it), each cooldown, and the bad evaluations counted
+    since the last reset when the history ends inside a window.
+
+    Rendering uses matplotlib's Agg canvas directly, so it works headless and leaves pyplot's global
+    backend alone.
+
+    Args:
+        history: the evaluations, oldest first (``PlateauCallback.history``, or a replay's rows).
+        config: the plateau policy that produced them (for the title, patience and the labels).
+        path: where to write the PNG; parent directories are created.
+        initial_lrs: LR of each param group before the first evaluation. ``None``: taken from the first
+            row (divided by ``factor`` when that row is a cut).
+        title: the chart's title; ``None`` gives the monitor, the policy and the number of cuts.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ImportError: if matplotlib is not installed (``pip install "lightning-plateau[plot]"``).
+
+    Example::
+
+        plot_plateau(callback.history, callback.config, "plateau.png")
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(
+            'The plateau chart needs matplotlib: pip install "lightning-plateau[plot]" (or pip install matplotlib)'
+        ) from err
+
+    target = pathlib.Path(path)
+    rows = list(history)
+    cuts = _cuts(rows, config, initial_lrs)
+    # Fixed margins: constrained layout would measure every label again, about a third of the drawing time.
+    fig = Figure(figsize=(11, 6), dpi=110)
+    fig.subplots_adjust(left=0.08, right=0.91, top=0.92, bottom=0.16)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    heading = title if title is not None else _default_title(rows, config, len(cuts))
+    fig.suptitle(heading, x=0.08, y=0.97, ha="left", fontsize=11)
+    if rows:
+        _draw(fig, ax, rows, config, cuts, initial_lrs)
+    else:
+        ax.text(0.5, 0.5, "no evaluation was judged", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, format="png")
+    return target
+
+
+def _default_title(rows: Sequence[PlateauEvaluation], config: PlateauConfig, num_cuts: int) -> str:
+    return f"Plateau on {config.describe()}: {_plural(num_cuts, 'cut')} in {_plural(len(rows), 'evaluation')}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _first_lrs(
+    rows: Sequence[PlateauEvaluation], config: PlateauConfig, initial_lrs: Sequence[float] | None
+) -> tuple[float, ...]:
+    if initial_lrs is not None:
+        return tuple(float(lr) for lr in initial_lrs)
+    first = rows[0]
+    # A cut at the very first evaluation (patience 0) leaves no row with the LR before it.
+    return tuple(lr / config.factor for lr in first.lrs) if first.cut else first.lrs
+
+
+def _cuts(rows: Sequence[PlateauEvaluation], config: PlateauConfig, initial_lrs: Sequence[float] | None) -> list[_Cut]:
+    cuts: list[_Cut] = []
+    if not rows:
+        return cuts
+    before = _first_lrs(rows, config, initial_lrs)
+    for row in rows:
+        if row.cut:
+            cuts.append(_Cut(len(cuts) + 1, row.evaluation, row.value, before, row.lrs))
+        before = row.lrs
+    return cuts
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    return [v if math.isfinite(v) else math.nan for v in values]
+
+
+def _draw(
+    fig: Any,
+    ax: Any,
+    rows: Sequence[PlateauEvaluation],
+    config: PlateauConfig,
+    cuts: Sequence[_Cut],
+    initial_lrs: Sequence[float] | None,
+) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    xs = [row.evaluation for row in rows]
+    values = _finite([row.value for row in rows])
+    bests = _finite([row.best for row in rows])
+    last = xs[-1]
+    left = xs[0] - 1
+    handles: list[Any] = []
+
+    handles += ax.plot(
+        xs, values, color=_VALUE, marker="o", markersize=3, linewidth=1.4, label=config.monitor, zorder=3
+    )
+    # The best holds until the next improvement: a step, not a slope between evaluations.
+    handles += ax.step(
+        xs, bests, where="post", color=_BEST, linestyle="--", linewidth=1.2, label="best so far", zorder=2
+    )
+    ax.set_ylabel(f"{config.monitor} ({config.mode})", color=_VALUE)
+    finite = [v for v in values if not math.isnan(v)]
+    if finite and min(finite) > 0 and max(finite) / min(finite) > _LOG_RATIO:
+        ax.set_yscale("log")
+
+    windows = _patience_windows(rows, config, cuts)
+    for start, end in windows:
+        ax.axvspan(start, end, color=_PATIENCE, alpha=0.13, linewidth=0, zorder=0)
+        # Back-to-back windows (patience 0 or 1) would merge into one band without an edge.
+        ax.axvline(start, color=_PATIENCE, alpha=0.6, linewidth=0.8, zorder=0)
+    if windows:
+        handles.append(
+            Patch(
+                color=_PATIENCE,
+                alpha=0.3,
+                label=f"patience: {_plural(config.patience + 1, 'evaluation')} without improvement",
+            )
+        )
+    open_window = _open_window(rows)
+    if open_window is not None:
+        start, end, count = open_window
+        hatch: dict[str, Any] = {"facecolor": "none", "edgecolor": (1.0, 0.75, 0.0, 0.45), "hatch": "//"}
+        ax.axvspan(start, end, linewidth=0, zorder=0, **hatch)
+        handles.append(Patch(label=f"without improvement so far: {count} of {config.patience + 1}", **hatch))
+    cooldowns = _cooldown_spans(rows)
+    for start, end in cooldowns:
+        ax.axvspan(start, end, color=_COOLDOWN, alpha=0.15, linewidth=0, zorder=0)
+    if cooldowns:
+        handles.append(Patch(color=_COOLDOWN, alpha=0.3, label=f"cooldown ({config.cooldown})"))
+
+    lr_ax = ax.twinx()
+    lr_xs = [left, *xs, last + 0.5]
+    first_lrs = _first_lrs(rows, config, initial_lrs)
+    groups = max(len(first_lrs), *(len(row.lrs) for row in rows))
+    for group in range(groups):
+        ys = [_group_lr(first_lrs, group)] + [_group_lr(row.lrs, group) for row in rows]
+        ys.append(ys[-1])
+        label = "lr" if groups == 1 else f"lr pg{group}"
+        style = "-" if group == 0 else (0, (4, 1 + group))
+        handles += lr_ax.step(lr_xs, ys, where="post", color=_LR, linestyle=style, linewidth=1.8, label=label)
+    lr_ax.set_yscale("log")
+    lr_ax.set_ylabel("learning rate (log scale)", color=_LR)
+    all_lrs = [lr for lrs in (first_lrs, *(row.lrs for row in rows)) for lr in lrs if lr > 0 and math.isfinite(lr)]
+    if all_lrs:
+        _set_lr_axis(lr_ax, sorted(set(all_lrs)), room_for_labels=bool(cuts))
+
+    label_all = len(cuts) <= _MAX_LABELLED_CUTS
+    for cut in cuts:
+        ax.axvline(cut.evaluation, color=_CUT, linestyle=":", linewidth=1.2, zorder=1)
+        text = f"cut {cut.number}: {format_lrs(cut.lrs_before)} -> {format_lrs(cut.lrs_after)}"
+        ax.annotate(
+            text if label_all else str(cut.number),
+            xy=(cut.evaluation, 0.985),
+            xycoords=ax.get_xaxis_transform(),
+            xytext=(-3, 0),
+            textcoords="offset points",
+            rotation=90,
+            ha="right",
+            va="top",
+            fontsize=8,
+            color=_CUT,
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.75},
+            zorder=5,
+        )
+    if cuts:
+        _make_headroom(ax)
+        cut_values = [cut.value if math.isfinite(cut.value) else math.nan for cut in cuts]
+        ax.plot([c.evaluation for c in cuts], cut_values, linestyle="none", marker="v", markersize=8, color=_CUT)
+        handles.append(
+            Line2D([], [], color=_CUT, marker="v", linestyle=":", markersize=7, label=f"cut (x{config.factor:g})")
+        )
+
+    ax.set_xlim(left, last + 0.5)
+    ax.set_zorder(lr_ax.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ax.grid(True, alpha=0.25)
+    _label_x(ax, rows)
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=9, frameon=False)
+
+
+def _group_lr(lrs: Sequence[float], group: int) -> float:
+    # A param group added mid-fit has no LR before it appeared: nothing is drawn there.
+    return float(lrs[group]) if group < len(lrs) and lrs[group] > 0 else math.nan
+
+
+def _set_lr_axis(lr_ax: Any, lrs: Sequence[float], *, room_for_labels: bool) -> None:
+    from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
+
+    low, high = lrs[0], lrs[-1]
+    decades = max(math.log10(high / low), 1.0)
+    top = _HEADROOM if room_for_labels else 0.15
+    lr_ax.set_ylim(low / 10 ** (0.15 * decades), high * 10 ** (top * decades))
+    if len(lrs) <= _MAX_LR_TICKS:
+        # The LRs actually taken are the ticks worth reading: 0.1, 0.01, 1e-3 rather than 10^-2 and 2x10^-1.
+        lr_ax.set_yticks(list(lrs), [format_lr(lr) for lr in lrs])
+        lr_ax.yaxis.set_minor_locator(NullLocator())
+    else:
+        lr_ax.yaxis.set_major_formatter(FuncFormatter(lambda lr, _: format_lr(lr)))
+        lr_ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _make_headroom(ax: Any) -> None:
+    bottom, top = ax.get_ylim()
+    if ax.get_yscale() == "log":
+        decades = math.log10(top / bottom)
+        ax.set_ylim(bottom, top * 10 ** (_HEADROOM * decades))
+    else:
+        ax.set_ylim(bottom, top + _HEADROOM * (top - bottom))
+
+
+def _patience_windows(
+    rows: Sequence[PlateauEvaluation], config: PlateauConfig, cuts: Sequence[_Cut]
+) -> list[tuple[float, float]]:
+    # The cut comes at the (patience + 1)-th bad evaluation: the window starts at the last good (or reset) one.
+    first = rows[0].evaluation - 1
+    return [(max(first, cut.evaluation - config.patience - 1), cut.evaluation) for cut in cuts]
+
+
+def _open_window(rows: Sequence[PlateauEvaluation]) -> Optional[tuple[float, float, int]]:
+    last = rows[-1]
+    if last.num_bad == 0 or last.cut:
+        return None
+    return (max(rows[0].evaluation - 1, last.evaluation - last.num_bad), last.evaluation, last.num_bad)
+
+
+def _cooldown_spans(rows: Sequence[PlateauEvaluation]) -> list[tuple[float, float]]:
+    # A row with cooldown c > 0 means the next evaluation is still in cooldown: shade up to it.
+    spans: list[tuple[float, float]] = []
+    for row in rows:
+        if row.cooldown <= 0:
+            continue
+        start, end = row.evaluation, row.evaluation + 1
+        if spans and spans[-1][1] >= start:
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
+    last = rows[-1].evaluation + 0.5
+    return [(start, min(end, last)) for start, end in spans]
+
+
+def _label_x(ax: Any, rows: Sequence[PlateauEvaluation]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epochs = [row.epoch for row in rows]
+    if any(epoch is None for epoch in epochs):
+        ax.set_xlabel("evaluation")
+        return
+    if all(epoch == row.evaluation - 1 for epoch, row in zip(epochs, rows, strict=True)):
+        ax.set_xlabel("epoch (one evaluation per epoch)")
+        return
+    ax.set_xlabel("evaluation")
+    ax.get_figure().subplots_adjust(top=0.87)
+    top = ax.secondary_xaxis("top")
+    firsts: dict[int, int] = {}
+    for row in rows:
+        assert row.epoch is not None
+        firsts.setdefault(row.epoch, row.evaluation)
+    every = max(1, math.ceil(len(firsts) / 15))
+    shown = list(firsts.items())[::every]
+    top.set_xticks([evaluation for _, evaluation in shown], [str(epoch + 1) for epoch, _ in shown])
+    top.set_xlabel("epoch (first evaluation of each)")

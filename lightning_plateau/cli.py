@@ -1,0 +1,274 @@
+"""The ``lightning-plateau`` command: ``explain`` says when the plateau rule cuts the LR for a history you have.
+
+Example::
+
+    lightning-plateau explain lightning_logs/version_0/metrics.csv --patience 10 --lr 1e-3
+    lightning-plateau explain wandb/latest-run --monitor val_acc --mode max --only-cuts
+    echo '[1.0, 0.9, 0.8, 0.7, 0.6, 0.65, 0.65, 0.65]' | lightning-plateau explain - --patience 2 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NoReturn, Optional, TextIO, Union
+
+from lightning_plateau._format import format_lr, format_lrs, format_value
+from lightning_plateau._sources import History, read_history
+from lightning_plateau.config import PlateauConfig
+from lightning_plateau.replay import Replay, ReplayRow, replay
+
+_PROG = "lightning-plateau"
+_DEFAULT_LR = 1e-3
+_BOLD_RED = "\033[1;31m"
+_RESET = "\033[0m"
+_JSON_CHUNK = 10_000
+# The PlateauConfig fields that are options (`--threshold-mode` sets threshold_mode); `strict` means nothing here.
+_CONFIG_OPTIONS = ("monitor", "mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit code 2), like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; return the exit code (0 done, 2 bad input).
+
+    Args:
+        argv: the arguments after the program name; ``None``: ``sys.argv[1:]``.
+    """
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:
+        # --help exits 0, a usage error 2: the code is the result, in process as from the shell.
+        return done.code if isinstance(done.code, int) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return _explain(args, sys.stdout)
+    except BrokenPipeError:
+        # `... | head`: the reader left. Stop quietly; the flush at exit goes to /dev/null instead of raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (ValueError, OSError, ImportError) as error:
+        message = " ".join(str(error).split())
+        print(f"{_PROG} explain: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog=_PROG, description="Tools for lightning-plateau's reduce-LR-on-plateau.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    explain = commands.add_parser(
+        "explain",
+        help="replay a metric history and say when the LR is cut, and why",
+        description=(
+            "Replay a history of the monitored metric through the same PlateauScheduler that training uses and"
+            " show every evaluation: its value, the best so far, the bad count, the cooldown, the LR, and each"
+            " cut with its reason. Epochs and evaluations are counted from 1."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    explain.add_argument(
+        "source",
+        metavar="SOURCE",
+        help=(
+            "a Lightning CSVLogger metrics.csv, a W&B run (.wandb file or offline run directory), a JSON array,"
+            " a file with one value per line, or - for stdin"
+        ),
+    )
+    policy = explain.add_argument_group("plateau policy (the PlateauConfig fields; defaults as in the library)")
+    defaults = {field.name: field.default for field in dataclasses.fields(PlateauConfig)}
+    policy.add_argument(
+        "--monitor",
+        help=f"the metric: the column read from a CSV or W&B run (default: {defaults['monitor']}, or the only one)",
+    )
+    policy.add_argument("--mode", help=f"min or max (default: {defaults['mode']})")
+    policy.add_argument("--factor", type=_number, help=f"LR multiplier at each cut (default: {defaults['factor']})")
+    policy.add_argument(
+        "--patience", type=_number, help=f"bad evaluations tolerated, the next cuts (default: {defaults['patience']})"
+    )
+    policy.add_argument("--threshold", type=_number, help=f"improvement needed (default: {defaults['threshold']})")
+    policy.add_argument("--threshold-mode", help=f"rel or abs (default: {defaults['threshold_mode']})")
+    policy.add_argument(
+        "--cooldown", type=_number, help=f"evaluations not counted after a cut (default: {defaults['cooldown']})"
+    )
+    policy.add_argument(
+        "--min-lr", type=_number, nargs="+", metavar="MIN_LR", help="LR floor, one for all groups or one per group"
+    )
+    policy.add_argument("--eps", type=_number, help=f"smallest cut applied (default: {defaults['eps']})")
+    policy.add_argument(
+        "--lr",
+        type=_number,
+        nargs="+",
+        metavar="LR",
+        help=f"starting LR, or one per param group (default: {format_lr(_DEFAULT_LR)})",
+    )
+    output = explain.add_argument_group("output")
+    output.add_argument("--only-cuts", action="store_true", help="show only the evaluations that cut the LR")
+    output.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    output.add_argument("--plot", metavar="PATH", help="also draw the plateau chart to this PNG (needs matplotlib)")
+    return parser
+
+
+def _number(text: str) -> Union[int, float, str]:
+    # Unparsable text goes through as is, for PlateauConfig to reject with the library's own message.
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _explain(args: argparse.Namespace, out: TextIO) -> int:
+    config = _config(args)
+    history = read_history(args.source, args.monitor, sys.stdin)
+    if history.monitor is not None:
+        config = dataclasses.replace(config, monitor=history.monitor)
+    lr: Any = _DEFAULT_LR if args.lr is None else (args.lr[0] if len(args.lr) == 1 else args.lr)
+    if not history.values:
+        what = f": column {history.monitor!r}" if history.monitor else ""
+        raise ValueError(f"{history.name}{what} holds no values to replay")
+    result = replay(history.values, config, lr=lr, epochs=history.epochs, global_steps=history.global_steps)
+    rows: Iterable[ReplayRow] = result.cut_rows() if args.only_cuts else result
+    if args.json:
+        out.writelines(_json(result, rows, history))
+    else:
+        colour = out.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+        out.writelines(_table(result, rows, history, colour=colour))
+    if args.plot:
+        from lightning_plateau.chart import plot_plateau
+
+        path = plot_plateau(result.evaluations(), config, args.plot, initial_lrs=result.initial_lrs)
+        print(f"{_PROG} explain: chart written to {path}", file=sys.stderr)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> PlateauConfig:
+    fields: dict[str, Any] = {}
+    for name in _CONFIG_OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    if "min_lr" in fields and len(fields["min_lr"]) == 1:
+        fields["min_lr"] = fields["min_lr"][0]
+    return PlateauConfig(**fields)
+
+
+def _table(result: Replay, rows: Iterable[ReplayRow], history: History, *, colour: bool) -> Iterator[str]:
+    config = result.config
+    yield (
+        f"{history.name}: {len(result)} evaluations of {config.describe()}, threshold {config.threshold:g}"
+        f" {config.threshold_mode}, lr {format_lrs(result.initial_lrs)}\n\n"
+    )
+    with_epoch = history.epochs is not None
+    with_step = history.global_steps is not None
+    width = max(len(config.monitor), 10)
+    header = "     eval" + ("  epoch" if with_epoch else "") + ("      step" if with_step else "")
+    yield f"{header}  {config.monitor:>{width}}  {'best':>{width}}   bad  cooldown  lr\n"
+    # The LR and the best change rarely: their text is made once per change, which keeps a million rows quick.
+    lr_texts: dict[tuple[float, ...], str] = {}
+    last_best, best_text = math.nan, ""
+    for evaluation, epoch, step, value, best, num_bad, cooldown, lrs, cut, reason in rows:
+        lr_text = lr_texts.get(lrs)
+        if lr_text is None:
+            lr_text = lr_texts[lrs] = format_lrs(lrs)
+        if best != last_best:
+            last_best, best_text = best, format_value(best)
+        labels = ""
+        if with_epoch:
+            labels += f"  {'-' if epoch is None else epoch + 1:>5}"
+        if with_step:
+            labels += f"  {'-' if step is None else step:>8}"
+        line = (
+            f"{'CUT' if cut else '   '}{evaluation:>6}{labels}  {format_value(value):>{width}}  {best_text:>{width}}"
+            f"  {num_bad:>4}  {cooldown:>8}  {lr_text}"
+        )
+        if not cut:
+            yield line + "\n"
+        elif colour:
+            yield f"{_BOLD_RED}{line}{_RESET}\n{_BOLD_RED}     -> {reason}{_RESET}\n"
+        else:
+            yield f"{line}\n     -> {reason}\n"
+    yield "\n" + _summary(result) + "\n"
+
+
+def _summary(result: Replay) -> str:
+    config = result.config
+    if result.cuts:
+        plural = "s" if len(result.cuts) > 1 else ""
+        if all(cut.epoch is not None for cut in result.cuts):
+            where = f"epoch{plural} " + ", ".join(str(cut.epoch + 1) for cut in result.cuts if cut.epoch is not None)
+        else:
+            where = f"evaluation{plural} " + ", ".join(str(cut.evaluation) for cut in result.cuts)
+        count = f"{len(result.cuts)} cut{plural}"
+        text = f"{count} in {len(result)} evaluations, at {where}: lr {format_lrs(result.initial_lrs)} -> "
+        text += format_lrs(result.final_lrs) + "."
+    else:
+        text = f"No cut in {len(result)} evaluations: the lr stays {format_lrs(result.initial_lrs)}."
+    last = result[-1]
+    if last.cooldown:
+        text += f" It ends in cooldown ({last.cooldown} evaluation{'' if last.cooldown == 1 else 's'} left)."
+    elif not last.cut:
+        text += (
+            f" It ends with {last.num_bad} evaluation{'' if last.num_bad == 1 else 's'} without improvement;"
+            f" a cut needs {config.patience + 1}"
+            f" (patience {config.patience})."
+        )
+    return text
+
+
+def _json(result: Replay, rows: Iterable[ReplayRow], history: History) -> Iterator[str]:
+    """One JSON object, written in pieces: a long history is encoded a chunk of rows at a time, never held whole."""
+    head = {
+        "source": history.name,
+        "config": dataclasses.asdict(result.config),
+        "num_evaluations": len(result),
+        "initial_lrs": list(result.initial_lrs),
+        "final_lrs": list(result.final_lrs),
+        "cuts": [
+            {**_finite_floats(cut.as_dict()), "reason": reason}
+            for cut, reason in zip(result.cuts, result.reasons(), strict=True)
+        ],
+    }
+    yield json.dumps(head, allow_nan=False)[:-1] + ', "evaluations": ['
+    rows = iter(rows)
+    separator = ""
+    while chunk := [_row_json(row) for row in itertools.islice(rows, _JSON_CHUNK)]:
+        # json.dumps runs in C; json.dump would encode in Python, several times slower
+        yield separator + json.dumps(chunk, allow_nan=False)[1:-1]
+        separator = ", "
+    yield "]}\n"
+
+
+def _row_json(row: ReplayRow) -> dict[str, Any]:
+    data: dict[str, Any] = dict(zip(ReplayRow._fields, row, strict=True))
+    data["lrs"] = list(row.lrs)
+    if not math.isfinite(row.value):
+        data["value"] = None
+    if not math.isfinite(row.best):
+        data["best"] = None
+    return data
+
+
+def _finite_floats(data: dict[str, Any]) -> dict[str, Any]:
+    # JSON has no NaN or infinity: a NaN value, or a best before any finite one, becomes null.
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in data.items()
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

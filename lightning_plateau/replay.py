@@ -1,0 +1,284 @@
+"""Replay a metric history through the plateau scheduler: when would it have cut, without training again."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, Optional, SupportsFloat, Union, overload
+
+import torch
+
+from lightning_plateau._format import format_cut
+from lightning_plateau.config import PlateauConfig
+from lightning_plateau.scheduler import PlateauCut, PlateauEvaluation, PlateauScheduler
+
+
+class ReplayRow(NamedTuple):
+    """One evaluation of a replay: the fields of :class:`~lightning_plateau.PlateauEvaluation`, plus the reason.
+
+    Attributes:
+        evaluation: 1-based index of the value in the replayed history.
+        epoch: the epoch label given for the value (0-based, as Lightning counts), ``None`` without labels.
+        global_step: the step label given for the value, ``None`` without labels.
+        value: the value judged.
+        best: best value so far, after this evaluation (``inf``/``-inf`` before any finite improvement).
+        num_bad: evaluations without improvement counted so far (0 right after a cut).
+        cooldown: evaluations of cooldown left.
+        lrs: LR of each param group after the decision.
+        cut: whether this evaluation cut the LR.
+        reason: why it cut, in words (the text the live callback logs); ``None`` when it did not.
+    """
+
+    evaluation: int
+    epoch: Optional[int]
+    global_step: Optional[int]
+    value: float
+    best: float
+    num_bad: int
+    cooldown: int
+    lrs: tuple[float, ...]
+    cut: bool
+    reason: Optional[str]
+
+    def as_evaluation(self) -> PlateauEvaluation:
+        """This row as the :class:`~lightning_plateau.PlateauEvaluation` the live callback records."""
+        return PlateauEvaluation(*self[:9])
+
+
+class Replay(Sequence[ReplayRow]):
+    """The result of :func:`replay`: one :class:`ReplayRow` per value, oldest first.
+
+    Rows are built when read, from columns recorded during the replay, so replaying a million values stays
+    cheap; indexing, slicing, ``len`` and iteration behave as on a list.
+
+    Attributes:
+        config: the policy replayed.
+        initial_lrs: LR of each param group before the first value.
+        cuts: every cut, as the scheduler recorded it (the same objects a live ``PlateauScheduler.cuts`` holds).
+    """
+
+    def __init__(
+        self,
+        config: PlateauConfig,
+        initial_lrs: tuple[float, ...],
+        cuts: list[PlateauCut],
+        values: list[float],
+        bests: list[float],
+        num_bad: list[int],
+        cooldowns: list[int],
+        epochs: Optional[Sequence[Optional[int]]],
+        global_steps: Optional[Sequence[Optional[int]]],
+    ) -> None:
+        self.config = config
+        self.initial_lrs = initial_lrs
+        self.cuts = cuts
+        self._values = values
+        self._bests = bests
+        self._num_bad = num_bad
+        self._cooldowns = cooldowns
+        self._epochs = epochs
+        self._global_steps = global_steps
+        self._cut_evaluations = [cut.evaluation for cut in cuts]
+        self._reasons: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @overload
+    def __getitem__(self, index: int) -> ReplayRow: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ReplayRow]: ...
+
+    def __getitem__(self, index: Union[int, slice]) -> Union[ReplayRow, list[ReplayRow]]:
+        if isinstance(index, slice):
+            return [self._row(i) for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"replay row index {index} out of range for {len(self)} rows")
+        return self._row(index)
+
+    def __iter__(self) -> Iterator[ReplayRow]:
+        # Walks the cuts alongside the rows instead of searching them for each row.
+        cuts = iter(self.cuts)
+        next_cut = next(cuts, None)
+        lrs = self.initial_lrs
+        epochs = self._epochs
+        steps = self._global_steps
+        columns = zip(self._values, self._bests, self._num_bad, self._cooldowns, strict=True)
+        for index, (value, best, num_bad, cooldown) in enumerate(columns):
+            evaluation = index + 1
+            reason = None
+            if next_cut is not None and next_cut.evaluation == evaluation:
+                lrs = next_cut.lrs_after
+                reason = self._reason(next_cut)
+                next_cut = next(cuts, None)
+            yield ReplayRow(
+                evaluation,
+                None if epochs is None else epochs[index],
+                None if steps is None else steps[index],
+                value,
+                best,
+                num_bad,
+                cooldown,
+                lrs,
+                reason is not None,
+                reason,
+            )
+
+    def __repr__(self) -> str:
+        return f"Replay({len(self)} evaluations, {len(self.cuts)} cuts, {self.config.describe()})"
+
+    @property
+    def final_lrs(self) -> tuple[float, ...]:
+        """LR of each param group after the last value."""
+        return self.cuts[-1].lrs_after if self.cuts else self.initial_lrs
+
+    def cut_rows(self) -> list[ReplayRow]:
+        """The rows that cut the LR, without reading the others."""
+        return [self._row(evaluation - 1) for evaluation in self._cut_evaluations]
+
+    def reasons(self) -> list[str]:
+        """Why each cut happened, in words, oldest first."""
+        return [self._reason(cut) for cut in self.cuts]
+
+    def evaluations(self) -> list[PlateauEvaluation]:
+        """Every row as a :class:`~lightning_plateau.PlateauEvaluation`, as ``PlateauCallback.history`` holds them.
+
+        This is what :func:`lightning_plateau.chart.plot_plateau` draws.
+        """
+        return [row.as_evaluation() for row in self]
+
+    def _row(self, index: int) -> ReplayRow:
+        evaluation = index + 1
+        position = bisect.bisect_right(self._cut_evaluations, evaluation)
+        lrs = self.cuts[position - 1].lrs_after if position else self.initial_lrs
+        cut = position > 0 and self._cut_evaluations[position - 1] == evaluation
+        return ReplayRow(
+            evaluation,
+            None if self._epochs is None else self._epochs[index],
+            None if self._global_steps is None else self._global_steps[index],
+            self._values[index],
+            self._bests[index],
+            self._num_bad[index],
+            self._cooldowns[index],
+            lrs,
+            cut,
+            self._reason(self.cuts[position - 1]) if cut else None,
+        )
+
+    def _reason(self, cut: PlateauCut) -> str:
+        reason = self._reasons.get(cut.evaluation)
+        if reason is None:
+            reason = self._reasons[cut.evaluation] = format_cut(cut, self.config)
+        return reason
+
+
+def replay(
+    values: Iterable[SupportsFloat],
+    config: PlateauConfig | Mapping[str, Any] | None = None,
+    *,
+    lr: Union[float, Sequence[float]] = 1e-3,
+    epochs: Optional[Sequence[Optional[int]]] = None,
+    global_steps: Optional[Sequence[Optional[int]]] = None,
+) -> Replay:
+    """Judge a history of monitored values as training would have, and say when the LR is cut.
+
+    The values go through a :class:`~lightning_plateau.PlateauScheduler` on a throwaway optimizer, the very
+    object the live :class:`~lightning_plateau.PlateauCallback` steps, so a replay of the values a fit judged
+    gives that fit's decisions: the same cuts at the same evaluations, to the same LRs.
+
+    Args:
+        values: the monitored value at each evaluation, oldest first (floats, 0-dim tensors, numpy scalars).
+            NaN is judged as training judges it: never an improvement.
+        config: the policy, a :class:`~lightning_plateau.PlateauConfig` or a dict of its fields (``None``: the
+            defaults). ``monitor`` only names the values in the reasons.
+        lr: the starting LR, or one per param group (``min_lr`` may then be a list of the same length).
+        epochs: an epoch label (0-based) per value, e.g. the ``epoch`` column of a ``metrics.csv``; it appears
+            in the rows and in the reasons ("epoch 16"), as in a live fit.
+        global_steps: a step label per value, likewise.
+
+    Returns:
+        A :class:`Replay`: a sequence of :class:`ReplayRow`, one per value, with the recorded ``cuts``.
+
+    Raises:
+        ValueError: if ``lr`` is not a positive float or a non-empty list of them, if ``epochs`` or
+            ``global_steps`` do not have one label per value, if a value is not a number, or if the config
+            is invalid (``min_lr`` with another length than ``lr`` included).
+
+    Example::
+
+        # best at epoch 5, then no improvement: with patience 10 the cut comes at the end of epoch 16
+        rows = replay([1.0, 0.9, 0.8, 0.7, 0.6] + [0.65] * 15, PlateauConfig(patience=10))
+        [row.evaluation for row in rows if row.cut]  # [16]
+    """
+    config = PlateauConfig.coerce(config)
+    initial_lrs = _check_lrs(lr)
+    floats = _floats(values)
+    epochs = _check_labels("epochs", epochs, len(floats))
+    global_steps = _check_labels("global_steps", global_steps, len(floats))
+
+    # One dummy parameter per group: torch refuses a parameter in two groups.
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(()))], "lr": group_lr} for group_lr in initial_lrs]
+    scheduler = PlateauScheduler(torch.optim.SGD(groups), config)
+    bests: list[float] = []
+    num_bad: list[int] = []
+    cooldowns: list[int] = []
+    judge = scheduler._judge
+    add_best, add_bad, add_cooldown = bests.append, num_bad.append, cooldowns.append
+    if epochs is None and global_steps is None:
+        for value in floats:
+            judge(value)
+            add_best(scheduler.best)
+            add_bad(scheduler.num_bad_epochs)
+            add_cooldown(scheduler.cooldown_counter)
+    else:
+        # The callback sets the same context before each step: cuts then carry their epoch, and so do reasons.
+        contexts = zip(epochs or [None] * len(floats), global_steps or [None] * len(floats), strict=True)
+        for value, context in zip(floats, contexts, strict=True):
+            scheduler._context = context
+            judge(value)
+            add_best(scheduler.best)
+            add_bad(scheduler.num_bad_epochs)
+            add_cooldown(scheduler.cooldown_counter)
+    return Replay(config, initial_lrs, scheduler.cuts, floats, bests, num_bad, cooldowns, epochs, global_steps)
+
+
+def _check_lrs(lr: Union[float, Sequence[float]]) -> tuple[float, ...]:
+    lrs: list[Any] = list(lr) if isinstance(lr, (list, tuple)) else [lr]
+    if not lrs or not all(_is_positive_float(value) for value in lrs):
+        raise ValueError(
+            f"`lr` must be a finite float > 0 or a non-empty list of them (one per param group), got {lr!r}"
+        )
+    return tuple(float(value) for value in lrs)
+
+
+def _is_positive_float(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _floats(values: Iterable[SupportsFloat]) -> list[float]:
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"`values` must be numbers, one per evaluation, got the string {values!r}")
+    values = values if isinstance(values, Sequence) else list(values)
+    try:
+        return [float(value) for value in values]
+    except (TypeError, ValueError):
+        # Found again, rather than tracked on every value, to keep the common case fast.
+        for index, value in enumerate(values):
+            try:
+                float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"`values` must be numbers; value {index + 1} is {value!r}") from None
+        raise
+
+
+def _check_labels(name: str, labels: Optional[Sequence[Optional[int]]], count: int) -> Optional[list[Optional[int]]]:
+    if labels is None:
+        return None
+    labels = list(labels)
+    if len(labels) != count:
+        raise ValueError(f"`{name}` must give one label per value: {count} values, got {len(labels)} labels")
+    return labels

@@ -1,0 +1,294 @@
+"""Plateau traces: every decision logged to the Trainer's loggers at the evaluation that made it, plus W&B extras.
+
+At each evaluation the scheduler judges, :class:`~lightning_plateau.PlateauCallback` logs ``plateau/value``,
+``plateau/best``, ``plateau/num_bad``, ``plateau/cooldown``, ``plateau/reductions``, ``plateau/evaluation``
+and the LR after the decision (``plateau/lr``, or ``plateau/lr/pg0``, ``plateau/lr/pg1``, ... for several
+param groups) to every logger, on Lightning's own step axis. With a ``WandbLogger`` the keys are also
+plotted against ``plateau/evaluation``, and at the end of fit the run gets a summary, a table of cuts and
+the chart. wandb and matplotlib are imported only when a ``WandbLogger`` is present or the chart is drawn.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_plateau._format import format_cut, format_lrs, format_value
+from lightning_plateau.chart import _plural, plot_plateau
+from lightning_plateau.config import PlateauConfig
+from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
+
+_CHART_NAME = "plateau.png"
+_PREFIX = "plateau/"
+# The x-axis W&B plots the plateau keys against: one point per evaluation, however many per epoch.
+_STEP_METRIC = "plateau/evaluation"
+_TABLE_KEY = "plateau/cuts"
+_IMAGE_KEY = "plateau/chart"
+
+
+def _trace_metrics(row: PlateauEvaluation, reductions: int) -> dict[str, float]:
+    """The metrics logged for one evaluation: the scheduler's state right after its decision, cuts so far."""
+    metrics: dict[str, float] = {
+        "plateau/value": row.value,
+        "plateau/best": row.best,
+        "plateau/num_bad": row.num_bad,
+        "plateau/cooldown": row.cooldown,
+        "plateau/reductions": reductions,
+        "plateau/evaluation": row.evaluation,
+    }
+    metrics.update(_lr_metrics(row.lrs))
+    if row.epoch is not None:
+        # Lightning adds `epoch` to every row it logs; W&B users pick it as an x-axis.
+        metrics["epoch"] = row.epoch
+    return metrics
+
+
+def wandb_run_dir(trainer: pl.Trainer) -> Optional[pathlib.Path]:
+    """The local directory of the W&B run of the trainer's first ``WandbLogger``, ``None`` without one.
+
+    An offline run is uploaded later with ``wandb sync <this directory>``. Call it on rank zero (other ranks
+    have no run); it starts the run if the logger has not yet.
+
+    Example::
+
+        run_dir = wandb_run_dir(trainer)
+        if run_dir is not None:
+            print(f"W&B run: {run_dir}; upload it with: wandb sync {run_dir}")
+    """
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            return _run_dir(logger.experiment)
+    return None
+
+
+def _run_dir(experiment: Any) -> Optional[pathlib.Path]:
+    # A disabled run (WANDB_MODE=disabled) names a directory it never writes; the stand-in on other ranks has none.
+    if getattr(experiment, "disabled", False) is True:
+        return None
+    sync_dir = getattr(experiment, "sync_dir", None)
+    return pathlib.Path(sync_dir) if isinstance(sync_dir, str) and sync_dir else None
+
+
+def _wandb_name(logger: WandbLogger, key: str) -> str:
+    # WandbLogger(prefix=...) renames every key it logs; definitions and media must use the same names.
+    prefix = getattr(logger, "_prefix", "")
+    return f"{prefix}{logger.LOGGER_JOIN_CHAR}{key}" if prefix else key
+
+
+def _chart_dir(trainer: pl.Trainer) -> pathlib.Path:
+    """Where the chart goes: beside the first logger's files, else in ``trainer.default_root_dir``.
+
+    This is ``trainer.log_dir`` without its broadcast, so rank zero can call it alone.
+    """
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        directory = logger.log_dir or logger.save_dir
+        if directory:
+            return pathlib.Path(directory)
+    return pathlib.Path(trainer.default_root_dir)
+
+
+class _Traces:
+    """The tracing state of one :class:`~lightning_plateau.PlateauCallback`: what was set up, what was said."""
+
+    def __init__(self) -> None:
+        # W&B metric definitions already sent, per run (id of the run object)
+        self._defined: dict[int, set[str]] = {}
+        self._warned: set[str] = set()
+        self._last_step: Optional[int] = None
+        self.chart_path: Optional[pathlib.Path] = None
+
+    def log_evaluation(self, trainer: pl.Trainer, scheduler: PlateauScheduler, row: PlateauEvaluation) -> None:
+        """Log ``row`` to every logger of ``trainer``, on rank zero only."""
+        if not trainer.loggers or not trainer.is_global_zero:
+            return
+        metrics = _trace_metrics(row, scheduler.num_reductions)
+        step = self._last_step = _logging_step(trainer)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                self._define_wandb_metrics(logger, metrics)
+            logger.log_metrics(metrics, step=step)
+            logger.save()
+
+    def finish(
+        self,
+        trainer: pl.Trainer,
+        scheduler: PlateauScheduler,
+        history: Sequence[PlateauEvaluation],
+        config: PlateauConfig,
+    ) -> list[str]:
+        """Write the chart and the W&B extras at the end of fit; return lines naming what was written."""
+        self.chart_path = None
+        if not trainer.is_global_zero or getattr(trainer, "fast_dev_run", False) or not history:
+            return []
+        lines: list[str] = []
+        chart = self.chart_path = self._write_chart(trainer, scheduler, history, config)
+        if chart is not None:
+            lines.append(f"chart: {chart}")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                lines += self._finish_wandb(trainer, logger, scheduler, config, chart)
+        return lines
+
+    def _write_chart(
+        self,
+        trainer: pl.Trainer,
+        scheduler: PlateauScheduler,
+        history: Sequence[PlateauEvaluation],
+        config: PlateauConfig,
+    ) -> Optional[pathlib.Path]:
+        path = _chart_dir(trainer) / _CHART_NAME
+        try:
+            return plot_plateau(history, config, path, initial_lrs=_initial_lrs(history, scheduler))
+        except ImportError as err:
+            self._warn_once("chart", f"PlateauCallback wrote no chart: {err}")
+        except OSError as err:
+            # A full disk or a read-only log directory must not fail a finished fit.
+            self._warn_once("chart", f"PlateauCallback could not write its chart to {path}: {err}")
+        return None
+
+    def _define_wandb_metrics(self, logger: WandbLogger, metrics: dict[str, float]) -> None:
+        experiment = logger.experiment
+        defined = self._defined.setdefault(id(experiment), set())
+        new = [key for key in metrics if key.startswith(_PREFIX) and key != _STEP_METRIC and key not in defined]
+        if not new or not callable(getattr(experiment, "define_metric", None)):
+            return
+        # WandbLogger defines the glob `*` against trainer/global_step, and the first matching pattern wins
+        # over any later glob: only exact names take another step metric.
+        for key in new:
+            experiment.define_metric(_wandb_name(logger, key), step_metric=_wandb_name(logger, _STEP_METRIC))
+        defined.update(new)
+
+    def _finish_wandb(
+        self,
+        trainer: pl.Trainer,
+        logger: WandbLogger,
+        scheduler: PlateauScheduler,
+        config: PlateauConfig,
+        chart: Optional[pathlib.Path],
+    ) -> list[str]:
+        try:
+            import wandb
+        except ImportError as err:
+            self._warn_once(
+                "wandb",
+                f"PlateauCallback skipped its W&B summary, table and chart ({err});"
+                ' pip install "lightning-plateau[wandb]" to get them.',
+            )
+            return []
+        experiment = logger.experiment
+        experiment.summary.update({_wandb_name(logger, key): value for key, value in _wandb_summary(scheduler).items()})
+        media: dict[str, Any] = {_wandb_name(logger, _TABLE_KEY): _cuts_table(wandb, scheduler, config)}
+        if chart is not None:
+            image = self._wandb_image(wandb, chart)
+            if image is not None:
+                media[_wandb_name(logger, _IMAGE_KEY)] = image
+        # At the last evaluation's step: the end-of-fit step would lie past every other point of the run.
+        media["trainer/global_step"] = self._last_step if self._last_step is not None else _logging_step(trainer)
+        experiment.log(media)
+        lines = []
+        run_dir = _run_dir(experiment)
+        if run_dir is not None:
+            if getattr(experiment, "offline", False):
+                lines.append(f"W&B offline run: {run_dir}")
+                lines.append(f"upload it with: wandb sync {run_dir}")
+            else:
+                lines.append(f"W&B run: {getattr(experiment, 'url', None) or run_dir}")
+        return lines
+
+    def _wandb_image(self, wandb: Any, chart: pathlib.Path) -> Any:
+        try:
+            import PIL.Image  # noqa: F401
+        except ImportError:
+            self._warn_once(
+                "pillow",
+                "PlateauCallback did not attach the chart to the W&B run: wandb.Image needs Pillow"
+                ' (pip install "lightning-plateau[wandb]" or pip install pillow).',
+            )
+            return None
+        return wandb.Image(str(chart), caption="plateau: value, best, LR and cuts")
+
+    def _warn_once(self, topic: str, message: str) -> None:
+        if topic not in self._warned:
+            self._warned.add(topic)
+            rank_zero_warn(message, category=UserWarning)
+
+
+def _initial_lrs(history: Sequence[PlateauEvaluation], scheduler: PlateauScheduler) -> Optional[tuple[float, ...]]:
+    """The LR of each param group before the first evaluation of ``history``, ``None`` when unknown."""
+    if not history:
+        return None
+    first = history[0]
+    if not first.cut:
+        return first.lrs
+    cut = next((c for c in scheduler.cuts if c.evaluation == first.evaluation), None)
+    return cut.lrs_before if cut is not None else None
+
+
+def _summary_message(
+    config: PlateauConfig, scheduler: PlateauScheduler, history: Sequence[PlateauEvaluation], lines: Sequence[str]
+) -> str:
+    """The end-of-fit message: cuts, LR before and after, best value, then what was written (chart, W&B run)."""
+    cuts = _plural(scheduler.num_reductions, "cut")
+    parts = [f"PlateauCallback ({config.describe()}): {cuts} in {_plural(len(history), 'evaluation')}"]
+    if history:
+        first = _initial_lrs(history, scheduler) or history[0].lrs
+        parts.append(f"lr {format_lrs(first)} -> {format_lrs(history[-1].lrs)}")
+        best = float(scheduler.best)
+        if math.isfinite(best):
+            where = "" if scheduler.best_epoch is None else f" at epoch {scheduler.best_epoch + 1}"
+            parts.append(f"best {config.monitor} {format_value(best)}{where}")
+    return "\n  ".join([", ".join(parts), *lines])
+
+
+def _lr_metrics(lrs: Sequence[float]) -> dict[str, float]:
+    if len(lrs) == 1:
+        return {"plateau/lr": lrs[0]}
+    return {f"plateau/lr/pg{index}": lr for index, lr in enumerate(lrs)}
+
+
+def _logging_step(trainer: pl.Trainer) -> int:
+    # The step Lightning's logger connector gives the monitored value, so the traces line up with it. It counts
+    # batches that stepped, and validation is logged before the batch that ran it is counted; epoch-end training
+    # metrics are logged one back, at the epoch's last batch (fit_loop.on_advance_end).
+    step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", None)
+    if not isinstance(step, int):
+        return trainer.global_step
+    return max(step - 1, 0) if trainer.training else step
+
+
+def _wandb_summary(scheduler: PlateauScheduler) -> dict[str, Any]:
+    summary: dict[str, Any] = {"plateau/reductions": scheduler.num_reductions}
+    summary.update(_lr_metrics([float(lr) for lr in scheduler.get_last_lr()]))
+    best = float(scheduler.best)
+    if math.isfinite(best):
+        summary["plateau/best"] = best
+        if scheduler.best_epoch is not None:
+            summary["plateau/best_epoch"] = scheduler.best_epoch
+        if scheduler.best_evaluation is not None:
+            summary["plateau/best_evaluation"] = scheduler.best_evaluation
+    return summary
+
+
+def _cuts_table(wandb: Any, scheduler: PlateauScheduler, config: PlateauConfig) -> Any:
+    groups = max((len(cut.lrs_after) for cut in scheduler.cuts), default=1)
+    suffixes = [""] if groups == 1 else [f"/pg{index}" for index in range(groups)]
+    columns = ["cut", "evaluation", "epoch", "global_step", "value", "best"]
+    columns += [f"lr_before{s}" for s in suffixes] + [f"lr_after{s}" for s in suffixes] + ["reason"]
+    rows = []
+    for number, cut in enumerate(scheduler.cuts, start=1):
+        before = [_at(cut.lrs_before, index) for index in range(groups)]
+        after = [_at(cut.lrs_after, index) for index in range(groups)]
+        head = [number, cut.evaluation, cut.epoch, cut.global_step, cut.value, cut.best]
+        rows.append([*head, *before, *after, format_cut(cut, config)])
+    return wandb.Table(columns=columns, data=rows)
+
+
+def _at(lrs: Sequence[float], index: int) -> Optional[float]:
+    return lrs[index] if index < len(lrs) else None

@@ -1,0 +1,230 @@
+"""One distributed fit on CPU over gloo, run by tests/test_distributed.py in subprocesses.
+
+Each rank logs its own scripted ``val_loss`` (``--values``: one list per global rank, ``null`` for "not logged")
+*without* ``sync_dist`` and writes ``rank<global_rank>.json`` under ``--out``: the LR at each epoch start, the
+plateau history and cuts, the final weights, every collective issued from inside ``lightning_plateau``, and the
+error, if the fit raised one. Collectives are counted by wrapping ``torch.distributed``'s functions with a
+function that calls the original (instrumentation: the real collective still runs).
+
+Example::
+
+    python tests/ddp_script.py --out /tmp/run --strategy ddp --values '[[4, 3], [2, 3]]' --max-epochs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from helpers import loader
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+import lightning_plateau
+from lightning_plateau import PlateauCallback, PlateauConfig, PlateauEarlyStopping, PlateauMixin
+
+_PACKAGE_DIR = str(Path(lightning_plateau.__file__).resolve().parent)
+_COLLECTIVES = (
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_gather_object",
+    "broadcast",
+    "broadcast_object_list",
+    "barrier",
+    "reduce",
+    "gather",
+    "scatter",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "all_to_all",
+)
+
+
+class RankScriptedModel(PlateauMixin, pl.LightningModule):
+    """A tiny regression model; global rank ``r`` logs ``values[r][epoch]`` as ``val_loss`` without ``sync_dist``."""
+
+    def __init__(self, values: list[list[Optional[float]]], plateau: PlateauConfig) -> None:
+        super().__init__()
+        self.values = values
+        self.plateau = plateau
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layer(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        # A synced metric beside the monitor: reading the monitor must not run its collective again.
+        self.log("val_mse", torch.nn.functional.mse_loss(self.layer(x), y), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        mine = self.values[self.global_rank]
+        value = mine[min(self.current_epoch, len(mine) - 1)]
+        if value is not None:
+            self.log("val_loss", value)
+
+    def train_dataloader(self) -> Any:
+        return loader(8)
+
+    def val_dataloader(self) -> Any:
+        return loader(4)
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _CollectiveCounter:
+    """Wraps ``torch.distributed``'s collectives; records the outermost calls made from ``lightning_plateau``."""
+
+    def __init__(self, trainer: pl.Trainer) -> None:
+        self.trainer = trainer
+        self.calls: list[dict[str, Any]] = []
+        self._depth = 0
+
+    def install(self) -> None:
+        namespaces = (torch.distributed, torch.distributed.distributed_c10d)
+        for name in _COLLECTIVES:
+            original = getattr(torch.distributed.distributed_c10d, name, None)
+            if original is None or getattr(original, "_counted", False):
+                continue
+            wrapper = self._wrap(name, original)
+            for namespace in namespaces:
+                if getattr(namespace, name, None) is original:
+                    setattr(namespace, name, wrapper)
+
+    def _wrap(self, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            if self._depth == 0:
+                caller = _package_caller()
+                if caller is not None:
+                    self.calls.append(
+                        {
+                            "op": name,
+                            "caller": caller,
+                            "epoch": self.trainer.current_epoch,
+                            "global_step": self.trainer.global_step,
+                        }
+                    )
+            self._depth += 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._depth -= 1
+
+        counted._counted = True  # type: ignore[attr-defined]
+        return counted
+
+
+def _package_caller() -> Optional[str]:
+    """``file:function`` of the innermost ``lightning_plateau`` frame on the stack, ``None`` if there is none."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if filename.startswith(_PACKAGE_DIR):
+            return f"{Path(filename).name}:{frame.f_code.co_name}"
+        frame = frame.f_back
+    return None
+
+
+class _Recorder(pl.Callback):
+    """Writes what this rank saw to ``<out>/rank<global_rank>.json`` at fit end or on an exception."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.lrs: list[float] = []
+        self.counter: Optional[_CollectiveCounter] = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.counter = _CollectiveCounter(trainer)
+        self.counter.install()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write(trainer, pl_module, error=None)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._write(trainer, pl_module, error=f"{type(exception).__name__}: {exception}")
+
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, error: Optional[str]) -> None:
+        plateau = next(cb for cb in trainer.callbacks if isinstance(cb, PlateauCallback))  # type: ignore[attr-defined]
+        scheduler = plateau.scheduler
+        stopper = trainer.early_stopping_callback
+        result = {
+            "global_rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "strategy": type(trainer.strategy).__name__,
+            "start_epoch": trainer.current_epoch - len(self.lrs),
+            "lrs": self.lrs,
+            "final_lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "history": [
+                {"epoch": row.epoch, "value": row.value, "lr": row.lrs[0], "cut": row.cut} for row in plateau.history
+            ],
+            "cut_epochs": [] if scheduler is None else [cut.epoch for cut in scheduler.cuts],
+            "weights": {name: p.detach().double().flatten().tolist() for name, p in pl_module.named_parameters()},
+            "collectives": [] if self.counter is None else self.counter.calls,
+            "stopped_epoch": None if stopper is None else stopper.stopped_epoch,
+            "stop_rule": None if stopper is None else stopper.stop_rule,
+            "error": error,
+        }
+        path = Path(self.out) / f"rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(result, indent=1))
+
+
+def _parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder for rank<r>.json")
+    parser.add_argument("--strategy", default="ddp", choices=["ddp", "ddp_spawn"])
+    parser.add_argument("--devices", type=int, default=2, help="processes per node")
+    parser.add_argument("--num-nodes", type=int, default=1)
+    parser.add_argument("--values", required=True, help="JSON: one list of values per global rank, null = not logged")
+    parser.add_argument("--patience", type=int, default=1)
+    parser.add_argument("--max-epochs", type=int, default=6)
+    parser.add_argument("--max-reductions", type=int, help="add PlateauEarlyStopping(max_reductions=...)")
+    parser.add_argument("--checkpoint-dir", help="save last.ckpt there after every validation")
+    parser.add_argument("--resume", help="checkpoint to resume from")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = _parse(argv)
+    values = [[None if v is None else float(v) for v in rank] for rank in json.loads(args.values)]
+    assert len(values) == args.devices * args.num_nodes, "give one list of values per rank"
+    pl.seed_everything(0, workers=True)
+    model = RankScriptedModel(values, PlateauConfig(monitor="val_loss", patience=args.patience, factor=0.5))
+    callbacks: list[pl.Callback] = [_Recorder(args.out)]
+    if args.max_reductions is not None:
+        callbacks.append(PlateauEarlyStopping(max_reductions=args.max_reductions))
+    if args.checkpoint_dir:
+        callbacks.append(ModelCheckpoint(dirpath=args.checkpoint_dir, save_last=True, save_top_k=0))
+    trainer = pl.Trainer(
+        default_root_dir=args.out,
+        accelerator="cpu",
+        strategy=args.strategy,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        max_epochs=args.max_epochs,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=bool(args.checkpoint_dir),
+        logger=False,
+        callbacks=callbacks,
+    )
+    trainer.fit(model, ckpt_path=args.resume)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""PlateauEarlyStopping: stops on the scheduler's evaluations, after its decision, by the documented rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import pytest
+import torch
+from helpers import ScriptedModel, ScriptedPlateauModel, trainer
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from lightning_plateau import PlateauCallback, PlateauConfig, PlateauEarlyStopping, PlateauScheduler
+from lightning_plateau.early_stopping import _lr_exhausted
+
+# The class docstring's worked example: best at epoch 3 (1-based), cuts at epochs 6 and 10, LR exhausted at 10.
+WORKED = PlateauConfig(patience=2, cooldown=1, factor=0.1, min_lr=1e-3)
+WORKED_VALUES = [1.0, 0.8, 0.5] + [0.5] * 40
+HALVING = PlateauConfig(patience=1, factor=0.5, min_lr=0.0)
+FLAT = [1.0] + [1.0] * 40
+ACC_FLAT = [0.5, 0.6, 0.7] + [0.7] * 40
+VAL_ACC = PlateauConfig(monitor="val_acc", mode="max", patience=1, factor=0.5, min_lr=0.025)
+
+
+class ResumableScriptedModel(ScriptedPlateauModel):
+    """Keeps its position in the script across a resume, as a real metric would continue."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["scripted_evaluations"] = self.evaluations
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.evaluations = checkpoint["scripted_evaluations"]
+
+
+class PlateauSchedulerModel(ScriptedModel):
+    """No mixin: returns a PlateauScheduler itself, so the plateau config is known only at fit start."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": PlateauScheduler(optimizer, WORKED), "monitor": "val_loss"},
+        }
+
+
+def _fit(
+    tmp_path: Any,
+    values: list[float],
+    plateau: PlateauConfig,
+    early_stopping: PlateauEarlyStopping,
+    *,
+    monitor: str = "val_loss",
+    model_class: type[ScriptedPlateauModel] = ScriptedPlateauModel,
+    quiet: bool = True,
+    **trainer_kwargs: Any,
+) -> tuple[ScriptedPlateauModel, Trainer]:
+    model = model_class(values, plateau=plateau, monitor=monitor, train_batches=1)
+    callbacks = [early_stopping, _quiet(plateau)] if quiet else [early_stopping]
+    options: dict[str, Any] = {"max_epochs": 30, "limit_val_batches": 1, "callbacks": callbacks}
+    options.update(trainer_kwargs)
+    fitted = trainer(tmp_path, **options)
+    fitted.fit(model)
+    return model, fitted
+
+
+def _quiet(plateau: PlateauConfig) -> PlateauCallback:
+    # The mixin's callback would draw a chart at the end of each fit: a second per test, for nothing tested here.
+    return PlateauCallback(plateau, verbose=False, log_traces=False)
+
+
+def _plateau(fitted: Trainer) -> PlateauCallback:
+    return next(cb for cb in fitted.callbacks if isinstance(cb, PlateauCallback))  # type: ignore[attr-defined]
+
+
+def _cut_epochs(fitted: Trainer) -> list[Optional[int]]:
+    scheduler = _plateau(fitted).scheduler
+    assert scheduler is not None
+    return [cut.epoch for cut in scheduler.cuts]
+
+
+def _stop_epoch(early_stopping: PlateauEarlyStopping, fitted: Trainer) -> Optional[int]:
+    return early_stopping.stopped_epoch if fitted.should_stop else None
+
+
+# Epochs are 0-based, as Lightning's `stopped_epoch`; one validation per epoch unless the trainer says otherwise.
+@pytest.mark.parametrize(
+    ("values", "plateau", "kwargs", "monitor", "expected_cuts", "expected_stop"),
+    [
+        pytest.param(WORKED_VALUES, WORKED, {}, "val_loss", [5, 9], 13, id="worked-example"),
+        pytest.param(
+            [1.0, 0.8, 0.5] + [0.5] * 8 + [0.4] * 30, WORKED, {}, "val_loss", [5, 9], 15, id="improves-after-exhaustion"
+        ),
+        pytest.param(WORKED_VALUES, WORKED, {"patience": 0}, "val_loss", [5, 9], 9, id="patience-0-stops-at-the-cut"),
+        pytest.param(WORKED_VALUES, WORKED, {"patience": 6}, "val_loss", [5, 9], 15, id="explicit-patience"),
+        pytest.param(FLAT, PlateauConfig(patience=2, cooldown=1, min_lr=0.1), {}, "val_loss", [], 4, id="at-floor"),
+        pytest.param(ACC_FLAT, VAL_ACC, {}, "val_acc", [4, 6], 8, id="val_acc-max"),
+        pytest.param(
+            [0.5, 0.6, 0.7, 0.7, 0.7] + [0.8] * 30, VAL_ACC, {}, "val_acc", [4, 7], 9, id="val_acc-improves-after-cut"
+        ),
+        pytest.param(FLAT, HALVING, {}, "val_loss", [2, 4, 6, 8, 10, 12, 14], None, id="never-exhausted"),
+    ],
+)
+def test_early_stopping_lr_exhausted_rule(
+    tmp_path: Any,
+    values: list[float],
+    plateau: PlateauConfig,
+    kwargs: dict[str, Any],
+    monitor: str,
+    expected_cuts: list[int],
+    expected_stop: Optional[int],
+) -> None:
+    """Default rule: stop `patience` evaluations without improvement after the LR is exhausted, never before."""
+    early_stopping = PlateauEarlyStopping(**kwargs)
+    _, fitted = _fit(tmp_path, values, plateau, early_stopping, monitor=monitor, max_epochs=16)
+    assert _cut_epochs(fitted) == expected_cuts
+    assert _stop_epoch(early_stopping, fitted) == expected_stop
+    assert fitted.early_stopping_callback is early_stopping
+    if expected_stop is not None:
+        assert early_stopping.stop_rule == "lr_exhausted"
+        assert early_stopping.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED
+        assert expected_stop >= max(expected_cuts, default=0)
+
+
+@pytest.mark.parametrize(
+    ("values", "plateau", "max_reductions", "monitor", "expected_cuts", "expected_stop", "expected_rule"),
+    [
+        pytest.param(FLAT, HALVING, 2, "val_loss", [2, 4, 6], 6, "max_reductions", id="third-cut"),
+        pytest.param(FLAT, HALVING, 0, "val_loss", [2], 2, "max_reductions", id="first-cut"),
+        pytest.param(
+            FLAT,
+            PlateauConfig(patience=1, factor=0.1, min_lr=1e-3),
+            5,
+            "val_loss",
+            [2, 4],
+            6,
+            "lr_exhausted",
+            id="exhausted-first",
+        ),
+        pytest.param(
+            [0.5, 0.6] + [0.6] * 30,
+            PlateauConfig(monitor="val_acc", mode="max", patience=1, factor=0.5),
+            1,
+            "val_acc",
+            [3, 5],
+            5,
+            "max_reductions",
+            id="val_acc-max",
+        ),
+    ],
+)
+def test_early_stopping_max_reductions_rule(
+    tmp_path: Any,
+    values: list[float],
+    plateau: PlateauConfig,
+    max_reductions: int,
+    monitor: str,
+    expected_cuts: list[int],
+    expected_stop: int,
+    expected_rule: str,
+) -> None:
+    """`max_reductions=K` stops at the evaluation that calls for cut K+1; an exhausted LR still stops earlier."""
+    early_stopping = PlateauEarlyStopping(max_reductions=max_reductions)
+    _, fitted = _fit(tmp_path, values, plateau, early_stopping, monitor=monitor)
+    assert _cut_epochs(fitted) == expected_cuts
+    assert _stop_epoch(early_stopping, fitted) == expected_stop
+    assert early_stopping.stop_rule == expected_rule
+
+
+@pytest.mark.parametrize(
+    ("values", "plateau", "patience", "reset_on_cut", "monitor", "expected_cuts", "expected_stop"),
+    [
+        # Lightning's counting: from the best value, cuts or not.
+        pytest.param(FLAT, HALVING, 3, False, "val_loss", [2], 3, id="classic"),
+        pytest.param(FLAT, HALVING, 1, True, "val_loss", [], 1, id="reset-stops-before-first-cut"),
+        # Restarted at each cut: waits while the scheduler keeps cutting, stops once cuts change nothing.
+        pytest.param(
+            FLAT, PlateauConfig(patience=1, factor=0.5, min_lr=0.025), 2, True, "val_loss", [2, 4], 6, id="reset"
+        ),
+        pytest.param(
+            FLAT, PlateauConfig(patience=1, factor=0.5, min_lr=0.025), 2, False, "val_loss", [2], 2, id="no-reset"
+        ),
+        pytest.param(ACC_FLAT, VAL_ACC, 3, False, "val_acc", [4], 5, id="val_acc-max"),
+    ],
+)
+def test_early_stopping_classic_patience_rule(
+    tmp_path: Any,
+    values: list[float],
+    plateau: PlateauConfig,
+    patience: int,
+    reset_on_cut: bool,
+    monitor: str,
+    expected_cuts: list[int],
+    expected_stop: int,
+) -> None:
+    """`wait_for_min_lr=False`: `patience` evaluations without improvement, optionally restarted at each cut."""
+    early_stopping = PlateauEarlyStopping(patience, wait_for_min_lr=False, reset_on_cut=reset_on_cut)
+    _, fitted = _fit(tmp_path, values, plateau, early_stopping, monitor=monitor)
+    assert _cut_epochs(fitted) == expected_cuts
+    assert _stop_epoch(early_stopping, fitted) == expected_stop
+    assert early_stopping.stop_rule == "patience"
+
+
+@pytest.mark.parametrize(
+    ("trainer_kwargs", "patience", "expected_cuts", "expected_stop", "expected_evaluations"),
+    [
+        # evaluation n runs at the end of epoch 2n - 1 (0-based)
+        pytest.param({"check_val_every_n_epoch": 2, "max_epochs": 30}, None, [11, 19], 27, 14, id="every-2nd-epoch"),
+        pytest.param({"check_val_every_n_epoch": 2, "max_epochs": 30}, 0, [11, 19], 19, 10, id="every-2nd-patience-0"),
+        # two validations per epoch: evaluation n in epoch (n - 1) // 2
+        pytest.param({"val_check_interval": 0.5, "max_epochs": 10}, None, [2, 4], 6, 14, id="twice-per-epoch"),
+        # a training metric (on_epoch=True) is fresh at every epoch end, whatever the validation schedule
+        pytest.param(
+            {"where": "training", "check_val_every_n_epoch": 3, "max_epochs": 20}, None, [5, 9], 13, 14, id="training"
+        ),
+    ],
+)
+def test_early_stopping_counts_evaluations_not_epochs(
+    tmp_path: Any,
+    trainer_kwargs: dict[str, Any],
+    patience: Optional[int],
+    expected_cuts: list[int],
+    expected_stop: int,
+    expected_evaluations: int,
+) -> None:
+    """The worked example's evaluations 6, 10 and 14 land on other epochs when validation is sparser or denser."""
+    options = dict(trainer_kwargs)
+    where = options.pop("where", "validation")
+    plateau = WORKED if where == "validation" else dataclasses.replace(WORKED, monitor="train_loss")
+    early_stopping = PlateauEarlyStopping(patience)
+    model = ScriptedPlateauModel(WORKED_VALUES, plateau=plateau, monitor=plateau.monitor, where=where, train_batches=2)
+    fitted = trainer(tmp_path, limit_val_batches=1, callbacks=[early_stopping, _quiet(plateau)], **options)
+    fitted.fit(model)
+    assert _cut_epochs(fitted) == expected_cuts
+    assert early_stopping.stopped_epoch == expected_stop
+    assert _plateau(fitted).history[-1].evaluation == expected_evaluations
+
+
+def test_early_stopping_reason_message(tmp_path: Any) -> None:
+    """The reason names the rule, the floor, the epoch it was reached, the best value and the count."""
+    early_stopping = PlateauEarlyStopping()
+    _fit(tmp_path, WORKED_VALUES, WORKED, early_stopping, quiet=False)  # with the PlateauCallback the mixin adds
+    assert early_stopping.stopping_reason_message == (
+        "lr exhausted: lr reached min_lr 1e-3 at epoch 10 and val_loss did not improve on 0.5000 for 4 evaluations"
+    )
+    assert early_stopping.state_dict()["stopping_reason"] == EarlyStoppingReason.PATIENCE_EXHAUSTED.value
+
+
+@pytest.mark.parametrize(
+    ("check_finite", "expected_stop", "expected_rule"),
+    [(True, 1, "non_finite"), (False, None, None)],
+)
+def test_early_stopping_non_finite_value(
+    tmp_path: Any, check_finite: bool, expected_stop: Optional[int], expected_rule: Optional[str]
+) -> None:
+    """A NaN stops at once with `check_finite`, as Lightning's EarlyStopping does; without it, the rules go on."""
+    early_stopping = PlateauEarlyStopping(check_finite=check_finite)
+    _, fitted = _fit(tmp_path, [1.0, math.nan, 0.9, 0.8, 0.7], WORKED, early_stopping, max_epochs=5)
+    assert _stop_epoch(early_stopping, fitted) == expected_stop
+    assert early_stopping.stop_rule == expected_rule
+    if expected_rule:
+        assert early_stopping.stopping_reason == EarlyStoppingReason.NON_FINITE_METRIC
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+@pytest.mark.parametrize("resume_epoch", [3, 7, 11])
+def test_early_stopping_resume_gives_same_stop(tmp_path: Any, resume_epoch: int) -> None:
+    """Resumed before, between and after the cuts: same stop epoch, cuts, LR trajectory and reason."""
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1)
+    whole = PlateauEarlyStopping()
+    model, fitted = _fit(
+        tmp_path / "whole",
+        WORKED_VALUES,
+        WORKED,
+        whole,
+        model_class=ResumableScriptedModel,
+        callbacks=[whole, checkpoints, _quiet(WORKED)],
+        enable_checkpointing=True,
+    )
+
+    resumed = PlateauEarlyStopping()
+    resumed_model = ResumableScriptedModel(WORKED_VALUES, plateau=WORKED, train_batches=1)
+    refit = trainer(tmp_path / "resumed", max_epochs=30, limit_val_batches=1, callbacks=[resumed, _quiet(WORKED)])
+    refit.fit(resumed_model, ckpt_path=str(tmp_path / "ckpt" / f"epoch={resume_epoch}.ckpt"))
+
+    assert resumed.stopped_epoch == whole.stopped_epoch == 13
+    assert _cut_epochs(refit) == _cut_epochs(fitted) == [5, 9]
+    assert _plateau(refit).history == _plateau(fitted).history
+    assert resumed_model.lr_at_train_start == model.lr_at_train_start[resume_epoch + 1 :]
+    assert resumed.stopping_reason_message == whole.stopping_reason_message
+
+
+def test_early_stopping_state_dict_round_trip() -> None:
+    """`state_dict` is plain data; one written by Lightning's EarlyStopping (no plateau keys) still loads."""
+    early_stopping = PlateauEarlyStopping()
+    early_stopping.stop_rule = "lr_exhausted"
+    early_stopping._exhausted_at, early_stopping._exhausted_epoch = 10, 9
+    other = PlateauEarlyStopping()
+    other.load_state_dict(early_stopping.state_dict())
+    assert (other.stop_rule, other._exhausted_at, other._exhausted_epoch) == ("lr_exhausted", 10, 9)
+
+    legacy = EarlyStopping(monitor="val_loss").state_dict()
+    other.load_state_dict(legacy)
+    assert (other.stop_rule, other._exhausted_at, other._exhausted_epoch) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("make_model", "extra_callbacks"),
+    [
+        pytest.param(
+            lambda: PlateauSchedulerModel(WORKED_VALUES, train_batches=1),
+            [PlateauCallback(verbose=False, log_traces=False)],
+            id="module",
+        ),
+        pytest.param(lambda: ScriptedModel(WORKED_VALUES, train_batches=1), [_quiet(WORKED)], id="callback"),
+    ],
+)
+def test_early_stopping_follows_plateau_without_mixin(tmp_path: Any, make_model: Any, extra_callbacks: list) -> None:
+    """The plateau may come from the PlateauCallback's config or from the module's PlateauScheduler."""
+    early_stopping = PlateauEarlyStopping()
+    fitted = trainer(tmp_path, max_epochs=30, limit_val_batches=1, callbacks=[early_stopping, *extra_callbacks])
+    fitted.fit(make_model())
+    assert early_stopping.stopped_epoch == 13
+    assert (early_stopping.monitor, early_stopping.mode, early_stopping.patience) == ("val_loss", "min", 4)
+
+
+def test_early_stopping_without_plateau_raises(tmp_path: Any) -> None:
+    """A Trainer without a PlateauCallback fails at setup with the fix."""
+    fitted = trainer(tmp_path, callbacks=[PlateauEarlyStopping()])
+    with pytest.raises(MisconfigurationException, match=r"the Trainer has no PlateauCallback\. Inherit PlateauMixin"):
+        fitted.fit(ScriptedModel([1.0]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"monitor": "val_acc"}, r"PlateauEarlyStopping\(monitor='val_acc'\) contradicts the plateau it follows"),
+        ({"mode": "max"}, r"PlateauEarlyStopping\(mode='max'\) contradicts .*drop `mode=`"),
+    ],
+)
+def test_early_stopping_contradicting_plateau_raises(tmp_path: Any, kwargs: dict[str, Any], match: str) -> None:
+    """A monitor or mode of its own that differs from the plateau's is an error naming both."""
+    with pytest.raises(MisconfigurationException, match=match):
+        _fit(tmp_path, FLAT, WORKED, PlateauEarlyStopping(**kwargs), max_epochs=1)
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_early_stopping_agreeing_monitor_is_silent(tmp_path: Any) -> None:
+    """Stating the plateau's own monitor and mode is allowed and keys the checkpoint state by them."""
+    early_stopping = PlateauEarlyStopping(monitor="val_loss", mode="min")
+    _fit(tmp_path, WORKED_VALUES, WORKED, early_stopping)
+    assert early_stopping.stopped_epoch == 13
+    assert early_stopping.state_key == "PlateauEarlyStopping{'monitor': 'val_loss', 'mode': 'min'}"
+    assert PlateauEarlyStopping().state_key == "PlateauEarlyStopping"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"patience": -1}, ValueError, r"`patience` must be an int >= 0 or None, got -1"),
+        ({"patience": 2.5}, ValueError, r"`patience` must be an int >= 0 or None, got 2.5"),
+        ({"max_reductions": -2}, ValueError, r"`max_reductions` must be an int >= 0 or None, got -2"),
+        ({"monitor": ""}, ValueError, r"`monitor` must be a metric name or None \(the plateau's\), got ''"),
+        ({"reset_on_cut": "yes"}, ValueError, r"`reset_on_cut` must be True or False, got 'yes'"),
+        ({"mode": "up"}, MisconfigurationException, r"`mode` can be min, max, got up"),
+    ],
+)
+def test_early_stopping_rejects_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    """Bad constructor arguments fail at once, naming the value given and what is allowed."""
+    with pytest.raises(error, match=match):
+        PlateauEarlyStopping(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("lrs", "min_lrs", "factor", "eps", "expected"),
+    [
+        ([1e-3], [1e-3], 0.1, 1e-8, True),
+        ([1e-3 * (1 + 1e-15)], [1e-3], 0.1, 1e-8, True),  # what 0.1 * 0.1 * 0.1 leaves behind
+        ([2e-3], [1e-3], 0.1, 1e-8, False),
+        ([1e-3, 1e-2], [1e-3, 1e-4], 0.1, 1e-8, False),  # every group must be exhausted
+        ([1e-3, 1e-4], [1e-3, 1e-4], 0.1, 1e-8, True),
+        ([1e-9], [0.0], 0.1, 1e-8, True),  # a cut smaller than eps is not applied
+        ([1e-7], [0.0], 0.1, 1e-8, False),
+    ],
+)
+def test_early_stopping_lr_exhausted_is_the_scheduler_rule(
+    lrs: list[float], min_lrs: list[float], factor: float, eps: float, expected: bool
+) -> None:
+    """Exhausted means `lr - max(lr * factor, min_lr) <= eps` for every param group."""
+    assert _lr_exhausted(lrs, min_lrs, factor, eps) is expected

@@ -116,6 +116,8 @@ class PlateauReportCLI(LightningCLI):
     """LightningCLI that ends ``fit`` with a table of the LR cuts and the path of the run."""
 
     def after_fit(self) -> None:
+        if not self.trainer.is_global_zero:
+            return  # under DDP every rank runs this; one report is enough
         print_cuts(self.trainer)
         stopper = self.trainer.early_stopping_callback
         if stopper is not None and stopper.stopping_reason_message:
@@ -133,8 +135,10 @@ class PlateauReportCLI(LightningCLI):
 def print_cuts(trainer: pl.Trainer) -> None:
     """Print one row per learning-rate cut made by the trainer's PlateauCallback."""
     callback = next(cb for cb in trainer.callbacks if isinstance(cb, PlateauCallback))  # type: ignore[attr-defined]
-    assert callback.scheduler is not None
-    assert callback.config is not None
+    if callback.scheduler is None or callback.config is None:
+        # ddp_spawn trains in worker processes: this process's callback never ran.
+        print("\nPlateau: the cuts were made in the worker processes; see the logged plateau/* traces.")
+        return
     cuts = callback.scheduler.cuts
     print(f"\nPlateau: {callback.config.describe()}; {len(callback.history)} evaluations, {len(cuts)} cut(s)")
     if not cuts:

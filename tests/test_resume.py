@@ -212,27 +212,36 @@ def test_resume_after_fit_end_checkpoint_is_exact(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("where", "checkpoint_kwargs"),
-    [("validation", {}), ("training", {}), ("validation", {"save_on_train_epoch_end": True})],
+    ("where", "checkpoint_kwargs", "trainer_kwargs"),
+    [
+        pytest.param("validation", _AT_VALIDATION_END, {}, id="validation-end"),
+        pytest.param("validation", _AT_VALIDATION_END, {"val_check_interval": 2}, id="validation-mid-epoch"),
+        pytest.param("validation", _AT_TRAIN_EPOCH_END, {}, id="train-epoch-end"),
+        pytest.param("training", _AT_TRAIN_EPOCH_END, {}, id="train-epoch-end-training-metric"),
+    ],
 )
 def test_checkpoint_holds_state_after_its_evaluation(
-    tmp_path: Path, where: str, checkpoint_kwargs: dict[str, Any]
+    tmp_path: Path, where: str, checkpoint_kwargs: dict[str, Any], trainer_kwargs: dict[str, Any]
 ) -> None:
-    """A checkpoint written at validation end (or train epoch end) holds the scheduler state after that evaluation."""
-    checkpoint = ModelCheckpoint(tmp_path, "{epoch}", save_top_k=-1, every_n_epochs=1, **checkpoint_kwargs)
-    _, fit = _run(tmp_path, "mixin", where, [checkpoint])
-    history = _plateau(fit).history
-    for epoch in range(6):
-        saved = torch.load(tmp_path / f"epoch={epoch}.ckpt", weights_only=True)
+    """Each checkpoint holds the scheduler and callback state after the evaluation just made, cut included.
+
+    Lightning moves ModelCheckpoint to the end of the callbacks, so the callback steps before the file is written.
+    """
+    checkpoint = ModelCheckpoint(tmp_path, "{step}", save_top_k=-1, **checkpoint_kwargs)
+    _, fit = _run(tmp_path, "mixin", where, [checkpoint], **trainer_kwargs)
+    callback = _plateau(fit)
+    assert sum(row.cut for row in callback.history) >= 2
+    for row in callback.history:
+        saved = torch.load(tmp_path / f"step={row.global_step}.ckpt", weights_only=True)
         scheduler_state = saved["lr_schedulers"][0]
-        callback_state = saved["callbacks"][_plateau(fit).state_key]
-        assert scheduler_state["num_evaluations"] == epoch + 1
-        assert len(scheduler_state["cuts"]) == sum(cut <= epoch + 1 for cut in (3, 6))
-        assert len(callback_state["history"]) == epoch + 1
-        assert callback_state["history"][-1]["epoch"] == epoch
-        # the cut made at this evaluation is already in the optimizer's LR that the checkpoint restores
+        callback_state = saved["callbacks"][callback.state_key]
+        assert scheduler_state["num_evaluations"] == row.evaluation
+        assert len(scheduler_state["cuts"]) == sum(earlier.cut for earlier in callback.history[: row.evaluation])
+        assert len(callback_state["history"]) == row.evaluation
+        assert callback_state["history"][-1]["epoch"] == row.epoch
+        # the LR the checkpoint restores already carries a cut made at this evaluation
         lr = saved["optimizer_states"][0]["param_groups"][0]["lr"]
-        assert [lr] == scheduler_state["_last_lr"] == list(history[epoch].lrs)
+        assert (lr,) == tuple(scheduler_state["_last_lr"]) == row.lrs
 
 
 class _TorchPlateauModel(_PlainModel):

@@ -349,9 +349,12 @@ def test_traces_wandb_disabled_mode_names_no_run(
     fit = trainer(tmp_path, logger=WandbLogger(save_dir=tmp_path), max_epochs=len(VALUES))
     with caplog.at_level(logging.INFO):
         fit.fit(ScriptedPlateauModel(VALUES, plateau=PlateauConfig(patience=1)))
+    run_dir = wandb_run_dir(fit)
     wandb.finish()
+    # wandb keeps its settings (the disabled mode too) in a process-wide singleton until torn down
+    wandb.teardown()
 
-    assert wandb_run_dir(fit) is None
+    assert run_dir is None
     (message,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("PlateauCallback (")]
     assert "W&B" not in message
     assert f"chart: {tmp_path / 'plateau.png'}" in message

@@ -192,7 +192,7 @@ def test_mixin_configure_optimizer_errors(model_class: Any, error: type[Exceptio
         model_class(_VALUES).configure_optimizers()
 
 
-def test_mixin_callback_state_key_survives_resume(tmp_path: Path) -> None:
+def test_mixin_callback_saves_history_under_a_fixed_key(tmp_path: Path) -> None:
     """The mixin's callback and a config-less user callback each save their history under one fixed key."""
     keys: list[Optional[str]] = []
     for mine in (None, PlateauCallback(verbose=False)):

@@ -14,20 +14,17 @@ Run::
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import WandbLogger
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, random_split
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_plateau import PlateauCallback, PlateauConfig, PlateauMixin
-from lightning_plateau._format import format_lrs, format_value
+from lightning_plateau import PlateauCallback, PlateauConfig, PlateauMixin, wandb_run_dir
 
 
 class DigitsDataModule(pl.LightningDataModule):
@@ -118,36 +115,43 @@ class PlateauReportCLI(LightningCLI):
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:
             return  # under DDP every rank runs this; one report is enough
-        print_cuts(self.trainer)
+        plateau = next(cb for cb in self.trainer.callbacks if isinstance(cb, PlateauCallback))
+        print_cuts(plateau)
         stopper = self.trainer.early_stopping_callback
         if stopper is not None and stopper.stopping_reason_message:
             print(f"Stopped early: {stopper.stopping_reason_message}")
-        logger = self.trainer.logger
-        if isinstance(logger, WandbLogger):
-            run_dir = Path(logger.experiment.dir).parent
-            # Closes the offline run, so its .wandb file is complete before the script exits.
-            logger.experiment.finish()
+        if plateau.chart_path is not None:
+            print(f"Chart: {plateau.chart_path}")
+        run_dir = wandb_run_dir(self.trainer)
+        if run_dir is not None:
+            import wandb
+
+            # Completes the offline run's .wandb file before the script exits.
+            wandb.finish()
+            wandb.teardown()
             print(f"W&B offline run: {run_dir}")
-        elif logger is not None and logger.log_dir is not None:
-            print(f"Logs: {logger.log_dir}")
+            print(f"Upload it with: wandb sync {run_dir}")
 
 
-def print_cuts(trainer: pl.Trainer) -> None:
-    """Print one row per learning-rate cut made by the trainer's PlateauCallback."""
-    callback = next(cb for cb in trainer.callbacks if isinstance(cb, PlateauCallback))  # type: ignore[attr-defined]
-    if callback.scheduler is None or callback.config is None:
+def print_cuts(plateau: PlateauCallback) -> None:
+    """Print one row per learning-rate cut made by ``plateau``."""
+    if plateau.scheduler is None or plateau.config is None:
         # ddp_spawn trains in worker processes: this process's callback never ran.
         print("\nPlateau: the cuts were made in the worker processes; see the logged plateau/* traces.")
         return
-    cuts = callback.scheduler.cuts
-    print(f"\nPlateau: {callback.config.describe()}; {len(callback.history)} evaluations, {len(cuts)} cut(s)")
+    cuts = plateau.scheduler.cuts
+    print(f"\nPlateau: {plateau.config.describe()}; {len(plateau.history)} evaluations, {len(cuts)} cut(s)")
     if not cuts:
         return
     print(f"{'epoch':>5}  {'eval':>4}  {'value':>8}  {'best':>8}  lr")
     for cut in cuts:
-        epoch = "-" if cut.epoch is None else str(cut.epoch + 1)
-        lrs = f"{format_lrs(cut.lrs_before)} -> {format_lrs(cut.lrs_after)}"
-        print(f"{epoch:>5}  {cut.evaluation:>4}  {format_value(cut.value):>8}  {format_value(cut.best):>8}  {lrs}")
+        epoch = "-" if cut.epoch is None else str(cut.epoch + 1)  # counted from 1, as people count epochs
+        lrs = f"{_lrs(cut.lrs_before)} -> {_lrs(cut.lrs_after)}"
+        print(f"{epoch:>5}  {cut.evaluation:>4}  {cut.value:>8.4f}  {cut.best:>8.4f}  {lrs}")
+
+
+def _lrs(lrs: tuple[float, ...]) -> str:
+    return ", ".join(f"{lr:.2g}" for lr in lrs)
 
 
 def main(args: list[str] | None = None) -> None:

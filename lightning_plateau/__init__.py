@@ -1,21 +1,46 @@
-"""Reduce-LR-on-plateau for PyTorch Lightning, stepped once per fresh value, identically on every rank."""
+"""Reduce-LR-on-plateau for PyTorch Lightning, stepped once per fresh value, identically on every rank.
 
-from lightning_plateau.callback import PlateauCallback
-from lightning_plateau.chart import plot_plateau
-from lightning_plateau.config import PlateauConfig
-from lightning_plateau.early_stopping import PlateauEarlyStopping
-from lightning_plateau.mixin import PlateauMixin
-from lightning_plateau.replay import Replay, ReplayRow, replay
-from lightning_plateau.scheduler import PlateauCut, PlateauEvaluation, PlateauScheduler
-from lightning_plateau.traces import wandb_run_dir
+The public names are imported on first use (PEP 562), so ``lightning-plateau explain`` and ``replay`` start
+without importing Lightning; ``from lightning_plateau import PlateauCallback`` works as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning_plateau.callback import PlateauCallback
+    from lightning_plateau.chart import plot_plateau
+    from lightning_plateau.config import PlateauConfig
+    from lightning_plateau.early_stopping import PlateauEarlyStopping
+    from lightning_plateau.mixin import PlateauMixin
+    from lightning_plateau.replay import Replay, ReplayRow, replay
+    from lightning_plateau.scheduler import PlateauCut, PlateauEvaluation, PlateauScheduler
+    from lightning_plateau.traces import wandb_run_dir
 
 __version__ = "0.1.0"
+
+_WHERE = {
+    "PlateauCallback": "callback",
+    "PlateauConfig": "config",
+    "PlateauCut": "scheduler",
+    "PlateauEarlyStopping": "early_stopping",
+    "PlateauEvaluation": "scheduler",
+    "PlateauMixin": "mixin",
+    "PlateauScheduler": "scheduler",
+    "Replay": "replay",
+    "ReplayRow": "replay",
+    "plot_plateau": "chart",
+    "replay": "replay",
+    "wandb_run_dir": "traces",
+}
 
 __all__ = [
     "PlateauCallback",
     "PlateauConfig",
-    "PlateauEarlyStopping",
     "PlateauCut",
+    "PlateauEarlyStopping",
     "PlateauEvaluation",
     "PlateauMixin",
     "PlateauScheduler",
@@ -26,3 +51,16 @@ __all__ = [
     "replay",
     "wandb_run_dir",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lightning_plateau' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"lightning_plateau.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

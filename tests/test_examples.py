@@ -95,7 +95,7 @@ def test_digits_example_prints_cuts_and_wandb_run(tmp_path: Path, capsys: pytest
         wandb.teardown()
     output = capsys.readouterr().out
     assert "Plateau: val_loss (min), patience 0, factor 0.3; 3 evaluations, 2 cut(s)" in output
-    assert cut_rows(output) == [(2, 2, "0.01 -> 3e-3"), (3, 3, "3e-3 -> 9e-4")]
+    assert cut_rows(output) == [(2, 2, "0.01 -> 0.003"), (3, 3, "0.003 -> 0.0009")]
     match = re.search(r"^W&B offline run: (\S+)", output, flags=re.MULTILINE)
     assert match is not None
     run_dir = Path(match.group(1))

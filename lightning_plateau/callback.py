@@ -117,6 +117,11 @@ class PlateauCallback(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            # A new fit starts a new history; Lightning restores a resumed one from the checkpoint after setup.
+            self.history = []
+            self._source = None
+            self._missing_reported = False
         module_config = getattr(pl_module, "plateau_config", None)
         if isinstance(module_config, PlateauConfig):
             self._adopt(module_config, source=f"{type(pl_module).__name__}.plateau")

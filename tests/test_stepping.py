@@ -351,3 +351,14 @@ def test_callback_replays_step_interval_pitfall(tmp_path: Any) -> None:
     assert scheduler.num_evaluations == model.evaluations == 8
     assert scheduler.cuts == []
     assert model.lr_at_train_start == [0.1, 0.1]
+
+
+def test_callback_reused_for_a_second_fit_starts_a_new_history(tmp_path: Any) -> None:
+    """One PlateauCallback in two fresh fits: each history matches that fit's own scheduler."""
+    callback = PlateauCallback(PlateauConfig(patience=1), log_traces=False, verbose=False)
+    for max_epochs in (5, 3):
+        fit = trainer(tmp_path, max_epochs=max_epochs, callbacks=[callback])
+        fit.fit(ScriptedModel([1.0, 0.9] + [0.95] * 10))
+        assert callback.scheduler is not None
+        assert len(callback.history) == callback.scheduler.num_evaluations == max_epochs
+        assert [row.evaluation for row in callback.history] == list(range(1, max_epochs + 1))

@@ -119,6 +119,8 @@ class PlateauCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             # A new fit starts a new history; Lightning restores a resumed one from the checkpoint after setup.
+            # A config adopted from the previous fit's module is forgotten too: only the one given here stays.
+            self.config = self._key_config
             self.history = []
             self._source = None
             self._missing_reported = False

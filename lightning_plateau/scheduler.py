@@ -16,6 +16,9 @@ from lightning_plateau.config import PlateauConfig
 
 # Attributes that belong to the running object, not to the decision state a checkpoint must restore.
 _TRANSIENT = frozenset({"optimizer", "config", "_driver", "_driving", "_context"})
+# The policy comes from the config the scheduler is built with; a checkpoint brings back the counters only.
+_POLICY = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "eps")
+_DERIVED_FROM_POLICY = frozenset({"min_lrs", "default_min_lr", "mode_worse", "monitor"})
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,8 @@ class PlateauScheduler(ReduceLROnPlateau):
         )
         self.config = config
         self.monitor = config.monitor
+        # torch < 2.6 has no `default_min_lr`; `_reduce_lr` below needs it to extend min_lr to new groups.
+        self.default_min_lr = None if isinstance(config.min_lr, list) else config.min_lr
         self.num_evaluations = 0
         self.best_evaluation: Optional[int] = None
         self.best_epoch: Optional[int] = None
@@ -169,7 +174,7 @@ class PlateauScheduler(ReduceLROnPlateau):
             best=float(self.best),
             num_bad=int(self.num_bad_epochs),
             cooldown=int(self.cooldown_counter),
-            lrs=tuple(float(lr) for lr in self._last_lr),
+            lrs=tuple(float(group["lr"]) for group in self.optimizer.param_groups),
             cut=last is not None and last.evaluation == self.num_evaluations and self.num_evaluations > 0,
         )
 
@@ -270,7 +275,25 @@ class PlateauScheduler(ReduceLROnPlateau):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; keys added in later versions fall back to their defaults."""
-        state = {key: value for key, value in state_dict.items() if key not in _TRANSIENT}
+        """Restore the counters, the best value and the cuts of :meth:`state_dict`.
+
+        The policy (mode, factor, patience, threshold, cooldown, min_lr, eps) stays this scheduler's own
+        config, so a run resumed with a changed :class:`PlateauConfig` follows the new one; a warning names
+        what changed. Keys added in later versions fall back to their defaults.
+        """
+        changed = [
+            f"{key} {state_dict[key]!r} -> {getattr(self, key)!r}"
+            for key in _POLICY
+            if key in state_dict and state_dict[key] != getattr(self, key)
+        ]
+        if changed:
+            warnings.warn(
+                f"The checkpoint's plateau policy differs from this scheduler's config ({', '.join(changed)}):"
+                " its counters and best value are restored, and the config's policy applies from here.",
+                UserWarning,
+                stacklevel=2,
+            )
+        skip = _TRANSIENT | _DERIVED_FROM_POLICY | set(_POLICY)
+        state = {key: value for key, value in state_dict.items() if key not in skip}
         state["cuts"] = [PlateauCut.from_dict(cut) for cut in state.get("cuts", [])]
         super().load_state_dict(state)

@@ -352,3 +352,31 @@ def test_scheduler_state_dict_keeps_torch_state_loadable() -> None:
     assert (ours.best, ours.num_bad_epochs, ours.cuts, ours.num_evaluations) == (1.0, 1, [], 0)
     ours.step(2.0)
     assert _lrs(ours) == [0.1]
+
+
+def test_scheduler_resumed_with_a_changed_config_follows_the_new_policy_and_warns() -> None:
+    """The checkpoint restores counters and best; patience, factor and min_lr come from the new config."""
+    old = PlateauScheduler(_optimizer([1.0]), PlateauConfig(patience=5, factor=0.5, min_lr=0.5))
+    for value in (1.0, 2.0, 2.0):
+        old.step(value)
+    assert (old.best, old.num_bad_epochs) == (1.0, 2)
+    new_config = PlateauConfig(patience=2, factor=0.1, min_lr=0.0)
+    resumed = PlateauScheduler(_optimizer([1.0]), new_config)
+    with pytest.warns(UserWarning, match=r"factor 0.5 -> 0.1, patience 5 -> 2"):
+        resumed.load_state_dict(old.state_dict())
+    assert (resumed.best, resumed.num_bad_epochs, resumed.num_evaluations) == (1.0, 2, 3)
+    assert (resumed.patience, resumed.factor, resumed.min_lrs, resumed.config) == (2, 0.1, [0.0], new_config)
+    resumed.step(2.0)
+    assert resumed.cuts[-1].num_bad == 3
+    assert resumed.cuts[-1].lrs_after == (0.1,)
+
+
+def test_scheduler_resumed_with_the_same_config_is_silent() -> None:
+    config = PlateauConfig(patience=1, min_lr=[0.1])
+    old = PlateauScheduler(_optimizer([1.0]), config)
+    old.step(1.0)
+    resumed = PlateauScheduler(_optimizer([1.0]), config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.load_state_dict(old.state_dict())
+    assert resumed.state_dict() == old.state_dict()

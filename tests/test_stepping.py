@@ -362,3 +362,13 @@ def test_callback_reused_for_a_second_fit_starts_a_new_history(tmp_path: Any) ->
         assert callback.scheduler is not None
         assert len(callback.history) == callback.scheduler.num_evaluations == max_epochs
         assert [row.evaluation for row in callback.history] == list(range(1, max_epochs + 1))
+
+
+def test_callback_without_config_adopts_each_fits_module_plateau(tmp_path: Any) -> None:
+    """A PlateauCallback() reused with two modules of different plateaus follows each; no false contradiction."""
+    callback = PlateauCallback(log_traces=False, verbose=False)
+    for patience in (1, 3):
+        fit = trainer(tmp_path, max_epochs=2, callbacks=[callback])
+        fit.fit(ScriptedPlateauModel([1.0, 2.0], plateau=PlateauConfig(patience=patience)))
+        assert callback.config == PlateauConfig(patience=patience)
+        assert _scheduler(callback).patience == patience

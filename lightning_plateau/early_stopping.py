@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 import lightning.pytorch as pl
@@ -300,7 +299,7 @@ class PlateauEarlyStopping(EarlyStopping):
         return True, message
 
     def _track_exhaustion(self, row: PlateauEvaluation, scheduler: PlateauScheduler) -> None:
-        if not _lr_exhausted(row.lrs, _min_lrs(scheduler, len(row.lrs)), scheduler.factor, scheduler.eps):
+        if not scheduler.exhausted:
             self._exhausted_at = None
             self._exhausted_epoch = None
         elif self._exhausted_at is None:
@@ -310,7 +309,7 @@ class PlateauEarlyStopping(EarlyStopping):
             self._exhausted_epoch = row.epoch if row.cut else None
 
     def _exhaustion_phrase(self, row: PlateauEvaluation, scheduler: PlateauScheduler) -> str:
-        min_lrs = _min_lrs(scheduler, len(row.lrs))
+        min_lrs = scheduler.min_lr_bounds()
         if all(lr - floor <= scheduler.eps for lr, floor in zip(row.lrs, min_lrs, strict=True)):
             reached = f"lr reached min_lr {format_lrs(min_lrs)}"
         else:
@@ -320,23 +319,6 @@ class PlateauEarlyStopping(EarlyStopping):
         if self._exhausted_at == 0:
             return f"{reached} from the start"
         return f"{reached} by evaluation {self._exhausted_at}"
-
-
-def _lr_exhausted(lrs: Sequence[float], min_lrs: Sequence[float], factor: float, eps: float) -> bool:
-    """Whether no param group's LR would change at a further cut: ``lr - max(lr * factor, min_lr) <= eps`` for all.
-
-    This is the scheduler's own test for applying a cut (torch's ``ReduceLROnPlateau._reduce_lr``).
-    """
-    return all(lr - max(lr * factor, floor) <= eps for lr, floor in zip(lrs, min_lrs, strict=True))
-
-
-def _min_lrs(scheduler: PlateauScheduler, num_groups: int) -> list[float]:
-    # Groups added after the scheduler was built get the bound the scheduler would give them at its next cut.
-    min_lrs = [float(v) for v in scheduler.min_lrs[:num_groups]]
-    if len(min_lrs) < num_groups:
-        default = scheduler.default_min_lr
-        min_lrs += [float(default) if default is not None else 0.0] * (num_groups - len(min_lrs))
-    return min_lrs
 
 
 def _where(row: PlateauEvaluation) -> str:

@@ -229,23 +229,41 @@ class PlateauScheduler(ReduceLROnPlateau):
     # torch releases before 2.4 call the comparison `is_better`, later ones `_is_better`.
     is_better = _is_better
 
+    def min_lr_bounds(self) -> list[float]:
+        """The ``min_lr`` of each of the optimizer's param groups, as the next cut applies it.
+
+        Groups added after construction (as ``BaseFinetuning`` does) get the scalar ``min_lr``, or ``0.0``
+        when ``min_lr`` was a list.
+        """
+        num_groups = len(self.optimizer.param_groups)
+        bounds = [float(bound) for bound in self.min_lrs[:num_groups]]
+        fill = 0.0 if self.default_min_lr is None else float(self.default_min_lr)
+        return bounds + [fill] * (num_groups - len(bounds))
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether a cut now would change no param group's LR: ``lr - max(lr * factor, min_lr) <= eps`` for all.
+
+        This is torch's own test for applying a cut, so an exhausted scheduler has nothing left to cut.
+        """
+        lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
+        bounds = self.min_lr_bounds()
+        return all(lr - max(lr * self.factor, bound) <= self.eps for lr, bound in zip(lrs, bounds, strict=True))
+
     @override
     def _reduce_lr(self, epoch: Any) -> None:
         groups = self.optimizer.param_groups
         if len(groups) > len(self.min_lrs):
-            if self.default_min_lr is None:
-                if not self._warned_new_groups:
-                    warnings.warn(
-                        f"The optimizer has {len(groups)} param groups but `min_lr` lists {len(self.min_lrs)}:"
-                        " the groups added since the scheduler was built get min_lr 0.0. Pass a single float"
-                        " min_lr to give every group the same bound.",
-                        UserWarning,
-                        stacklevel=2,
-                    )
-                    self._warned_new_groups = True
-                self.min_lrs = list(self.min_lrs) + [0.0] * (len(groups) - len(self.min_lrs))
-            else:
-                self.min_lrs = [self.default_min_lr] * len(groups)
+            if self.default_min_lr is None and not self._warned_new_groups:
+                warnings.warn(
+                    f"The optimizer has {len(groups)} param groups but `min_lr` lists {len(self.min_lrs)}:"
+                    " the groups added since the scheduler was built get min_lr 0.0. Pass a single float"
+                    " min_lr to give every group the same bound.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                self._warned_new_groups = True
+            self.min_lrs = self.min_lr_bounds()
         before = tuple(float(group["lr"]) for group in groups)
         super()._reduce_lr(epoch)
         after = tuple(float(group["lr"]) for group in groups)

@@ -15,7 +15,6 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStopping, EarlyStopp
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_plateau import PlateauCallback, PlateauConfig, PlateauEarlyStopping, PlateauScheduler
-from lightning_plateau.early_stopping import _lr_exhausted
 
 # The class docstring's worked example: best at epoch 3 (1-based), cuts at epochs 6 and 10, LR exhausted at 10.
 WORKED = PlateauConfig(patience=2, cooldown=1, factor=0.1, min_lr=1e-3)
@@ -389,5 +388,12 @@ def test_early_stopping_rejects_bad_arguments(kwargs: dict[str, Any], error: typ
 def test_early_stopping_lr_exhausted_is_the_scheduler_rule(
     lrs: list[float], min_lrs: list[float], factor: float, eps: float, expected: bool
 ) -> None:
-    """Exhausted means `lr - max(lr * factor, min_lr) <= eps` for every param group."""
-    assert _lr_exhausted(lrs, min_lrs, factor, eps) is expected
+    """Exhausted means `lr - max(lr * factor, min_lr) <= eps` for every group: exactly when a cut changes nothing."""
+    params = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in lrs]
+    scheduler = PlateauScheduler(
+        torch.optim.SGD(params), PlateauConfig(patience=0, factor=factor, eps=eps, min_lr=min_lrs)
+    )
+    assert scheduler.exhausted is expected
+    scheduler.step(1.0)
+    scheduler.step(1.0)  # one evaluation without improvement > patience 0: the scheduler tries to cut
+    assert (scheduler.num_reductions == 0) is expected

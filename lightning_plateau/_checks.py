@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -11,10 +11,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException  # type: ignore[attr-defined]
 
 from lightning_plateau.config import PlateauConfig
-from lightning_plateau.early_stopping import PlateauEarlyStopping
-
-if TYPE_CHECKING:
-    from lightning_plateau.callback import PlateauCallback
 
 # Name tokens that say which way a metric improves. Tokens are the lower-cased name split on / _ - . , so
 # "val_acc" and "val/f1" match and "mapping" or "lossless" do not; a trailing number is dropped ("map50").
@@ -71,21 +67,19 @@ def likely_mode(monitor: str) -> Optional[str]:
     return "max" if higher else "min"
 
 
-def check_setup(trainer: pl.Trainer, plateau_callback: PlateauCallback) -> None:
+def check_setup(trainer: pl.Trainer, config: PlateauConfig) -> None:
     """Check every callback that judges the plateau's monitor against the plateau; called at fit start.
 
     Raises:
-        MisconfigurationException: if a PlateauEarlyStopping states a monitor or mode other than the plateau's,
-            or a Lightning ``EarlyStopping`` or ``ModelCheckpoint`` on the plateau's monitor uses the other mode.
+        MisconfigurationException: if a Lightning ``EarlyStopping`` or ``ModelCheckpoint`` on the plateau's
+            monitor uses the other mode.
     """
-    config = plateau_callback.config
-    assert config is not None
     plateau = f"PlateauCallback({config.describe()})"
     _check_mode_name(config, plateau)
     for callback in trainer.callbacks:  # type: ignore[attr-defined]
-        if isinstance(callback, PlateauEarlyStopping):
-            callback._follow(plateau_callback)
-        elif isinstance(callback, EarlyStopping) and callback.monitor == config.monitor:
+        if hasattr(callback, "on_plateau_evaluation"):
+            continue  # it follows the plateau (PlateauEarlyStopping): nothing of its own to contradict it
+        if isinstance(callback, EarlyStopping) and callback.monitor == config.monitor:
             _check_early_stopping(callback, config, plateau)
         elif isinstance(callback, ModelCheckpoint) and callback.monitor == config.monitor:
             _check_checkpoint(callback, config, plateau)

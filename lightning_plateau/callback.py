@@ -131,7 +131,9 @@ class PlateauCallback(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.scheduler = self._own_scheduler(trainer)
-        check_setup(trainer, self)
+        # Callbacks that follow the plateau (PlateauEarlyStopping) take its config before any check runs.
+        self._notify(trainer, "on_plateau_start", pl_module, self)
+        check_setup(trainer, self._require_config())
         self._validation_runs = 0
         self._train_epochs = 0
         self._epoch_started = False
@@ -195,10 +197,14 @@ class PlateauCallback(Callback):
         if self.log_traces:
             self._traces.log_evaluation(trainer, self.scheduler, row)
         # Callbacks that decide on the same evaluation (PlateauEarlyStopping) do so after the scheduler.
+        self._notify(trainer, "on_plateau_evaluation", pl_module, self, row)
+
+    def _notify(self, trainer: pl.Trainer, hook_name: str, *args: Any) -> None:
+        """Call ``hook_name(trainer, *args)`` on every other callback that defines it."""
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
-            hook = getattr(callback, "on_plateau_evaluation", None)
+            hook = getattr(callback, hook_name, None)
             if callback is not self and callable(hook):
-                hook(trainer, pl_module, self, row)
+                hook(trainer, *args)
 
     def _fresh_value(self, trainer: pl.Trainer) -> Optional[float]:
         # `trainer.callback_metrics` keeps every value ever logged, so it cannot tell fresh from stale. The

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -13,11 +13,9 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException  # 
 from typing_extensions import override
 
 from lightning_plateau._format import format_lr, format_lrs, format_value
+from lightning_plateau.callback import PlateauCallback
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
-
-if TYPE_CHECKING:
-    from lightning_plateau.callback import PlateauCallback
 
 # Values of `stop_rule`: which rule stopped the run.
 _LR_EXHAUSTED = "lr_exhausted"
@@ -153,9 +151,6 @@ class PlateauEarlyStopping(EarlyStopping):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Imported here: the setup checks in lightning_plateau._checks, which PlateauCallback imports, need this class.
-        from lightning_plateau.callback import PlateauCallback
-
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
@@ -177,6 +172,12 @@ class PlateauEarlyStopping(EarlyStopping):
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Does nothing: the decision is taken in :meth:`on_plateau_evaluation`, never on ``callback_metrics``."""
+
+    def on_plateau_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, plateau_callback: PlateauCallback
+    ) -> None:
+        """Called by the PlateauCallback at fit start, once its config is known: follow it."""
+        self._follow(plateau_callback)
 
     def on_plateau_evaluation(
         self,

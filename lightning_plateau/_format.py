@@ -34,6 +34,16 @@ def format_value(value: float) -> str:
     return f"{value:.4g}"
 
 
+def plural(count: int, noun: str) -> str:
+    """A count and its noun: ``1 cut``, ``2 cuts``, ``0 evaluations``."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def cuts_in_evaluations(num_cuts: int, num_evaluations: int) -> str:
+    """How many cuts a history got: ``2 cuts in 9 evaluations``, ``1 cut in 1 evaluation``."""
+    return f"{plural(num_cuts, 'cut')} in {plural(num_evaluations, 'evaluation')}"
+
+
 def format_cut(cut: PlateauCut, config: PlateauConfig) -> str:
     """Why a cut happened, in one line. Epochs and evaluations are counted from 1, as people count them.
 

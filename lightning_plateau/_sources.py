@@ -112,7 +112,9 @@ def _parse_lines(lines: list[str], name: str) -> History:
 
 
 def _parse_csv(lines: list[str], name: str, monitor: Optional[str]) -> History:
-    reader = csv.reader(lines)
+    # The header is the first non-blank line (the caller saw one); messages still count the blank lines before it.
+    skipped = next(number for number, line in enumerate(lines) if line.strip())
+    reader = csv.reader(lines[skipped:])
     header = [column.strip() for column in next(reader)]
     column = _pick_column(header, monitor, name, _CSV_LABELS)
     index = header.index(column)
@@ -125,9 +127,10 @@ def _parse_csv(lines: list[str], name: str, monitor: Optional[str]) -> History:
         cell = row[index].strip() if index < len(row) else ""
         if not cell:
             continue
-        values.append(_csv_number(cell, column, name, reader.line_num))
-        epochs.append(_csv_label(row, epoch_index, "epoch", name, reader.line_num))
-        steps.append(_csv_label(row, step_index, "step", name, reader.line_num))
+        line = skipped + reader.line_num
+        values.append(_csv_number(cell, column, name, line))
+        epochs.append(_csv_label(row, epoch_index, "epoch", name, line))
+        steps.append(_csv_label(row, step_index, "step", name, line))
     return History(
         values,
         epochs if epoch_index is not None else None,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from lightning_plateau._format import format_lr, format_lrs
+from lightning_plateau._format import cuts_in_evaluations, format_lr, format_lrs, plural
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.scheduler import PlateauEvaluation
 
@@ -106,11 +106,7 @@ def plot_plateau(
 
 
 def _default_title(rows: Sequence[PlateauEvaluation], config: PlateauConfig, num_cuts: int) -> str:
-    return f"Plateau on {config.describe()}: {_plural(num_cuts, 'cut')} in {_plural(len(rows), 'evaluation')}"
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
+    return f"Plateau on {config.describe()}: {cuts_in_evaluations(num_cuts, len(rows))}"
 
 
 def _first_lrs(
@@ -179,7 +175,7 @@ def _draw(
             Patch(
                 color=_PATIENCE,
                 alpha=0.3,
-                label=f"patience: {_plural(config.patience + 1, 'evaluation')} without improvement",
+                label=f"patience: {plural(config.patience + 1, 'evaluation')} without improvement",
             )
         )
     open_window = _open_window(rows)

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NoReturn, Optional, TextIO, Union
 
-from lightning_plateau._format import format_lr, format_lrs, format_value
+from lightning_plateau._format import cuts_in_evaluations, format_lr, format_lrs, format_value, plural
 from lightning_plateau._sources import History, read_history
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.replay import Replay, ReplayRow, replay
@@ -29,6 +29,8 @@ _DEFAULT_LR = 1e-3
 _BOLD_RED = "\033[1;31m"
 _RESET = "\033[0m"
 _JSON_CHUNK = 10_000
+# The fields of a ReplayRow and of a PlateauCut that can be NaN or infinite.
+_NON_FINITE_FIELDS = ("value", "best")
 # The PlateauConfig fields that are options (`--threshold-mode` sets threshold_mode); `strict` means nothing here.
 _CONFIG_OPTIONS = ("monitor", "mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps")
 
@@ -170,7 +172,7 @@ def _config(args: argparse.Namespace) -> PlateauConfig:
 def _table(result: Replay, rows: Iterable[ReplayRow], history: History, *, colour: bool) -> Iterator[str]:
     config = result.config
     yield (
-        f"{history.name}: {len(result)} evaluations of {config.describe()}, threshold {config.threshold:g}"
+        f"{history.name}: {plural(len(result), 'evaluation')} of {config.describe()}, threshold {config.threshold:g}"
         f" {config.threshold_mode}, lr {format_lrs(result.initial_lrs)}\n\n"
     )
     with_epoch = history.epochs is not None
@@ -208,24 +210,22 @@ def _table(result: Replay, rows: Iterable[ReplayRow], history: History, *, colou
 def _summary(result: Replay) -> str:
     config = result.config
     if result.cuts:
-        plural = "s" if len(result.cuts) > 1 else ""
         if all(cut.epoch is not None for cut in result.cuts):
-            where = f"epoch{plural} " + ", ".join(str(cut.epoch + 1) for cut in result.cuts if cut.epoch is not None)
+            noun, labels = "epoch", [cut.epoch + 1 for cut in result.cuts if cut.epoch is not None]
         else:
-            where = f"evaluation{plural} " + ", ".join(str(cut.evaluation) for cut in result.cuts)
-        count = f"{len(result.cuts)} cut{plural}"
-        text = f"{count} in {len(result)} evaluations, at {where}: lr {format_lrs(result.initial_lrs)} -> "
-        text += format_lrs(result.final_lrs) + "."
+            noun, labels = "evaluation", [cut.evaluation for cut in result.cuts]
+        where = f"{noun}{'s' if len(labels) > 1 else ''} {', '.join(map(str, labels))}"
+        text = f"{cuts_in_evaluations(len(result.cuts), len(result))}, at {where}: lr {format_lrs(result.initial_lrs)}"
+        text += f" -> {format_lrs(result.final_lrs)}."
     else:
-        text = f"No cut in {len(result)} evaluations: the lr stays {format_lrs(result.initial_lrs)}."
+        text = f"No cut in {plural(len(result), 'evaluation')}: the lr stays {format_lrs(result.initial_lrs)}."
     last = result[-1]
     if last.cooldown:
-        text += f" It ends in cooldown ({last.cooldown} evaluation{'' if last.cooldown == 1 else 's'} left)."
+        text += f" It ends in cooldown ({plural(last.cooldown, 'evaluation')} left)."
     elif not last.cut:
         text += (
-            f" It ends with {last.num_bad} evaluation{'' if last.num_bad == 1 else 's'} without improvement;"
-            f" a cut needs {config.patience + 1}"
-            f" (patience {config.patience})."
+            f" It ends with {plural(last.num_bad, 'evaluation')} without improvement;"
+            f" a cut needs {config.patience + 1} (patience {config.patience})."
         )
     return text
 
@@ -256,18 +256,16 @@ def _json(result: Replay, rows: Iterable[ReplayRow], history: History) -> Iterat
 def _row_json(row: ReplayRow) -> dict[str, Any]:
     data: dict[str, Any] = dict(zip(ReplayRow._fields, row, strict=True))
     data["lrs"] = list(row.lrs)
-    if not math.isfinite(row.value):
-        data["value"] = None
-    if not math.isfinite(row.best):
-        data["best"] = None
-    return data
+    return _finite_floats(data)
 
 
 def _finite_floats(data: dict[str, Any]) -> dict[str, Any]:
-    # JSON has no NaN or infinity: a NaN value, or a best before any finite one, becomes null.
-    return {
-        key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in data.items()
-    }
+    # JSON has no NaN or infinity: a NaN value, or a best before any finite one, becomes null. Changed in place,
+    # and only in the fields that can hold them, which keeps a million rows quick.
+    for key in _NON_FINITE_FIELDS:
+        if not math.isfinite(data[key]):
+            data[key] = None
+    return data
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_plateau._format import format_cut, format_lrs, format_value
-from lightning_plateau.chart import _plural, plot_plateau
+from lightning_plateau._format import cuts_in_evaluations, format_cut, format_lrs, format_value
+from lightning_plateau.chart import plot_plateau
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
 
@@ -235,8 +235,7 @@ def _summary_message(
     config: PlateauConfig, scheduler: PlateauScheduler, history: Sequence[PlateauEvaluation], lines: Sequence[str]
 ) -> str:
     """The end-of-fit message: cuts, LR before and after, best value, then what was written (chart, W&B run)."""
-    cuts = _plural(scheduler.num_reductions, "cut")
-    parts = [f"PlateauCallback ({config.describe()}): {cuts} in {_plural(len(history), 'evaluation')}"]
+    parts = [f"PlateauCallback ({config.describe()}): {cuts_in_evaluations(scheduler.num_reductions, len(history))}"]
     if history:
         first = _initial_lrs(history, scheduler) or history[0].lrs
         parts.append(f"lr {format_lrs(first)} -> {format_lrs(history[-1].lrs)}")
@@ -265,7 +264,7 @@ def _logging_step(trainer: pl.Trainer) -> int:
 
 def _wandb_summary(scheduler: PlateauScheduler) -> dict[str, Any]:
     summary: dict[str, Any] = {"plateau/reductions": scheduler.num_reductions}
-    summary.update(_lr_metrics([float(lr) for lr in scheduler.get_last_lr()]))
+    summary.update(_lr_metrics([float(group["lr"]) for group in scheduler.optimizer.param_groups]))
     best = float(scheduler.best)
     if math.isfinite(best):
         summary["plateau/best"] = best

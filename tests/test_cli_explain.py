@@ -48,6 +48,7 @@ SOURCES = {
     "json": json.dumps(CLASSIC),
     "csv-one-column": "loss\n" + "\n".join(map(str, CLASSIC)) + "\n",
     "lightning-csv": _lightning_csv(CLASSIC),
+    "lightning-csv-after-blank-lines": "\n \n" + _lightning_csv(CLASSIC),
 }
 
 
@@ -71,7 +72,7 @@ def test_explain_reads_every_text_source_kind(
     expected_monitor = {"csv-one-column": "loss"}.get(kind, "val_loss")
     assert report["config"]["monitor"] == expected_monitor
     epochs = [row["epoch"] for row in report["evaluations"]]
-    assert epochs == (list(range(len(CLASSIC))) if kind == "lightning-csv" else [None] * len(CLASSIC))
+    assert epochs == (list(range(len(CLASSIC))) if kind.startswith("lightning-csv") else [None] * len(CLASSIC))
 
 
 def test_explain_table_shows_every_evaluation_and_the_cut(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,6 +103,49 @@ def test_explain_only_cuts_and_summary(tmp_path: Path, capsys: pytest.CaptureFix
     assert [line.split()[1] for line in cut_lines] == ["3", "7"]
     assert len([line for line in out.splitlines() if re.match(r"^\s+\d+\s", line)]) == 0
     assert "2 cuts in 10 evaluations, at evaluations 3, 7: lr 0.1 -> 1e-3." in out
+
+
+@pytest.mark.parametrize(
+    ("values", "args", "expected"),
+    [
+        pytest.param(
+            "0.5\n",
+            [],
+            "No cut in 1 evaluation: the lr stays 1e-3. It ends with 0 evaluations without improvement;"
+            " a cut needs 11 (patience 10).",
+            id="no-cut-in-one-evaluation",
+        ),
+        # NaN is never an improvement: with patience 0 the first evaluation cuts
+        pytest.param(
+            "nan\n",
+            ["--patience", "0"],
+            "1 cut in 1 evaluation, at evaluation 1: lr 1e-3 -> 1e-4.",
+            id="cut-in-one-evaluation",
+        ),
+        pytest.param(
+            "1.0\n0.5\n0.5\n",
+            ["--patience", "1"],
+            "No cut in 3 evaluations: the lr stays 1e-3. It ends with 1 evaluation without improvement;"
+            " a cut needs 2 (patience 1).",
+            id="one-bad",
+        ),
+        pytest.param(
+            "1.0\n1.0\n",
+            ["--patience", "0", "--cooldown", "1"],
+            "1 cut in 2 evaluations, at evaluation 2: lr 1e-3 -> 1e-4. It ends in cooldown (1 evaluation left).",
+            id="in-cooldown",
+        ),
+    ],
+)
+def test_explain_summary_counts_in_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], values: str, args: list[str], expected: str
+) -> None:
+    """The summary's last line puts every count in the singular or plural it needs, one evaluation included."""
+    source = tmp_path / "values.txt"
+    source.write_text(values)
+    code, out, _ = explain(capsys, source, *args)
+    assert code == 0
+    assert out.splitlines()[-1] == expected
 
 
 def test_explain_colours_cut_rows_on_a_terminal() -> None:
@@ -217,6 +261,12 @@ BAD_CSV = "epoch,step,val_acc,train_loss\n0,3,0.5,1.0\n"
             ["m.csv"],
             "m.csv line 4: val_loss is 'oops', not a number",
             id="csv-not-a-number",
+        ),
+        pytest.param(
+            {"m.csv": "\n\nepoch,val_loss\n0,0.5\n2,oops\n"},
+            ["m.csv"],
+            "m.csv line 5: val_loss is 'oops', not a number",
+            id="csv-after-blank-lines-line-number",
         ),
         pytest.param(
             {"m.csv": "epoch,val_loss\n0.5,0.5\n"},

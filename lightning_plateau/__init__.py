@@ -9,13 +9,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# Bound eagerly: `replay` is also the name of its module, and importing that module later (the explain command
+# does) would otherwise make `lightning_plateau.replay` the module instead of the function. It needs torch only.
+from lightning_plateau.replay import Replay, ReplayRow, replay
+
 if TYPE_CHECKING:
     from lightning_plateau.callback import PlateauCallback
     from lightning_plateau.chart import plot_plateau
     from lightning_plateau.config import PlateauConfig
     from lightning_plateau.early_stopping import PlateauEarlyStopping
     from lightning_plateau.mixin import PlateauMixin
-    from lightning_plateau.replay import Replay, ReplayRow, replay
     from lightning_plateau.scheduler import PlateauCut, PlateauEvaluation, PlateauScheduler
     from lightning_plateau.traces import wandb_run_dir
 
@@ -29,10 +32,7 @@ _WHERE = {
     "PlateauEvaluation": "scheduler",
     "PlateauMixin": "mixin",
     "PlateauScheduler": "scheduler",
-    "Replay": "replay",
-    "ReplayRow": "replay",
     "plot_plateau": "chart",
-    "replay": "replay",
     "wandb_run_dir": "traces",
 }
 

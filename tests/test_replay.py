@@ -233,3 +233,16 @@ def test_replay_rows_agree_with_the_scheduler_snapshot(values: list[float], pati
     # NaN != NaN: compare their text
     assert repr(got) == repr(expected)
     assert [row[:9] for row in result.cut_rows()] == [row for row in got if row[8]]
+
+
+def test_replay_stays_the_function_after_its_module_is_imported() -> None:
+    """`lightning_plateau.replay` is the function even when the command line imported its module first."""
+    import subprocess
+    import sys
+
+    code = (
+        "import lightning_plateau.cli, lightning_plateau.replay\n"
+        "from lightning_plateau import replay\n"
+        "assert callable(replay) and replay.__name__ == 'replay', replay\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

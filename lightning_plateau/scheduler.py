@@ -137,7 +137,6 @@ class PlateauScheduler(ReduceLROnPlateau):
             eps=config.eps,
         )
         self.config = config
-        self.monitor = config.monitor
         # torch < 2.6 has no `default_min_lr`; `_reduce_lr` below needs it to extend min_lr to new groups.
         self.default_min_lr = None if isinstance(config.min_lr, list) else config.min_lr
         self.num_evaluations = 0
@@ -151,6 +150,11 @@ class PlateauScheduler(ReduceLROnPlateau):
         # the PlateauCallback that owns stepping inside a Trainer, if any
         self._driver: Optional[object] = None
         self._driving = False
+
+    @property
+    def monitor(self) -> str:
+        """The monitored metric's name, from the config."""
+        return self.config.monitor
 
     @property
     def num_reductions(self) -> int:
@@ -175,7 +179,7 @@ class PlateauScheduler(ReduceLROnPlateau):
             num_bad=int(self.num_bad_epochs),
             cooldown=int(self.cooldown_counter),
             lrs=tuple(float(group["lr"]) for group in self.optimizer.param_groups),
-            cut=last is not None and last.evaluation == self.num_evaluations and self.num_evaluations > 0,
+            cut=last is not None and last.evaluation == self.num_evaluations,
         )
 
     @override

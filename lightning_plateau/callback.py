@@ -279,11 +279,8 @@ class PlateauCallback(Callback):
         assert scheduler is not None
         scheduler._context = (trainer.current_epoch, trainer.global_step)
         cuts_before = scheduler.num_reductions
-        scheduler._driving = True
-        try:
-            scheduler.step(value)
-        finally:
-            scheduler._driving = False
+        # The raw step: `step()` itself refuses values while this callback drives the scheduler.
+        scheduler._judge(value)
         if self.verbose and scheduler.num_reductions > cuts_before:
             self._announce(scheduler.cuts[-1])
         return scheduler.snapshot()

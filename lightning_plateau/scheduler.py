@@ -15,7 +15,7 @@ from typing_extensions import override
 from lightning_plateau.config import PlateauConfig
 
 # Attributes that belong to the running object, not to the decision state a checkpoint must restore.
-_TRANSIENT = frozenset({"optimizer", "config", "_driver", "_driving", "_context"})
+_TRANSIENT = frozenset({"optimizer", "config", "_driver", "_context"})
 # The policy comes from the config the scheduler is built with; a checkpoint brings back the counters only.
 _POLICY = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "eps")
 _DERIVED_FROM_POLICY = frozenset({"min_lrs", "default_min_lr", "mode_worse", "monitor"})
@@ -149,7 +149,6 @@ class PlateauScheduler(ReduceLROnPlateau):
         self._context: tuple[Optional[int], Optional[int]] = (None, None)
         # the PlateauCallback that owns stepping inside a Trainer, if any
         self._driver: Optional[object] = None
-        self._driving = False
 
     @property
     def monitor(self) -> str:
@@ -186,8 +185,9 @@ class PlateauScheduler(ReduceLROnPlateau):
     def step(self, metrics: Optional[SupportsFloat] = None, epoch: Optional[int] = None) -> None:  # type: ignore[override]
         """Judge one fresh value of the monitored metric and cut the LR when the rule says so.
 
-        Inside a Trainer with a :class:`~lightning_plateau.PlateauCallback` the callback calls this;
-        Lightning's own loop calls ``step()`` without a value, which is ignored there.
+        Inside a Trainer with a :class:`~lightning_plateau.PlateauCallback` the callback does the stepping:
+        a value passed here by hand is refused, and Lightning's own loop calls ``step()`` without a value,
+        which is ignored.
 
         Args:
             metrics: the value (a float or a 0-dim tensor).
@@ -196,7 +196,7 @@ class PlateauScheduler(ReduceLROnPlateau):
         Raises:
             RuntimeError: if a value is passed by hand while a PlateauCallback owns the stepping.
         """
-        if self._driver is not None and not self._driving:
+        if self._driver is not None:
             if metrics is None:
                 # Lightning's training loop steps every scheduler at epoch end; the callback owns this one.
                 return

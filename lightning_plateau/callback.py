@@ -17,7 +17,8 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
 from lightning_plateau._checks import check_setup
-from lightning_plateau._format import format_cut
+from lightning_plateau._format import format_cut, format_lrs
+from lightning_plateau._lightning import fresh_metrics
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
 from lightning_plateau.traces import _summary_message, _Traces
@@ -89,7 +90,14 @@ class PlateauCallback(Callback):
         # adoption would differ between saving and restoring, and a resumed run would silently lose its history.
         self._key_config = self.config
         self.verbose = verbose
+        # Added for the user (by PlateauMixin or Lightning's callbacks_factory entry point), not given by them: it
+        # stands down when the Trainer has no plateau or the user gave a PlateauCallback of their own.
+        self._implicit = False
         self.scheduler: Optional[PlateauScheduler] = None
+        # the LR of each param group as the plateau last left it, to notice changes made by anything else
+        self._expected_lrs: Optional[tuple[float, ...]] = None
+        #: LR changes made outside the plateau, noticed at the evaluation that followed them
+        self.outside_changes: list[tuple[int, tuple[float, ...], tuple[float, ...]]] = []
         self._source: Optional[str] = None
         self._validation_runs = 0
         self._train_epochs = 0
@@ -104,6 +112,13 @@ class PlateauCallback(Callback):
         if self._key_config is None:
             return self.__class__.__qualname__
         return self._generate_state_key(monitor=self._key_config.monitor, mode=self._key_config.mode)
+
+    @classmethod
+    def _implicit_instance(cls) -> PlateauCallback:
+        """A config-less callback added for the user: it drives the Trainer's plateau, if any, else does nothing."""
+        callback = cls()
+        callback._implicit = True
+        return callback
 
     @property
     def monitor(self) -> str:
@@ -130,6 +145,11 @@ class PlateauCallback(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.scheduler = None
+        self._expected_lrs = None
+        self.outside_changes = []
+        if not self._drives_this_fit(trainer):
+            return
         self.scheduler = self._own_scheduler(trainer)
         # Callbacks that follow the plateau (PlateauEarlyStopping) take its config before any check runs.
         self._notify(trainer, "on_plateau_start", pl_module, self)
@@ -137,6 +157,12 @@ class PlateauCallback(Callback):
         self._validation_runs = 0
         self._train_epochs = 0
         self._epoch_started = False
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After the checkpoint's optimizer state is restored: the LRs the plateau leaves the run with.
+        if self.scheduler is not None:
+            self._expected_lrs = _lrs(self.scheduler)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -166,10 +192,12 @@ class PlateauCallback(Callback):
         # Rank zero only, and no collective: this runs after the strategy's teardown.
         written = self._traces.finish(trainer, self.scheduler, self.history, self.config) if self.log_traces else []
         if self.verbose:
-            rank_zero_info(_summary_message(self.config, self.scheduler, self.history, written))
+            rank_zero_info(_summary_message(self.config, self.scheduler, self.history, written, self.outside_changes))
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        if self.scheduler is None:
+            return {}  # standing down (or not fitting): nothing of a plateau to keep in the checkpoint
         return {
             "source": self._source,
             "missing_reported": self._missing_reported,
@@ -192,7 +220,9 @@ class PlateauCallback(Callback):
             self._check_missing(trainer)
             return
         self._source = where
+        self._notice_outside_changes()
         row = self._step(trainer, mean)
+        self._expected_lrs = row.lrs
         self.history.append(row)
         if self.log_traces:
             self._traces.log_evaluation(trainer, self.scheduler, row)
@@ -207,12 +237,7 @@ class PlateauCallback(Callback):
                 hook(trainer, *args)
 
     def _fresh_value(self, trainer: pl.Trainer) -> Optional[float]:
-        # `trainer.callback_metrics` keeps every value ever logged, so it cannot tell fresh from stale. The
-        # running loop's result collection holds only what was logged since its last reset, which Lightning
-        # does after each validation run and each training epoch: exactly one evaluation's worth.
-        if trainer._results is None:
-            return None
-        value = trainer._logger_connector.metrics["callback"].get(self.monitor)
+        value = fresh_metrics(trainer).get(self.monitor)
         if value is None:
             return None
         if isinstance(value, torch.Tensor):
@@ -307,6 +332,7 @@ class PlateauCallback(Callback):
             scheduler = scheduler_config.scheduler
             assert isinstance(scheduler, PlateauScheduler)
             self._adopt(scheduler.config, source="the module's PlateauScheduler")
+            self._check_scheduler_dict(scheduler_config, scheduler)
         else:
             config = self._require_config()
             if len(trainer.optimizers) != 1:
@@ -318,11 +344,78 @@ class PlateauCallback(Callback):
             scheduler = PlateauScheduler(trainer.optimizers[0], config)
             scheduler_config = LRSchedulerConfig(scheduler, monitor=config.monitor, strict=config.strict)
             trainer.strategy.lr_scheduler_configs.append(scheduler_config)
+        _check_no_other_scheduler(trainer, scheduler)
         # Lightning's loop would step a plateau scheduler on stale `callback_metrics`; as a plain epoch
         # scheduler it only calls `step()` without a value, which the scheduler ignores while we drive it.
         scheduler_config.reduce_on_plateau = False
         scheduler._driver = self
         return scheduler
+
+    def _drives_this_fit(self, trainer: pl.Trainer) -> bool:
+        """Whether this callback drives the plateau of this fit; refuse two that would both drive it."""
+        plateaus = [cb for cb in trainer.callbacks if isinstance(cb, PlateauCallback)]  # type: ignore[attr-defined]
+        given = [cb for cb in plateaus if not cb._implicit]
+        if len(given) > 1:
+            raise MisconfigurationException(
+                f"The Trainer has {len(given)} PlateauCallbacks: each would step the plateau scheduler at every"
+                " evaluation, so every value would be judged twice. Keep one PlateauCallback (a PlateauMixin"
+                " module needs none: it adds its own)."
+            )
+        if not self._implicit:
+            return True
+        if given or next(cb for cb in plateaus if cb._implicit) is not self:
+            return False
+        # Added for the user: drive only a plateau the Trainer really has, and never torch's own class.
+        return self.config is not None or any(
+            isinstance(c.scheduler, PlateauScheduler) for c in trainer.lr_scheduler_configs
+        )
+
+    def _check_scheduler_dict(self, scheduler_config: LRSchedulerConfig, scheduler: PlateauScheduler) -> None:
+        """Refuse a scheduler dict whose ``monitor`` contradicts the config's; say which keys are overridden."""
+        config = scheduler.config
+        if scheduler_config.monitor is not None and scheduler_config.monitor != config.monitor:
+            raise MisconfigurationException(
+                f"`configure_optimizers` returns a PlateauScheduler watching '{config.monitor}' (its PlateauConfig)"
+                f" in a dict with \"monitor\": '{scheduler_config.monitor}'. The plateau judges one metric: make both"
+                f" the same, e.g. PlateauScheduler(optimizer, PlateauConfig(monitor='{scheduler_config.monitor}'))"
+                f" with \"monitor\": '{scheduler_config.monitor}'."
+            )
+        overridden = []
+        if scheduler_config.interval != "epoch":
+            overridden.append(f'"interval": {scheduler_config.interval!r}')
+        if scheduler_config.frequency != 1:
+            overridden.append(f'"frequency": {scheduler_config.frequency!r}')
+        if not scheduler_config.strict and config.strict:
+            overridden.append('"strict": False')
+        if overridden:
+            rank_zero_warn(
+                f"PlateauCallback steps the PlateauScheduler once per fresh value of '{config.monitor}', whatever"
+                f" the scheduler dict says: its {', '.join(overridden)} are ignored. Remove them; a missing"
+                " monitor is reported as PlateauConfig(strict=...) says.",
+                category=UserWarning,
+            )
+
+    def _notice_outside_changes(self) -> None:
+        """Warn once when something other than the plateau changed an LR since the last decision; keep a record."""
+        scheduler = self.scheduler
+        if scheduler is None or self._expected_lrs is None:
+            return
+        now = _lrs(scheduler)
+        # Groups added since (BaseFinetuning) have no LR the plateau set: only the existing ones are compared.
+        changed = any(a != b for a, b in zip(self._expected_lrs, now, strict=False))
+        if not changed:
+            return
+        evaluation = scheduler.num_evaluations + 1
+        before = self._expected_lrs[: len(now)]
+        if not self.outside_changes:
+            rank_zero_warn(
+                f"The learning rate changed from {format_lrs(before)} to {format_lrs(now[: len(before)])} before"
+                f" evaluation {evaluation} of '{self.monitor}', and not by the plateau: something else writes"
+                " `param_group['lr']` (your code, another scheduler or callback). The plateau's cuts apply to"
+                " whatever LR it finds; the end-of-fit summary lists these changes. Warned once.",
+                category=UserWarning,
+            )
+        self.outside_changes.append((evaluation, before, now[: len(before)]))
 
     def _adopt(self, config: PlateauConfig, source: str) -> None:
         if self.config is None:
@@ -342,6 +435,24 @@ class PlateauCallback(Callback):
         return self.config
 
 
+def _lrs(scheduler: PlateauScheduler) -> tuple[float, ...]:
+    return tuple(float(group["lr"]) for group in scheduler.optimizer.param_groups)
+
+
+def _check_no_other_scheduler(trainer: pl.Trainer, scheduler: PlateauScheduler) -> None:
+    """Refuse any other LR scheduler on the plateau's optimizer: both would move its LR."""
+    for other in trainer.lr_scheduler_configs:
+        if other.scheduler is scheduler or getattr(other.scheduler, "optimizer", None) is not scheduler.optimizer:
+            continue
+        name = type(other.scheduler).__name__
+        raise MisconfigurationException(
+            f"`configure_optimizers` returns a {name} on the same optimizer as the PlateauScheduler: both would"
+            f" move its learning rate, and the plateau's cuts, traces and summary would not tell which did what."
+            f" The plateau must be the only scheduler of its optimizer: remove the {name}, or give it an optimizer"
+            " of its own. (A warmup before the plateau is planned as a PlateauConfig setting.)"
+        )
+
+
 def _all_reduce_sum(trainer: pl.Trainer, tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place, with a single collective."""
     # Lightning's `strategy.reduce` runs a barrier before its all-reduce: a second round trip per evaluation
@@ -351,3 +462,12 @@ def _all_reduce_sum(trainer: pl.Trainer, tensor: torch.Tensor) -> torch.Tensor:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
         return tensor
     return trainer.strategy.reduce(tensor, reduce_op="sum")
+
+
+def _callbacks_factory() -> list[Callback]:
+    """Lightning's ``lightning.pytorch.callbacks_factory`` entry point: one implicit PlateauCallback per Trainer.
+
+    It drives a ``PlateauScheduler`` that a module returns without a PlateauCallback in the Trainer (Lightning's
+    own loop would step it on stale values) and does nothing at all in a Trainer without one.
+    """
+    return [PlateauCallback._implicit_instance()]

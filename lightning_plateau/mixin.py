@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, cast
 
+import lightning.pytorch as pl
 from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.optim import Optimizer
 
@@ -24,7 +27,11 @@ class PlateauMixin:
 
     The mixin's ``configure_optimizers`` returns Lightning's dict with a :class:`PlateauScheduler` and its
     monitor keys, and ``configure_callbacks`` adds a :class:`PlateauCallback` unless the Trainer already has
-    one (yours is never replaced).
+    one (yours is never replaced). The one it adds takes the plateau of each module it is fitted with, so a
+    Trainer can be reused for another module.
+
+    Raises:
+        TypeError: at class creation, if ``LightningModule`` comes before the mixin in the bases.
 
     Example::
 
@@ -37,6 +44,21 @@ class PlateauMixin:
             def configure_optimizer(self) -> torch.optim.Optimizer:
                 return torch.optim.Adam(self.parameters(), lr=1e-3)
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        lightning_first = [
+            name
+            for name in ("configure_optimizers", "configure_callbacks")
+            if getattr(cls, name, None) is getattr(pl.LightningModule, name)
+        ]
+        if lightning_first:
+            bases = ", ".join(base.__name__ for base in cls.__bases__)
+            raise TypeError(
+                f"class {cls.__name__}({bases}): LightningModule comes before PlateauMixin in the bases, so"
+                f" Lightning's own {' and '.join(lightning_first)} hide the mixin's and no plateau would be"
+                f" configured. Put the mixin first: class {cls.__name__}(PlateauMixin, LightningModule)."
+            )
 
     def configure_optimizer(self) -> Optimizer:
         """Return the optimizer whose LR follows the plateau. Override this, not ``configure_optimizers``."""
@@ -52,7 +74,22 @@ class PlateauMixin:
         if plateau is None:
             hparams = getattr(self, "hparams", {})
             plateau = hparams.get("plateau") if hasattr(hparams, "get") else None
+        if plateau is None:
+            self._warn_unsaved_plateau()
         return PlateauConfig.coerce(plateau)
+
+    def _warn_unsaved_plateau(self) -> None:
+        """Warn once when ``__init__`` takes a ``plateau`` that was never kept: the defaults would apply silently."""
+        if self.__dict__.get("_plateau_default_warned") or "plateau" not in inspect.signature(type(self)).parameters:
+            return
+        self.__dict__["_plateau_default_warned"] = True
+        name = type(self).__name__
+        rank_zero_warn(
+            f"{name}.__init__ takes `plateau`, but it was neither saved with `self.save_hyperparameters()` nor"
+            f" kept as `self.plateau = plateau`: the default PlateauConfig() ({PlateauConfig().describe()}) applies,"
+            f" not the one given. Call `self.save_hyperparameters()` (or set `self.plateau`) in {name}.__init__.",
+            category=UserWarning,
+        )
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """Lightning's optimizer dict: the optimizer, a :class:`PlateauScheduler` and its monitor keys."""
@@ -74,6 +111,8 @@ class PlateauMixin:
         callbacks = [parent] if isinstance(parent, Callback) else list(parent)
         trainer = getattr(self, "_trainer", None)
         present = list(callbacks) + (list(trainer.callbacks) if trainer is not None else [])
+        # One already in the Trainer drives this module's plateau: the user's, one added for an earlier module of a
+        # reused Trainer, or the one Lightning's callbacks_factory entry point adds (both take each module's config).
         if not any(isinstance(cb, PlateauCallback) for cb in present):
-            callbacks.append(PlateauCallback(config=self.plateau_config))
+            callbacks.append(PlateauCallback._implicit_instance())
         return callbacks

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_plateau._format import cuts_in_evaluations, format_cut, format_lrs, format_value
+from lightning_plateau._lightning import logging_step
 from lightning_plateau.chart import plot_plateau
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
@@ -109,7 +110,7 @@ class _Traces:
         if not trainer.loggers or not trainer.is_global_zero:
             return
         metrics = _trace_metrics(row, scheduler.num_reductions)
-        step = self._last_step = _logging_step(trainer)
+        step = self._last_step = logging_step(trainer)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self._define_wandb_metrics(logger, metrics)
@@ -190,7 +191,7 @@ class _Traces:
             if image is not None:
                 media[_wandb_name(logger, _IMAGE_KEY)] = image
         # At the last evaluation's step: the end-of-fit step would lie past every other point of the run.
-        media["trainer/global_step"] = self._last_step if self._last_step is not None else _logging_step(trainer)
+        media["trainer/global_step"] = self._last_step if self._last_step is not None else logging_step(trainer)
         experiment.log(media)
         lines = []
         run_dir = _run_dir(experiment)
@@ -232,13 +233,27 @@ def _initial_lrs(history: Sequence[PlateauEvaluation], scheduler: PlateauSchedul
 
 
 def _summary_message(
-    config: PlateauConfig, scheduler: PlateauScheduler, history: Sequence[PlateauEvaluation], lines: Sequence[str]
+    config: PlateauConfig,
+    scheduler: PlateauScheduler,
+    history: Sequence[PlateauEvaluation],
+    lines: Sequence[str],
+    outside_changes: Sequence[tuple[int, tuple[float, ...], tuple[float, ...]]] = (),
 ) -> str:
-    """The end-of-fit message: cuts, LR before and after, best value, then what was written (chart, W&B run)."""
+    """The end-of-fit message: cuts, LR before and after, best value, then what was written (chart, W&B run).
+
+    LR changes made outside the plateau are named, so the cuts and the LRs never seem to contradict each other.
+    """
     parts = [f"PlateauCallback ({config.describe()}): {cuts_in_evaluations(scheduler.num_reductions, len(history))}"]
     if history:
         first = _initial_lrs(history, scheduler) or history[0].lrs
-        parts.append(f"lr {format_lrs(first)} -> {format_lrs(history[-1].lrs)}")
+        lr = f"lr {format_lrs(first)} -> {format_lrs(history[-1].lrs)}"
+        if outside_changes:
+            changes = "; ".join(
+                f"{format_lrs(before)} -> {format_lrs(after)} before evaluation {evaluation}"
+                for evaluation, before, after in outside_changes
+            )
+            lr += f" (changed outside the plateau: {changes})"
+        parts.append(lr)
         best = float(scheduler.best)
         if math.isfinite(best):
             where = "" if scheduler.best_epoch is None else f" at epoch {scheduler.best_epoch + 1}"
@@ -250,16 +265,6 @@ def _lr_metrics(lrs: Sequence[float]) -> dict[str, float]:
     if len(lrs) == 1:
         return {"plateau/lr": lrs[0]}
     return {f"plateau/lr/pg{index}": lr for index, lr in enumerate(lrs)}
-
-
-def _logging_step(trainer: pl.Trainer) -> int:
-    # The step Lightning's logger connector gives the monitored value, so the traces line up with it. It counts
-    # batches that stepped, and validation is logged before the batch that ran it is counted; epoch-end training
-    # metrics are logged one back, at the epoch's last batch (fit_loop.on_advance_end).
-    step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", None)
-    if not isinstance(step, int):
-        return trainer.global_step
-    return max(step - 1, 0) if trainer.training else step
 
 
 def _wandb_summary(scheduler: PlateauScheduler) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException  # type: ignore[attr-defined]
 
 from lightning_plateau import PlateauCallback, PlateauConfig, PlateauScheduler
-from tests.helpers import ScriptedModel, ScriptedPlateauModel, trainer
+from tests.helpers import ScriptedModel, ScriptedPlateauModel, loader, trainer
 
 # One script for every schedule: with patience 1 the cuts fall on evaluations 3 and 6 (then every second one, as
 # the last value repeats): 1.0 best, 2.0 bad 1, 2.0 bad 2 -> cut, 0.5 best, 0.6 bad 1, 0.7 bad 2 -> cut, ...
@@ -372,3 +372,62 @@ def test_callback_without_config_adopts_each_fits_module_plateau(tmp_path: Any) 
         fit.fit(ScriptedPlateauModel([1.0, 2.0], plateau=PlateauConfig(patience=patience)))
         assert callback.config == PlateauConfig(patience=patience)
         assert _scheduler(callback).patience == patience
+
+
+class _LoadersModel(ScriptedModel):
+    """Several validation dataloaders; the monitor follows the script, logged from inside the loaders or at the end.
+
+    ``style``: ``"suffix"`` logs ``val_loss`` in ``validation_step`` from every loader (Lightning names them
+    ``val_loss/dataloader_idx_N``); ``"plain"`` logs it with ``add_dataloader_idx=False`` from loader 0 only;
+    ``"epoch_end"`` logs it in ``on_validation_epoch_end``.
+    """
+
+    def __init__(self, values: Sequence[float], loaders: int, style: str, **kwargs: Any) -> None:
+        super().__init__(values, **kwargs)
+        self.loaders = loaders
+        self.style = style
+        self.validation_runs = 0
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        value = self.values[min(self.validation_runs, len(self.values) - 1)]
+        if self.style == "suffix":
+            # Each loader logs its own series; loader 0's is the script, the others a constant that would never cut.
+            self.log("val_loss", value if dataloader_idx == 0 else 0.0)
+        elif self.style == "plain" and dataloader_idx == 0:
+            self.log("val_loss", value, add_dataloader_idx=False)
+        self.log("val_other", 1.0)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.style == "epoch_end":
+            self.log("val_loss", self.values[min(self.validation_runs, len(self.values) - 1)])
+        self.validation_runs += 1
+
+    def val_dataloader(self) -> Any:
+        return [loader(4) for _ in range(self.loaders)]
+
+
+@pytest.mark.parametrize("loaders", [2, 3])
+@pytest.mark.parametrize(
+    ("style", "monitor"),
+    [("suffix", "val_loss/dataloader_idx_0"), ("plain", "val_loss"), ("epoch_end", "val_loss")],
+)
+def test_stepping_several_val_dataloaders_one_evaluation_per_validation_run(
+    tmp_path: Any, loaders: int, style: str, monitor: str
+) -> None:
+    """With 2 or 3 val dataloaders the monitor is judged once per validation run, as with one loader."""
+    model = _LoadersModel(_VALUES + [0.7] * 10, loaders, style, monitor=monitor)
+    config = PlateauConfig(monitor=monitor, patience=1, factor=0.5)
+    callback, _ = _fit(tmp_path, model, config, max_epochs=8)
+    scheduler = _scheduler(callback)
+    assert scheduler.num_evaluations == model.validation_runs == 8
+    assert [cut.evaluation for cut in scheduler.cuts] == [3, 6, 8]
+    assert [row.value for row in callback.history][:6] == pytest.approx(_VALUES)
+
+
+def test_stepping_several_val_dataloaders_other_loader_judged_by_its_own_name(tmp_path: Any) -> None:
+    """Each loader's value is its own: watching loader 1's flat series cuts on its plateau, not loader 0's."""
+    model = _LoadersModel(_VALUES + [0.7] * 10, 2, "suffix", monitor="val_loss/dataloader_idx_1")
+    config = PlateauConfig(monitor="val_loss/dataloader_idx_1", patience=1, factor=0.5)
+    callback, _ = _fit(tmp_path, model, config, max_epochs=6)
+    assert [row.value for row in callback.history] == [0.0] * 6
+    assert [cut.evaluation for cut in _scheduler(callback).cuts] == [3, 5]

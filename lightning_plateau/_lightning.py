@@ -1,0 +1,53 @@
+"""Every private Lightning internal the package reads, in one place.
+
+Checked against lightning 2.6.6. When a Lightning release moves one of these, this is the file to change; the
+rest of the package uses public Lightning API only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+
+
+def fresh_metrics(trainer: pl.Trainer) -> dict[str, Any]:
+    """The values logged for the callbacks since the running loop's result collection was last reset.
+
+    ``trainer.callback_metrics`` keeps every value ever logged, so it cannot tell fresh from stale. The running
+    loop's result collection holds only what was logged since its last reset, which Lightning does after each
+    validation run and each training epoch: exactly one evaluation's worth.
+
+    With several validation dataloaders, Lightning sets the collection's ``dataloader_idx`` back to ``None`` once
+    the loaders have run, which hides every value logged from inside a loader (``val_loss/dataloader_idx_0``, or
+    ``val_loss`` logged with ``add_dataloader_idx=False``). The collection is read once per dataloader index here,
+    so those values are seen exactly as Lightning names them in ``callback_metrics``.
+    """
+    results = trainer._results
+    if results is None:
+        return {}
+    connector = trainer._logger_connector
+    current = results.dataloader_idx
+    indices = {item.meta.dataloader_idx for item in results.values()}
+    metrics: dict[str, Any] = {}
+    try:
+        for index in sorted(indices - {current}, key=lambda i: -1 if i is None else i):
+            results.dataloader_idx = index
+            metrics.update(connector.metrics["callback"])
+    finally:
+        results.dataloader_idx = current
+    # The values of the current index last: with one dataloader these are all there is.
+    metrics.update(connector.metrics["callback"])
+    return metrics
+
+
+def logging_step(trainer: pl.Trainer) -> int:
+    """The step Lightning's logger connector gives a value logged now, so traces line up with the monitor.
+
+    It counts batches that stepped, and validation is logged before the batch that ran it is counted; epoch-end
+    training metrics are logged one back, at the epoch's last batch (``fit_loop.on_advance_end``).
+    """
+    step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", None)
+    if not isinstance(step, int):
+        return trainer.global_step
+    return max(step - 1, 0) if trainer.training else step

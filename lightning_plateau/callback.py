@@ -109,6 +109,10 @@ class PlateauCallback(Callback):
     @property
     @override
     def state_key(self) -> str:
+        if self._implicit:
+            # Apart from a config-less PlateauCallback the user gives: Lightning refuses two stateful callbacks
+            # with one key. The implicit one follows whichever module it is fitted with, so its key names no config.
+            return self._generate_state_key(implicit=True)
         if self._key_config is None:
             return self.__class__.__qualname__
         return self._generate_state_key(monitor=self._key_config.monitor, mode=self._key_config.mode)
@@ -132,10 +136,10 @@ class PlateauCallback(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # A config adopted from an earlier module (of a reused Trainer) is forgotten: only the one given here stays.
+        self.config = self._key_config
         if stage == "fit":
             # A new fit starts a new history; Lightning restores a resumed one from the checkpoint after setup.
-            # A config adopted from the previous fit's module is forgotten too: only the one given here stays.
-            self.config = self._key_config
             self.history = []
             self._source = None
             self._missing_reported = False

@@ -74,7 +74,7 @@ class PlateauMixin:
         if plateau is None:
             hparams = getattr(self, "hparams", {})
             plateau = hparams.get("plateau") if hasattr(hparams, "get") else None
-        if plateau is None:
+        if plateau is None and not hasattr(self, "plateau") and "plateau" not in getattr(self, "hparams", {}):
             self._warn_unsaved_plateau()
         return PlateauConfig.coerce(plateau)
 

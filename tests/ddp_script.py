@@ -50,34 +50,40 @@ _COLLECTIVES = (
 class RankScriptedModel(PlateauMixin, pl.LightningModule):
     """A tiny regression model; global rank ``r`` logs ``values[r][epoch]`` as ``val_loss`` without ``sync_dist``."""
 
-    def __init__(self, values: list[list[Optional[float]]], plateau: PlateauConfig) -> None:
+    def __init__(self, values: list[list[Optional[float]]], plateau: PlateauConfig, loaders: int = 1) -> None:
         super().__init__()
         self.values = values
         self.plateau = plateau
+        self.loaders = loaders
         self.layer = torch.nn.Linear(4, 1)
+
+    def _value(self) -> Optional[float]:
+        mine = self.values[self.global_rank]
+        return mine[min(self.current_epoch, len(mine) - 1)]
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         return torch.nn.functional.mse_loss(self.layer(x), y)
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
         # A synced metric beside the monitor: reading the monitor must not run its collective again.
         self.log("val_mse", torch.nn.functional.mse_loss(self.layer(x), y), sync_dist=True)
+        # With several loaders the last one logs the monitor, as `val_loss/dataloader_idx_<last>`.
+        value = self._value()
+        if self.loaders > 1 and dataloader_idx == self.loaders - 1 and value is not None:
+            self.log("val_loss", value)
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
-        mine = self.values[self.global_rank]
-        value = mine[min(self.current_epoch, len(mine) - 1)]
-        if value is not None:
+        value = self._value()
+        if not self.trainer.sanity_checking and self.loaders == 1 and value is not None:
             self.log("val_loss", value)
 
     def train_dataloader(self) -> Any:
         return loader(8)
 
     def val_dataloader(self) -> Any:
-        return loader(4)
+        return [loader(4) for _ in range(self.loaders)] if self.loaders > 1 else loader(4)
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -195,6 +201,7 @@ def _parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--max-reductions", type=int, help="add PlateauEarlyStopping(max_reductions=...)")
     parser.add_argument("--checkpoint-dir", help="save last.ckpt there after every validation")
     parser.add_argument("--resume", help="checkpoint to resume from")
+    parser.add_argument("--loaders", type=int, default=1, help="validation dataloaders; the last one logs the monitor")
     return parser.parse_args(argv)
 
 
@@ -203,7 +210,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     values = [[None if v is None else float(v) for v in rank] for rank in json.loads(args.values)]
     assert len(values) == args.devices * args.num_nodes, "give one list of values per rank"
     pl.seed_everything(0, workers=True)
-    model = RankScriptedModel(values, PlateauConfig(monitor="val_loss", patience=args.patience, factor=0.5))
+    monitor = "val_loss" if args.loaders == 1 else f"val_loss/dataloader_idx_{args.loaders - 1}"
+    model = RankScriptedModel(values, PlateauConfig(monitor=monitor, patience=args.patience, factor=0.5), args.loaders)
     callbacks: list[pl.Callback] = [_Recorder(args.out)]
     if args.max_reductions is not None:
         callbacks.append(PlateauEarlyStopping(max_reductions=args.max_reductions))

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_plateau import PlateauConfig, PlateauMixin
+from lightning_plateau import PlateauCallback, PlateauConfig, PlateauMixin
 
 
 def loader(n: int = 8, batch_size: int = 2) -> DataLoader:
@@ -106,3 +106,14 @@ def trainer(tmp_path: Any, **kwargs: Any) -> pl.Trainer:
     )
     options.update(kwargs)
     return pl.Trainer(**options)
+
+
+def plateau_of(fit: pl.Trainer) -> PlateauCallback:
+    """The one PlateauCallback that drove ``fit``'s plateau (or was given to it, before a fit).
+
+    Every Trainer also holds the callback Lightning's entry point adds, which stands by when another drives.
+    """
+    callbacks = [cb for cb in fit.callbacks if isinstance(cb, PlateauCallback)]  # type: ignore[attr-defined]
+    driving = [cb for cb in callbacks if cb.scheduler is not None] or [cb for cb in callbacks if not cb._implicit]
+    (callback,) = driving
+    return callback

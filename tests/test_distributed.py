@@ -269,3 +269,15 @@ def test_distributed_monitor_on_one_rank_fails_every_rank_clearly(
         assert result["error"].startswith("RuntimeError: PlateauCallback: " + PARTIAL_MESSAGE)
         assert result["history"] == []
         assert result["lrs"] == [0.1]
+
+
+def test_distributed_several_val_dataloaders_decide_on_the_mean(tmp_path: Path) -> None:
+    """The monitor logged from the second of 2 val dataloaders: same cuts on both ranks, one all-reduce each."""
+    _check_ok(_launch("two_nodes", tmp_path, MEAN_VALUES, "--loaders", "2"))
+    results = _results(tmp_path)
+    _assert_same_on_every_rank(results)
+    for result in results:
+        assert result["cut_epochs"] == MEAN_CUT_EPOCHS
+        assert result["lrs"] == MEAN_LRS
+        assert [row["value"] for row in result["history"]] == [4.0, 3.0, 3.0, 3.0, 3.0, 3.0]
+        _assert_one_collective_per_evaluation(result)

@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
-from helpers import loader
+from helpers import loader, plateau_of
 from lightning.pytorch.cli import LightningCLI
 from torch.utils.data import DataLoader
 
@@ -129,7 +129,7 @@ def test_lightning_cli_plateau_reaches_scheduler(
         expected.cooldown,
     )
     assert scheduler.num_evaluations == 1
-    (callback,) = [cb for cb in result.trainer.callbacks if isinstance(cb, PlateauCallback)]  # type: ignore[attr-defined]
+    callback = plateau_of(result.trainer)
     assert callback.config == expected
 
 

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException  # type: ignore[attr-defined]
 
 from lightning_plateau import PlateauCallback, PlateauConfig, PlateauMixin, PlateauScheduler
-from tests.helpers import ScriptedModel, ScriptedPlateauModel, trainer
+from tests.helpers import ScriptedModel, ScriptedPlateauModel, plateau_of, trainer
 
 _VALUES = [1.0, 2.0, 2.0, 0.5]
 
@@ -48,7 +48,7 @@ def test_mixin_adds_a_plateau_callback(tmp_path: Path) -> None:
     model = ScriptedPlateauModel(_VALUES, plateau=PlateauConfig(patience=1))
     fit = trainer(tmp_path, max_epochs=4)
     fit.fit(model)
-    (callback,) = _plateau_callbacks(fit)
+    callback = plateau_of(fit)
     assert callback.config == PlateauConfig(patience=1)
     assert callback.scheduler is fit.lr_scheduler_configs[0].scheduler
     assert [cut.epoch for cut in callback.scheduler.cuts] == [2]
@@ -72,7 +72,7 @@ def test_mixin_keeps_the_users_plateau_callback(tmp_path: Path, users: Any) -> N
     model = ScriptedPlateauModel(_VALUES, plateau=PlateauConfig(patience=1))
     fit = trainer(tmp_path, max_epochs=4, callbacks=[mine])
     fit.fit(model)
-    (callback,) = _plateau_callbacks(fit)
+    callback = plateau_of(fit)
     assert callback is mine
     assert mine.config == PlateauConfig(patience=1)
     assert mine.scheduler is fit.lr_scheduler_configs[0].scheduler
@@ -150,7 +150,7 @@ def test_mixin_takes_config_from_attribute_dict_or_hparams(
     assert model.plateau_config == expected
     fit = trainer(tmp_path, max_epochs=4)
     fit.fit(model)
-    (callback,) = _plateau_callbacks(fit)
+    callback = plateau_of(fit)
     assert callback.config == expected
     assert callback.scheduler.config == expected
     expected_cuts = [2] if expected.patience == 1 else []
@@ -200,8 +200,8 @@ def test_mixin_callback_saves_history_under_a_fixed_key(tmp_path: Path) -> None:
         callbacks: list[Callback] = [checkpoint] + ([mine] if mine else [])
         fit = trainer(tmp_path, max_epochs=2, callbacks=callbacks, enable_checkpointing=True)
         fit.fit(ScriptedPlateauModel(_VALUES, plateau=PlateauConfig(patience=1)))
-        (callback,) = _plateau_callbacks(fit)
+        callback = plateau_of(fit)
         saved = torch.load(tmp_path / str(len(keys)) / "last.ckpt", weights_only=True)
         assert len(saved["callbacks"][callback.state_key]["history"]) == 2
         keys.append(callback.state_key)
-    assert keys == ["PlateauCallback{'monitor': 'val_loss', 'mode': 'min'}", "PlateauCallback"]
+    assert keys == ["PlateauCallback{'implicit': True}", "PlateauCallback"]

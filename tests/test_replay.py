@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import ScriptedPlateauModel, trainer
+from helpers import ScriptedPlateauModel, plateau_of, trainer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -169,7 +169,7 @@ def _fit(tmp_path: Path, values: list[float], plateau: PlateauConfig, **kwargs: 
     model = ScriptedPlateauModel(values, plateau=plateau, lr=0.1, train_batches=2)
     fit = trainer(tmp_path, **kwargs)
     fit.fit(model)
-    (callback,) = [cb for cb in fit.callbacks if isinstance(cb, PlateauCallback)]  # type: ignore[attr-defined]
+    callback = plateau_of(fit)
     return callback
 
 

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_plateau import PlateauCallback, PlateauConfig, PlateauScheduler
-from tests.helpers import ScriptedModel, ScriptedPlateauModel, trainer
+from tests.helpers import ScriptedModel, ScriptedPlateauModel, plateau_of, trainer
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Be aware that when using `ckpt_path`",  # the resumed Trainer needs no ModelCheckpoint
@@ -64,8 +64,7 @@ class _OwnSchedulerModel(_PlainModel):
 
 
 def _plateau(fit: Any) -> PlateauCallback:
-    (callback,) = [c for c in fit.callbacks if isinstance(c, PlateauCallback)]
-    return callback  # type: ignore[no-any-return]
+    return plateau_of(fit)
 
 
 def _scheduler(fit: Any) -> PlateauScheduler:

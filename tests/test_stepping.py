@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException  # type: ignore[attr-defined]
 
 from lightning_plateau import PlateauCallback, PlateauConfig, PlateauScheduler
-from tests.helpers import ScriptedModel, ScriptedPlateauModel, loader, trainer
+from tests.helpers import ScriptedModel, ScriptedPlateauModel, loader, plateau_of, trainer
 
 # One script for every schedule: with patience 1 the cuts fall on evaluations 3 and 6 (then every second one, as
 # the last value repeats): 1.0 best, 2.0 bad 1, 2.0 bad 2 -> cut, 0.5 best, 0.6 bad 1, 0.7 bad 2 -> cut, ...
@@ -193,7 +193,7 @@ def test_callback_steps_with_manual_optimization(tmp_path: Any) -> None:
     model = _ManualModel(_VALUES, PlateauConfig(patience=1))
     fit = trainer(tmp_path, max_epochs=6)
     fit.fit(model)
-    (callback,) = [c for c in fit.callbacks if isinstance(c, PlateauCallback)]  # type: ignore[attr-defined]
+    callback = plateau_of(fit)
     scheduler = _scheduler(callback)
     assert scheduler.num_evaluations == model.evaluations == 6
     assert [cut.epoch for cut in scheduler.cuts] == [2, 5]

@@ -219,15 +219,18 @@ class PlateauScheduler(ReduceLROnPlateau):
             self.best_epoch = self._context[0]
 
     def _is_better(self, a: float, best: float) -> bool:
-        # torch's comparisons verbatim, except that a negative best takes the relative threshold of |best|:
-        # torch multiplies it by (1 - t) for "min", which moves the bar the wrong way.
+        # torch's comparisons verbatim, except that a negative best takes the relative threshold of |best|: torch
+        # multiplies it by (1 - t) for "min" and (1 + t) for "max", which moves the bar the wrong way. The starting
+        # best keeps torch's bar even when it is negative (-inf for "max"): the |best| bar would be -inf * (1 - t),
+        # NaN or +inf once t >= 1, that nothing beats, where torch's -inf * (1 + t) = -inf is beaten by any value.
         t = self.threshold
+        torch_rel = best >= 0 or best == self.mode_worse
         if self.mode == "min":
             if self.threshold_mode == "rel":
-                return bool(a < best * (1.0 - t if best >= 0 else 1.0 + t))
+                return bool(a < best * (1.0 - t if torch_rel else 1.0 + t))
             return bool(a < best - t)
         if self.threshold_mode == "rel":
-            return bool(a > best * (t + 1.0 if best >= 0 else 1.0 - t))
+            return bool(a > best * (t + 1.0 if torch_rel else 1.0 - t))
         return bool(a > best + t)
 
     # torch releases before 2.4 call the comparison `is_better`, later ones `_is_better`.

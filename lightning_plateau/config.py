@@ -81,6 +81,11 @@ class PlateauConfig:
         for name in ("factor", "threshold", "eps"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
+    def __hash__(self) -> int:
+        # The generated hash fails on a list `min_lr`, which stays a list because LightningCLI and YAML read it as
+        # one; hashing it as a tuple keeps "equal configs hash equal" (equality is the generated field-wise one).
+        return hash(tuple(tuple(v) if isinstance(v, list) else v for v in dataclasses.astuple(self)))
+
     @classmethod
     def coerce(cls, config: PlateauConfig | Mapping[str, Any] | None) -> PlateauConfig:
         """Return ``config`` as a ``PlateauConfig``: a config as is, a mapping as keyword arguments.

@@ -95,6 +95,22 @@ def test_config_is_frozen() -> None:
 
 
 @pytest.mark.parametrize(
+    "fields",
+    [{}, {"min_lr": 1e-3}, {"min_lr": [1e-3]}, {"min_lr": (1e-5, 0), "mode": "max"}],
+    ids=["defaults", "scalar-min-lr", "list-min-lr", "tuple-min-lr"],
+)
+def test_config_is_hashable(fields: dict[str, Any]) -> None:
+    """Equal configs hash equal and work as dict keys and in sets, with a scalar or a list `min_lr` (kept a list)."""
+    config, twin = PlateauConfig(**fields), PlateauConfig.coerce(dict(fields))
+    assert config == twin
+    assert config is not twin
+    assert hash(config) == hash(twin)
+    assert {config: "policy"}[twin] == "policy"
+    assert len({config, twin, PlateauConfig(**fields, patience=3)}) == 2
+    assert type(config.min_lr) is (list if isinstance(fields.get("min_lr"), (list, tuple)) else float)
+
+
+@pytest.mark.parametrize(
     ("given", "expected"),
     [
         (None, PlateauConfig()),

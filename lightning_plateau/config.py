@@ -59,8 +59,9 @@ class PlateauConfig:
 
     Raises:
         ValueError: if a field is outside its allowed range; the message names the value given and, for a number
-            torch's ``ReduceLROnPlateau`` takes (factor 0 or below, negative or non-finite patience, cooldown,
-            threshold, eps, min_lr), what torch does with it and why it is refused here.
+            torch's ``ReduceLROnPlateau`` takes (a factor of 0 or below or NaN, a negative or non-integer
+            patience or cooldown, a negative or non-finite threshold, eps or min_lr), what torch does with it
+            and why it is refused here.
 
     Example::
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
@@ -12,6 +12,27 @@ import torch
 
 _MODES = ("min", "max")
 _THRESHOLD_MODES = ("rel", "abs")
+
+# Numbers torch's ReduceLROnPlateau takes (it checks only `factor < 1`) that the config refuses: what torch does
+# with them and why they are refused here, appended to the error so a user porting a torch config sees both.
+_STRICTER_THAN_TORCH = {
+    "factor": "torch's ReduceLROnPlateau accepts any factor below 1: 0 or less sets the LR straight to min_lr at the"
+    " first cut, NaN never cuts; refused here because neither is a reduction by a factor, and with the default"
+    " min_lr 0.0 a factor of 0 stops training at the first plateau",
+    "patience": "torch's ReduceLROnPlateau accepts any number: a negative patience cuts at every evaluation,"
+    " improvements included, a float is compared as is; refused here because patience counts evaluations",
+    "cooldown": "torch's ReduceLROnPlateau accepts any number: a negative cooldown acts as 0, a float counts down"
+    " by 1 past 0; refused here because cooldown counts evaluations",
+    "threshold": "torch's ReduceLROnPlateau accepts any number: a negative threshold counts values worse than the"
+    " best as improvements, inf or NaN lets no value improve, bar at most the first; refused here because either"
+    " turns the rule into a cut every patience + 1 evaluations or into never cutting on a real plateau",
+    "eps": "torch's ReduceLROnPlateau accepts any number: a negative eps applies cuts that change nothing and"
+    " raises an LR below min_lr up to min_lr, inf or NaN never cuts; refused here because eps is the smallest"
+    " change a cut must make",
+    "min_lr": "torch's ReduceLROnPlateau accepts any number: a negative min_lr acts as 0, NaN as no bound, inf"
+    " never cuts; refused here because a bound below 0 says what 0 says and one that is not finite disables the"
+    " bound or the cuts",
+}
 
 
 @dataclass(frozen=True)
@@ -37,7 +58,10 @@ class PlateauConfig:
         strict: raise when ``monitor`` is never logged (``False``: warn once and leave the LR alone).
 
     Raises:
-        ValueError: if a field is outside its allowed range; the message names the value given.
+        ValueError: if a field is outside its allowed range; the message names the value given and, for a number
+            torch's ``ReduceLROnPlateau`` takes (a factor of 0 or below or NaN, a negative or non-integer
+            patience or cooldown, a negative or non-finite threshold, eps or min_lr), what torch does with it
+            and why it is refused here.
 
     Example::
 
@@ -62,7 +86,7 @@ class PlateauConfig:
             raise ValueError(f"`mode` can be 'min' or 'max', got {self.mode!r}")
         if self.threshold_mode not in _THRESHOLD_MODES:
             raise ValueError(f"`threshold_mode` can be 'rel' or 'abs', got {self.threshold_mode!r}")
-        _check_number("factor", self.factor, "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
+        _check_number("factor", self.factor, "a float in (0, 1)", lambda v: 0.0 < v < 1.0, lambda v: not v >= 1.0)
         _check_int("patience", self.patience)
         _check_int("cooldown", self.cooldown)
         _check_number("threshold", self.threshold, "a finite float >= 0", lambda v: v >= 0.0)
@@ -80,6 +104,11 @@ class PlateauConfig:
             raise ValueError(f"`strict` must be True or False, got {self.strict!r}")
         for name in ("factor", "threshold", "eps"):
             object.__setattr__(self, name, float(getattr(self, name)))
+
+    def __hash__(self) -> int:
+        # The generated hash fails on a list `min_lr`, which stays a list because LightningCLI and YAML read it as
+        # one; hashing it as a tuple keeps "equal configs hash equal" (equality is the generated field-wise one).
+        return hash(tuple(tuple(v) if isinstance(v, list) else v for v in dataclasses.astuple(self)))
 
     @classmethod
     def coerce(cls, config: PlateauConfig | Mapping[str, Any] | None) -> PlateauConfig:
@@ -128,11 +157,24 @@ if hasattr(torch.serialization, "add_safe_globals"):
     torch.serialization.add_safe_globals([PlateauConfig])
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _refuse(name: str, value: Any, allowed: str, torch_accepts: bool) -> ValueError:
+    note = f" ({_STRICTER_THAN_TORCH[name]})" if torch_accepts else ""
+    return ValueError(f"`{name}` must be {allowed}, got {value!r}{note}")
+
+
 def _check_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"`{name}` must be an int >= 0, got {value!r}")
+    if not _is_number(value) or not isinstance(value, int) or value < 0:
+        raise _refuse(name, value, "an int >= 0", torch_accepts=_is_number(value))
 
 
-def _check_number(name: str, value: Any, allowed: str, ok: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise ValueError(f"`{name}` must be {allowed}, got {value!r}")
+def _check_number(
+    name: str, value: Any, allowed: str, ok: Callable[[float], bool], torch_ok: Callable[[float], bool] | None = None
+) -> None:
+    # torch_ok: which refused numbers torch's class would take (None: all of them)
+    if not _is_number(value) or not math.isfinite(value) or not ok(value):
+        torch_accepts = _is_number(value) and (torch_ok is None or torch_ok(value))
+        raise _refuse(name, value, allowed, torch_accepts)

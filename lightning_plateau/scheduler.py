@@ -93,14 +93,32 @@ class PlateauEvaluation:
 
 
 class PlateauScheduler(ReduceLROnPlateau):
-    """torch's ``ReduceLROnPlateau`` configured by a :class:`PlateauConfig`, with two bugs fixed.
+    """torch's ``ReduceLROnPlateau`` configured by a :class:`PlateauConfig`, with two of its bugs fixed.
 
-    For any sequence of finite non-negative values the LR trajectory is torch's, step for step. The fixes:
+    For every config :class:`PlateauConfig` accepts and every sequence of values holding no finite negative
+    number (zero, ``inf``, ``-inf`` and NaN included), and for any values with ``threshold_mode="abs"``, the
+    LRs, ``best``, ``num_bad_epochs`` and ``cooldown_counter`` are torch's, step for step. It departs from torch
+    in these places only:
 
-    - the relative threshold is taken of ``|best|``, so a negative metric (a log-likelihood, a negative
-      reward) improves only when it really gets better (pytorch issues 38622, 47513);
-    - a param group added after construction (as ``BaseFinetuning`` does) never crashes a later cut:
-      it takes the scalar ``min_lr``, or ``0.0`` with one warning when ``min_lr`` was a list.
+    - a negative best with ``threshold_mode="rel"``: the bar is ``best * (1 + threshold)`` for ``"min"`` and
+      ``best * (1 - threshold)`` for ``"max"``, ``threshold * |best|`` beyond ``best`` in the direction of
+      improvement. torch's ``best * (1 - threshold)`` and ``best * (1 + threshold)`` put it on the wrong side,
+      so a worse value counts as an improvement and a real plateau of a negative metric (a log-likelihood, a
+      negative reward) is never cut (pytorch issues 38622, 47513). The trajectory differs from torch's from the
+      first value that lies between the two bars. The starting best ``-inf`` of ``"max"`` keeps torch's bar,
+      ``-inf``, which any value beats, for every threshold;
+    - a param group added after construction (as ``BaseFinetuning`` does) never crashes a later cut: it takes
+      the scalar ``min_lr``, or ``0.0`` with one warning when ``min_lr`` was a list (torch raises
+      ``RuntimeError`` at the cut);
+    - :meth:`load_state_dict` restores the counters, ``best`` and the cuts, but the policy (mode, factor,
+      patience, threshold, cooldown, min_lr, eps) stays this scheduler's config, with a warning naming what
+      changed; torch's takes the policy from the checkpoint too;
+    - while a :class:`~lightning_plateau.PlateauCallback` steps it, ``step()`` without a value does nothing
+      and ``step(value)`` raises; outside one, ``step()`` without a value raises ``TypeError`` as torch's does.
+
+    Kept as torch has them: a NaN value counts as a bad evaluation; with ``mode="min"``, ``"rel"`` and
+    ``threshold >= 1`` torch's bar over the starting ``inf`` is NaN or ``-inf``, so no value ever improves and
+    the LR is cut every ``patience + 1`` evaluations.
 
     Every cut is recorded in :attr:`cuts`. Inside a Trainer the scheduler is stepped by
     :class:`~lightning_plateau.PlateauCallback`, once per fresh value; outside one, call
@@ -219,15 +237,18 @@ class PlateauScheduler(ReduceLROnPlateau):
             self.best_epoch = self._context[0]
 
     def _is_better(self, a: float, best: float) -> bool:
-        # torch's comparisons verbatim, except that a negative best takes the relative threshold of |best|:
-        # torch multiplies it by (1 - t) for "min", which moves the bar the wrong way.
+        # torch's comparisons verbatim, except that a negative best takes the relative threshold of |best|: torch
+        # multiplies it by (1 - t) for "min" and (1 + t) for "max", which moves the bar the wrong way. The starting
+        # best keeps torch's bar even when it is negative (-inf for "max"): the |best| bar would be -inf * (1 - t),
+        # NaN or +inf once t >= 1, that nothing beats, where torch's -inf * (1 + t) = -inf is beaten by any value.
         t = self.threshold
+        torch_rel = best >= 0 or best == self.mode_worse
         if self.mode == "min":
             if self.threshold_mode == "rel":
-                return bool(a < best * (1.0 - t if best >= 0 else 1.0 + t))
+                return bool(a < best * (1.0 - t if torch_rel else 1.0 + t))
             return bool(a < best - t)
         if self.threshold_mode == "rel":
-            return bool(a > best * (t + 1.0 if best >= 0 else 1.0 - t))
+            return bool(a > best * (t + 1.0 if torch_rel else 1.0 - t))
         return bool(a > best + t)
 
     # torch releases before 2.4 call the comparison `is_better`, later ones `_is_better`.

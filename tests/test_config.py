@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightning_plateau import PlateauCallback, PlateauConfig, PlateauScheduler
 from tests.helpers import ScriptedPlateauModel, trainer
@@ -68,6 +69,59 @@ def test_config_rejects_bad_field(field: str, value: Any, allowed: str) -> None:
     assert repr(shown) in message
 
 
+def _torch_takes(field: str, value: Any) -> bool:
+    optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1)
+    try:
+        scheduler = ReduceLROnPlateau(optimizer, **{field: value})
+        for metric in (1.0, 2.0, 0.5):
+            scheduler.step(metric)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "torch_does"),
+    [
+        ("factor", 0.0, "0 or less sets the LR straight to min_lr"),
+        ("factor", 0, "0 or less sets the LR straight to min_lr"),
+        ("factor", -0.5, "0 or less sets the LR straight to min_lr"),
+        ("factor", math.nan, "NaN never cuts"),
+        ("patience", -1, "a negative patience cuts at every evaluation"),
+        ("patience", 2.0, "a float is compared as is"),
+        ("cooldown", -2, "a negative cooldown acts as 0"),
+        ("cooldown", 1.5, "a float counts down"),
+        ("threshold", -1e-4, "a negative threshold counts values worse than the best as improvements"),
+        ("threshold", math.inf, "inf or NaN lets no value improve"),
+        ("threshold", math.nan, "inf or NaN lets no value improve"),
+        ("eps", -1e-8, "a negative eps applies cuts that change nothing"),
+        ("eps", math.inf, "inf or NaN never cuts"),
+        ("min_lr", -1e-6, "a negative min_lr acts as 0"),
+        ("min_lr", math.nan, "NaN as no bound"),
+        ("min_lr", [math.inf], "inf never cuts"),
+    ],
+)
+def test_config_says_where_it_is_stricter_than_torch(field: str, value: Any, torch_does: str) -> None:
+    """A number torch's class takes but the config refuses: the error says what torch does with it and why not here."""
+    assert _torch_takes(field, value)
+    with pytest.raises(ValueError, match=re.escape("(torch's ReduceLROnPlateau accepts")) as error:
+        PlateauConfig(**{field: value})
+    assert torch_does in str(error.value)
+    assert "refused here because" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("factor", 1.0), ("factor", 2.0), ("factor", True), ("min_lr", []), ("mode", "MAX"), ("threshold_mode", "x")],
+)
+def test_config_refusal_torch_shares_has_no_torch_note(field: str, value: Any) -> None:
+    """Where torch refuses the value as well, the error does not claim otherwise."""
+    assert not _torch_takes(field, value)
+    with pytest.raises(ValueError, match=f"`{field}`") as error:
+        PlateauConfig(**{field: value})
+    assert "torch" not in str(error.value)
+
+
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
@@ -92,6 +146,22 @@ def test_config_is_frozen() -> None:
     config = PlateauConfig()
     with pytest.raises(AttributeError):
         config.patience = -1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"min_lr": 1e-3}, {"min_lr": [1e-3]}, {"min_lr": (1e-5, 0), "mode": "max"}],
+    ids=["defaults", "scalar-min-lr", "list-min-lr", "tuple-min-lr"],
+)
+def test_config_is_hashable(fields: dict[str, Any]) -> None:
+    """Equal configs hash equal and work as dict keys and in sets, with a scalar or a list `min_lr` (kept a list)."""
+    config, twin = PlateauConfig(**fields), PlateauConfig.coerce(dict(fields))
+    assert config == twin
+    assert config is not twin
+    assert hash(config) == hash(twin)
+    assert {config: "policy"}[twin] == "policy"
+    assert len({config, twin, PlateauConfig(**fields, patience=3)}) == 2
+    assert type(config.min_lr) is (list if isinstance(fields.get("min_lr"), (list, tuple)) else float)
 
 
 @pytest.mark.parametrize(

@@ -50,12 +50,14 @@ def _counters(scheduler: ReduceLROnPlateau) -> tuple[float, int, int, int]:
 _LR = st.sampled_from([1.0, 0.7, 0.1, 3e-4, 1e-9])
 _MIN_LR = st.sampled_from([0.0, 1e-5, 1e-3, 0.05])
 _MIN_LR_LISTS = {n: st.lists(_MIN_LR, min_size=n, max_size=n) for n in (1, 2, 3)}
+# Every threshold torch accepts and the config allows: 0, small, and >= 1 (where 1 - t <= 0 flips torch's bar).
+_THRESHOLD = st.sampled_from([0.0, 1e-4, 0.05, 1.0, 2.0]) | st.floats(0.0, 0.5) | st.floats(0.5, 10.0)
 _FIELDS = st.fixed_dictionaries(
     {
         "mode": st.sampled_from(["min", "max"]),
         "factor": st.sampled_from([0.1, 0.5]) | st.floats(1e-3, 0.999),
         "patience": st.integers(0, 4),
-        "threshold": st.sampled_from([0.0, 1e-4, 0.05]) | st.floats(0.0, 0.5),
+        "threshold": _THRESHOLD,
         "threshold_mode": st.sampled_from(["rel", "abs"]),
         "cooldown": st.integers(0, 3),
         "eps": st.sampled_from([0.0, 1e-8, 1e-3]),
@@ -71,20 +73,72 @@ def _configs(draw: st.DrawFn) -> tuple[PlateauConfig, list[float]]:
     return PlateauConfig(min_lr=min_lr, **draw(_FIELDS)), lrs
 
 
-# Plateaus need repeats: values drawn from a few levels (ties, near-ties within a threshold) or anywhere.
+# Plateaus need repeats: values drawn from a few levels (ties, near-ties within a threshold, negative, -0.0, both
+# infinities, NaN) or anywhere.
 _VALUES = st.lists(
-    st.sampled_from([0.0, 0.5, 0.50002, 0.9, 1.0, 1.00005, 2.0]) | st.floats(0.0, 1e3),
+    st.sampled_from(
+        [0.0, -0.0, 0.5, 0.50002, 0.9, 1.0, 1.00005, 2.0, -0.5, -0.50002, -1.0, -2.0, math.inf, -math.inf, math.nan]
+    )
+    | st.floats(-1e3, 1e3)
+    | st.floats(allow_nan=True, allow_infinity=True),
     min_size=1,
     max_size=30,
 )
 
 
+class _Oracle:
+    """torch's rule written out plainly, with the documented departure; ``departed`` says when it mattered.
+
+    The departure: with a relative threshold, a negative best (other than the starting ``-inf`` of "max") is
+    improved on only past ``best * (1 + t)`` for "min" and ``best * (1 - t)`` for "max", ``t * |best|`` beyond it
+    in the direction of improvement, where torch's bar is ``best * (1 - t)`` and ``best * (1 + t)``.
+    """
+
+    def __init__(self, config: PlateauConfig, lrs: list[float]) -> None:
+        self.config = config
+        self.lrs = list(lrs)
+        self.min_lrs = list(config.min_lr) if isinstance(config.min_lr, list) else [config.min_lr] * len(lrs)
+        self.start = math.inf if config.mode == "min" else -math.inf
+        self.best, self.num_bad, self.cooldown, self.evaluations = self.start, 0, 0, 0
+        self.departed = False  # whether the departure ever gave another verdict than torch's bar
+
+    def _better(self, value: float, departing: bool) -> bool:
+        t, best, lower = self.config.threshold, self.best, self.config.mode == "min"
+        if self.config.threshold_mode == "abs":
+            return value < best - t if lower else value > best + t
+        if departing and best < 0 and best != self.start:
+            return value < best * (1 + t) if lower else value > best * (1 - t)
+        return value < best * (1 - t) if lower else value > best * (1 + t)
+
+    def step(self, value: float) -> None:
+        better = self._better(value, departing=True)
+        self.departed = self.departed or better != self._better(value, departing=False)
+        self.evaluations += 1
+        if better:
+            self.best, self.num_bad = value, 0
+        else:
+            self.num_bad += 1
+        if self.cooldown > 0:
+            self.cooldown -= 1
+            self.num_bad = 0
+        if self.num_bad > self.config.patience:
+            for index, (lr, min_lr) in enumerate(zip(self.lrs, self.min_lrs, strict=True)):
+                new = max(lr * self.config.factor, min_lr)
+                if lr - new > self.config.eps:
+                    self.lrs[index] = new
+            self.cooldown, self.num_bad = self.config.cooldown, 0
+
+    def counters(self) -> tuple[float, int, int, int]:
+        return self.best, self.num_bad, self.cooldown, self.evaluations
+
+
 @_PROPERTY
 @given(setup=_configs(), values=_VALUES)
-def test_scheduler_matches_torch_on_non_negative_values(
+def test_scheduler_matches_torch_except_the_documented_departure(
     setup: tuple[PlateauConfig, list[float]], values: list[float]
 ) -> None:
-    """For finite non-negative values and any config, every group's LR and every counter equal torch's, step by step.
+    """Any config, any values (negative, zero, infinite, NaN): every LR and counter is torch's, step by step, until a
+    negative best with a relative threshold gives another verdict than torch's bar; the oracle's throughout.
 
     Each drawn sequence also runs reversed and sorted both ways (steady gains, steady losses): four sequences per
     example at the cost of one draw, since drawing dominates the run time.
@@ -93,17 +147,43 @@ def test_scheduler_matches_torch_on_non_negative_values(
     for sequence in (values, values[::-1], sorted(values), sorted(values, reverse=True)):
         ours = PlateauScheduler(_optimizer(lrs), config)
         theirs = _torch_twin(config, lrs)
+        oracle = _Oracle(config, lrs)
         changes = 0
         for value in sequence:
-            before = _lrs(theirs)
+            before = _lrs(ours)
             ours.step(value)
             theirs.step(value)
-            assert _lrs(ours) == _lrs(theirs)
-            assert ours.get_last_lr() == theirs.get_last_lr()
-            assert _counters(ours) == _counters(theirs)
-            changes += _lrs(theirs) != before
+            oracle.step(value)
+            assert (_lrs(ours), _counters(ours)) == (oracle.lrs, oracle.counters())
+            if not oracle.departed:
+                assert (_lrs(ours), _counters(ours)) == (_lrs(theirs), _counters(theirs))
+                assert ours.get_last_lr() == theirs.get_last_lr()
+            changes += _lrs(ours) != before
         assert ours.num_evaluations == len(sequence)
         assert len(ours.cuts) == changes  # a cut is recorded exactly when some LR changed
+        if config.threshold_mode == "abs" or not any(-math.inf < value < 0 for value in sequence):
+            assert not oracle.departed  # the departure needs a finite negative best and a relative threshold
+
+
+def test_scheduler_max_rel_threshold_of_one_follows_torch() -> None:
+    """Issue 15: max, rel, threshold 1: the first value beats the starting -inf as in torch; one cut, not four."""
+    config = PlateauConfig(mode="max", factor=0.5, patience=1, threshold=1.0)
+    ours, theirs = PlateauScheduler(_optimizer([1.0]), config), _torch_twin(config, [1.0])
+    for value in [1, 3, 7, 7.5, 20, 21, 22, 23]:
+        ours.step(value)
+        theirs.step(value)
+    assert _lrs(theirs) == _lrs(ours) == [0.5]
+    assert [cut.evaluation for cut in ours.cuts] == [7]
+    assert ours.best == theirs.best == 20
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 1.0, 2.0, 7.5])
+@pytest.mark.parametrize("first", [-1e6, -3.0, -0.0, 0.0, 2.0, math.inf])
+def test_scheduler_max_rel_any_first_value_beats_the_start(threshold: float, first: float) -> None:
+    """The starting best -inf of "max" keeps torch's bar -inf for every threshold: the first value always improves."""
+    ours = PlateauScheduler(_optimizer([1.0]), PlateauConfig(mode="max", patience=0, threshold=threshold))
+    ours.step(first)
+    assert (ours.best, ours.num_bad_epochs, ours.cuts) == (first, 0, [])
 
 
 # Hand-computed with lr 1, factor 0.5, patience 1, threshold 0.1 (rel). torch's bar for "min" is best * (1 - t),

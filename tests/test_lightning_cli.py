@@ -15,7 +15,7 @@ from helpers import loader, plateau_of
 from lightning.pytorch.cli import LightningCLI
 from torch.utils.data import DataLoader
 
-from lightning_plateau import PlateauCallback, PlateauConfig, PlateauMixin, PlateauScheduler
+from lightning_plateau import PlateauConfig, PlateauMixin, PlateauScheduler
 
 
 class CliModel(PlateauMixin, pl.LightningModule):

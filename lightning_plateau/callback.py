@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
@@ -54,7 +54,11 @@ class PlateauCallback(Callback):
 
     Args:
         config: the policy, a :class:`~lightning_plateau.PlateauConfig` or a dict of its fields. ``None``:
-            take it from the module's ``PlateauScheduler`` (the mixin's).
+            take it from the keyword fields below, else from the module's ``PlateauScheduler`` (the mixin's).
+        monitor: shorthand for ``PlateauConfig(monitor=...)``, as ``EarlyStopping(monitor=...)`` is written;
+            likewise ``mode``, ``factor``, ``patience``, ``threshold``, ``threshold_mode``, ``cooldown``,
+            ``min_lr``, ``eps`` and ``strict``. Fields not given take PlateauConfig's defaults. Give these or
+            ``config``, not both.
         verbose: log a rank-zero message at each cut, and one at the end of fit naming the chart.
         log_traces: at each evaluation, log ``plateau/value``, ``plateau/best``, ``plateau/num_bad``,
             ``plateau/cooldown``, ``plateau/reductions``, ``plateau/evaluation`` and the LR after the decision
@@ -69,22 +73,52 @@ class PlateauCallback(Callback):
             the module's.
         RuntimeError: with ``strict=True``, after the first evaluation that should have produced the
             monitor when it was not logged (the message lists the metrics that were).
-        ValueError: if ``log_traces`` is not a bool.
+        ValueError: if ``log_traces`` is not a bool, or a keyword field is outside its allowed range.
+        TypeError: if ``config`` and keyword fields are both given.
 
     Example::
 
+        trainer = Trainer(callbacks=[PlateauCallback(monitor="val_acc", mode="max", patience=3)])
         trainer = Trainer(callbacks=[PlateauCallback(PlateauConfig(monitor="val_loss", patience=5))])
     """
 
     def __init__(
-        self, config: PlateauConfig | Mapping[str, Any] | None = None, *, verbose: bool = True, log_traces: bool = True
+        self,
+        config: PlateauConfig | Mapping[str, Any] | None = None,
+        *,
+        monitor: Optional[str] = None,
+        mode: Optional[Literal["min", "max"]] = None,
+        factor: Optional[float] = None,
+        patience: Optional[int] = None,
+        threshold: Optional[float] = None,
+        threshold_mode: Optional[Literal["rel", "abs"]] = None,
+        cooldown: Optional[int] = None,
+        min_lr: Optional[Union[float, list[float]]] = None,
+        eps: Optional[float] = None,
+        strict: Optional[bool] = None,
+        verbose: bool = True,
+        log_traces: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(log_traces, bool):
             raise ValueError(f"`log_traces` must be True or False, got {log_traces!r}")
         self.log_traces = log_traces
         self._traces = _Traces()
-        self.config: Optional[PlateauConfig] = None if config is None else PlateauConfig.coerce(config)
+        fields = dict(
+            monitor=monitor,
+            mode=mode,
+            factor=factor,
+            patience=patience,
+            threshold=threshold,
+            threshold_mode=threshold_mode,
+            cooldown=cooldown,
+            min_lr=min_lr,
+            eps=eps,
+            strict=strict,
+        )
+        self.config: Optional[PlateauConfig] = None
+        if config is not None or any(value is not None for value in fields.values()):
+            self.config = PlateauConfig.from_arguments("PlateauCallback", config, fields)
         # The checkpoint key comes from this config only, never from one adopted later: Lightning restores callback
         # state before `on_fit_start` (where a module's own PlateauScheduler is adopted), so a key that changed on
         # adoption would differ between saving and restoring, and a resumed run would silently lose its history.

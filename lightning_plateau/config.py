@@ -132,6 +132,30 @@ class PlateauConfig:
             return cls(**dict(config))
         raise TypeError(f"Expected a PlateauConfig or a dict of its fields, got {type(config).__name__}: {config!r}")
 
+    @classmethod
+    def from_arguments(
+        cls, owner: str, config: PlateauConfig | Mapping[str, Any] | None, fields: Mapping[str, Any]
+    ) -> PlateauConfig:
+        """The config of ``owner(config=..., **fields)``: a config (or dict), or keyword fields, never both.
+
+        ``fields`` maps field names to the keyword values given, ``None`` for those not given. Without either,
+        the defaults apply.
+
+        Raises:
+            TypeError: if both a config and keyword fields are given, or ``config`` is of another type.
+            ValueError: if a keyword field is outside its allowed range.
+        """
+        given = {name: value for name, value in fields.items() if value is not None}
+        if config is None:
+            return cls(**given)
+        if given:
+            keywords = ", ".join(f"{name}={value!r}" for name, value in given.items())
+            raise TypeError(
+                f"{owner} got a config and the keyword(s) {keywords}: give one or the other, either"
+                f" {owner}(..., {keywords}) or {owner}(..., PlateauConfig({keywords}, ...))."
+            )
+        return cls.coerce(config)
+
     def min_lr_for(self, num_groups: int) -> float | list[float]:
         """Return ``min_lr`` as torch's scheduler takes it for an optimizer with ``num_groups`` param groups.
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Any, cast
 
 import lightning.pytorch as pl
@@ -59,6 +60,24 @@ class PlateauMixin:
                 f" Lightning's own {' and '.join(lightning_first)} hide the mixin's and no plateau would be"
                 f" configured. Put the mixin first: class {cls.__name__}(PlateauMixin, LightningModule)."
             )
+
+    def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``save_hyperparameters``, with every :class:`PlateauConfig` stored as a dict of its fields.
+
+        Plain data reads back everywhere: ``hparams.yaml`` through ``load_hparams_from_yaml`` and
+        ``load_from_checkpoint(hparams_file=...)``, and every logger's config (W&B runs can be filtered and swept by
+        ``plateau.patience``). :attr:`plateau_config` still gives the dataclass.
+        """
+        if kwargs.get("frame") is None:
+            # Lightning reads the init arguments from its caller's frame, which is this method: point it one further.
+            caller = inspect.currentframe()
+            kwargs["frame"] = caller.f_back if caller is not None else None
+        super().save_hyperparameters(*args, **kwargs)  # type: ignore[misc]
+        for stored in (getattr(self, "_hparams", None), getattr(self, "_hparams_initial", None)):
+            if isinstance(stored, MutableMapping):
+                for key, value in stored.items():
+                    if isinstance(value, PlateauConfig):
+                        stored[key] = dataclasses.asdict(value)
 
     def configure_optimizer(self) -> Optimizer:
         """Return the optimizer whose LR follows the plateau. Override this, not ``configure_optimizers``."""

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from helpers import ScriptedPlateauModel, trainer
 from lightning.pytorch.loggers import CSVLogger
+from test_chart import EXTREME_HISTORIES
 from test_wandb_file import fit_offline_wandb
 
 from lightning_plateau import PlateauCallback, PlateauConfig, replay
@@ -195,6 +196,25 @@ def test_explain_plot_draws_the_chart(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 0
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert err == f"lightning-plateau explain: chart written to {chart}\n"
+
+
+@pytest.mark.parametrize(("values", "config"), EXTREME_HISTORIES)
+def test_explain_plot_draws_extreme_histories(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    values: list[float],
+    config: PlateauConfig,
+) -> None:
+    """Huge values, an LR cut to 0, NaN or inf only, one evaluation, a flat line: --plot writes the chart, exit 0."""
+    chart = tmp_path / "plateau.png"
+    policy = ["--patience", config.patience, "--factor", config.factor, "--eps", config.eps, "--lr", 0.1]
+    stdin = "\n".join(map(str, values)) + "\n"
+
+    code, _, err = explain(capsys, "-", *policy, "--only-cuts", "--plot", chart, stdin=stdin, monkeypatch=monkeypatch)
+
+    assert (code, err) == (0, f"lightning-plateau explain: chart written to {chart}\n")
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_explain_real_csv_logger_file_matches_live_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

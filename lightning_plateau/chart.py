@@ -62,6 +62,10 @@ def plot_plateau(
     evaluations without improvement that triggered it), each cooldown, and the bad evaluations counted
     since the last reset when the history ends inside a window.
 
+    Any history is drawn: NaN and infinite values are left out (a history without a finite value says so),
+    values of magnitude 1e100 or more are drawn divided by the power of ten named on the axis label, and an LR
+    of 0 (cuts with ``eps=0`` until the LR underflows) lies on the bottom edge of the LR axis.
+
     Rendering uses matplotlib's Agg canvas directly, so it works headless and leaves pyplot's global
     backend alone.
 

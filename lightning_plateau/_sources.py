@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, TextIO
@@ -15,6 +16,8 @@ _DEFAULT_MONITOR = PlateauConfig().monitor
 # Columns that label evaluations rather than being candidates for the monitor.
 _CSV_LABELS = ("epoch", "step")
 _WANDB_LABELS = ("epoch", "trainer/global_step")
+# Between the values of a history given on one line: a comma (spaces or tabs around it allowed), or blanks alone.
+_ONE_LINE_SEPARATOR = re.compile(r"\s*,\s*|\s+")
 
 
 class SourceError(ValueError):
@@ -41,7 +44,10 @@ class History:
 
 
 def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
-    """Read SOURCE: ``-`` (stdin), a W&B run (``.wandb`` file or run directory), JSON, CSV or one value per line.
+    """Read SOURCE: ``-`` (stdin), a W&B run (``.wandb`` file or run directory), JSON, CSV, or text.
+
+    Text holds one value per line, or all the values on a single line separated by commas, spaces or tabs
+    (``1.0 0.9 0.8``, ``1.0, 0.9, 0.8``). A first line of names is a CSV header.
 
     Args:
         source: the path given on the command line, or ``-``.
@@ -50,7 +56,7 @@ def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
 
     Raises:
         SourceError: if the source is missing, of no known kind, lacks the column, or holds a value that is
-            not a number (the message gives its line).
+            not a number (the message gives its line, and on a one-line history the item).
         ImportError: for a W&B run without the ``wandb`` package.
     """
     if source == "-":
@@ -77,12 +83,29 @@ def _parse_text(text: str, name: str, monitor: Optional[str]) -> History:
     if stripped.startswith(("[", "{")) or name.endswith(".json"):
         return _parse_json(stripped, name)
     lines = text.splitlines()
-    first = next((line.strip() for line in lines if line.strip()), None)
-    if first is None:
+    filled = [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
+    if not filled:
         raise SourceError(f"{name} is empty: no values to replay")
+    number, first = filled[0]
     if _is_number(first):
         return _parse_lines(lines, name)
+    items = _ONE_LINE_SEPARATOR.split(first)
+    # A lone line with a number among its items is a history written across (`1.0 0.9 0.8`); a line of names alone
+    # is a CSV header, as before.
+    if len(filled) == 1 and any(_is_number(item) for item in items):
+        return _parse_one_line(items, name, number)
     return _parse_csv(lines, name, monitor)
+
+
+def _parse_one_line(items: list[str], name: str, number: int) -> History:
+    values: list[float] = []
+    for index, item in enumerate(items, start=1):
+        try:
+            values.append(float(item))
+        except ValueError:
+            what = "an empty item" if not item else repr(item)
+            raise SourceError(f"{name} line {number}: {what} (item {index} of {len(items)}) is not a number") from None
+    return History(values, None, None, None, name)
 
 
 def _parse_json(text: str, name: str) -> History:

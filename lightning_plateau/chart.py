@@ -27,6 +27,13 @@ _LOG_RATIO = 30.0
 _HEADROOM = 0.4
 # Up to this many distinct LRs each get a tick of their own on the LR axis.
 _MAX_LR_TICKS = 10
+# Space around the data, as a fraction of its span (matplotlib's own default margin).
+_MARGIN = 0.05
+# Values whose largest magnitude is 10**100 or more (or 10**-100 or less) are drawn divided by a power of ten,
+# named on the axis: near 1e308 the span between two values, or its margin, is no float any more.
+_MAX_PLAIN_EXPONENT = 100
+# Log-axis limits stay within 10**-307 .. 10**307 (normal floats); an LR of 0 or below is drawn on the bottom edge.
+_MAX_LOG_EXPONENT = 307
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,10 @@ def plot_plateau(
     (``cut 2: 1e-4 -> 1e-5``). Shaded spans show each cut's patience window (the ``patience + 1``
     evaluations without improvement that triggered it), each cooldown, and the bad evaluations counted
     since the last reset when the history ends inside a window.
+
+    Any history is drawn: NaN and infinite values are left out (a history without a finite value says so),
+    values of magnitude 1e100 or more are drawn divided by the power of ten named on the axis label, and an LR
+    of 0 (cuts with ``eps=0`` until the LR underflows) lies on the bottom edge of the LR axis.
 
     Rendering uses matplotlib's Agg canvas directly, so it works headless and leaves pyplot's global
     backend alone.
@@ -135,6 +146,53 @@ def _finite(values: Sequence[float]) -> list[float]:
     return [v if math.isfinite(v) else math.nan for v in values]
 
 
+def _scale_exponent(values: Sequence[float]) -> int:
+    """The power of ten the values are divided by to be drawn: 0 unless their magnitude is extreme."""
+    largest = max((abs(v) for v in values if math.isfinite(v) and v != 0), default=0.0)
+    if largest == 0:
+        return 0
+    exponent = math.floor(math.log10(largest))
+    return exponent if abs(exponent) >= _MAX_PLAIN_EXPONENT else 0
+
+
+def _scaled(values: Sequence[float], exponent: int) -> list[float]:
+    if exponent == 0:
+        return list(values)
+    # In two steps: 10**324 (to lift the smallest float to 1) is itself no float.
+    half = exponent // 2
+    return [v / 10.0**half / 10.0 ** (exponent - half) for v in values]
+
+
+def _value_limits(values: Sequence[float], *, log: bool, headroom: float) -> Optional[tuple[float, float]]:
+    """The y limits for ``values`` (NaN ignored) with a margin and ``headroom`` above; ``None``: nothing to draw.
+
+    On a log axis the margins are taken in decades. Limits are computed here rather than by matplotlib's
+    autoscaling, which overflows to infinity for values near the largest float.
+    """
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return None
+    if log:
+        return _log_limits(min(finite), max(finite), below=_MARGIN, above=_MARGIN + headroom, least_span=0.0)
+    low, high = min(finite), max(finite)
+    span = high - low
+    if span == 0:
+        # A flat history: a band around the value (or around 0) instead of matplotlib's singular-limit warning.
+        span = abs(low) or 1.0
+    return low - _MARGIN * span, high + (_MARGIN + headroom) * span
+
+
+def _log_limits(low: float, high: float, *, below: float, above: float, least_span: float) -> tuple[float, float]:
+    """Log-axis limits around ``low .. high`` (both > 0), with margins as fractions of the span in decades."""
+    low_exponent, high_exponent = math.log10(low), math.log10(high)
+    decades = max(high_exponent - low_exponent, least_span)
+    bottom = max(low_exponent - below * decades, -_MAX_LOG_EXPONENT)
+    top = min(high_exponent + above * decades, _MAX_LOG_EXPONENT)
+    if top <= bottom:
+        bottom, top = bottom - 0.5, top + 0.5
+    return 10.0**bottom, 10.0**top
+
+
 def _draw(
     fig: Any,
     ax: Any,
@@ -147,8 +205,10 @@ def _draw(
     from matplotlib.patches import Patch
 
     xs = [row.evaluation for row in rows]
-    values = _finite([row.value for row in rows])
-    bests = _finite([row.best for row in rows])
+    raw_values = _finite([row.value for row in rows])
+    exponent = _scale_exponent(raw_values)
+    values = _scaled(raw_values, exponent)
+    bests = _scaled(_finite([row.best for row in rows]), exponent)
     last = xs[-1]
     left = xs[0] - 1
     handles: list[Any] = []
@@ -160,10 +220,27 @@ def _draw(
     handles += ax.step(
         xs, bests, where="post", color=_BEST, linestyle="--", linewidth=1.2, label="best so far", zorder=2
     )
-    ax.set_ylabel(f"{config.monitor} ({config.mode})", color=_VALUE)
+    unit = f", x1e{exponent}" if exponent else ""
+    ax.set_ylabel(f"{config.monitor} ({config.mode}{unit})", color=_VALUE)
     finite = [v for v in values if not math.isnan(v)]
-    if finite and min(finite) > 0 and max(finite) / min(finite) > _LOG_RATIO:
+    log = bool(finite) and min(finite) > 0 and max(finite) / min(finite) > _LOG_RATIO
+    if log:
         ax.set_yscale("log")
+    limits = _value_limits(values, log=log, headroom=_HEADROOM if cuts else 0.0)
+    if limits is None:
+        ax.set_ylim(0.0, 1.0)
+        ax.set_yticks([])
+        ax.text(
+            0.5,
+            0.5,
+            f"no finite {config.monitor} to draw",
+            ha="center",
+            va="center",
+            color=_VALUE,
+            transform=ax.transAxes,
+        )
+    else:
+        ax.set_ylim(*limits)
 
     windows = _patience_windows(rows, config, cuts)
     for start, end in windows:
@@ -191,20 +268,25 @@ def _draw(
         handles.append(Patch(color=_COOLDOWN, alpha=0.3, label=f"cooldown ({config.cooldown})"))
 
     lr_ax = ax.twinx()
+    lr_ax.set_yscale("log")
     lr_xs = [left, *xs, last + 0.5]
     first_lrs = _first_lrs(rows, config, initial_lrs)
+    every_lr = [lr for lrs in (first_lrs, *(row.lrs for row in rows)) for lr in lrs]
+    drawable = sorted({lr for lr in every_lr if _drawable_lr(lr)})
+    bottom, top = _lr_limits(drawable, room_for_labels=bool(cuts))
     groups = max(len(first_lrs), *(len(row.lrs) for row in rows))
     for group in range(groups):
-        ys = [_group_lr(first_lrs, group)] + [_group_lr(row.lrs, group) for row in rows]
+        raw = [_group_lr(first_lrs, group)] + [_group_lr(row.lrs, group) for row in rows]
+        ys = [min(max(lr, bottom), top) for lr in raw]
         ys.append(ys[-1])
         label = "lr" if groups == 1 else f"lr pg{group}"
+        if any(lr < bottom for lr in raw):
+            label += " (0 on the bottom edge)"
         style = "-" if group == 0 else (0, (4, 1 + group))
         handles += lr_ax.step(lr_xs, ys, where="post", color=_LR, linestyle=style, linewidth=1.8, label=label)
-    lr_ax.set_yscale("log")
     lr_ax.set_ylabel("learning rate (log scale)", color=_LR)
-    all_lrs = [lr for lrs in (first_lrs, *(row.lrs for row in rows)) for lr in lrs if lr > 0 and math.isfinite(lr)]
-    if all_lrs:
-        _set_lr_axis(lr_ax, sorted(set(all_lrs)), room_for_labels=bool(cuts))
+    lr_ax.set_ylim(bottom, top)
+    _set_lr_ticks(lr_ax, drawable, zero=any(not _drawable_lr(lr) for lr in every_lr), bottom=bottom)
 
     label_all = len(cuts) <= _MAX_LABELLED_CUTS
     for cut in cuts:
@@ -225,8 +307,7 @@ def _draw(
             zorder=5,
         )
     if cuts:
-        _make_headroom(ax)
-        cut_values = [cut.value if math.isfinite(cut.value) else math.nan for cut in cuts]
+        cut_values = _scaled(_finite([cut.value for cut in cuts]), exponent)
         ax.plot([c.evaluation for c in cuts], cut_values, linestyle="none", marker="v", markersize=8, color=_CUT)
         handles.append(
             Line2D([], [], color=_CUT, marker="v", linestyle=":", markersize=7, label=f"cut (x{config.factor:g})")
@@ -242,32 +323,33 @@ def _draw(
 
 def _group_lr(lrs: Sequence[float], group: int) -> float:
     # A param group added mid-fit has no LR before it appeared: nothing is drawn there.
-    return float(lrs[group]) if group < len(lrs) and lrs[group] > 0 else math.nan
+    return float(lrs[group]) if group < len(lrs) else math.nan
 
 
-def _set_lr_axis(lr_ax: Any, lrs: Sequence[float], *, room_for_labels: bool) -> None:
+def _drawable_lr(lr: float) -> bool:
+    # 0 (an LR cut with eps=0 until it underflows) and subnormal LRs have no place on a log axis worth its ticks.
+    return math.isfinite(lr) and 10.0**-_MAX_LOG_EXPONENT <= lr <= 10.0**_MAX_LOG_EXPONENT
+
+
+def _lr_limits(lrs: Sequence[float], *, room_for_labels: bool) -> tuple[float, float]:
+    """The LR axis limits around the sorted drawable ``lrs``, with room for the cut labels when there are cuts."""
+    if not lrs:
+        # Only LRs of 0: they lie on the bottom edge of a decade's axis.
+        return 1e-3, 1e-2
+    return _log_limits(lrs[0], lrs[-1], below=0.15, above=_HEADROOM if room_for_labels else 0.15, least_span=1.0)
+
+
+def _set_lr_ticks(lr_ax: Any, lrs: Sequence[float], *, zero: bool, bottom: float) -> None:
     from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
-    low, high = lrs[0], lrs[-1]
-    decades = max(math.log10(high / low), 1.0)
-    top = _HEADROOM if room_for_labels else 0.15
-    lr_ax.set_ylim(low / 10 ** (0.15 * decades), high * 10 ** (top * decades))
     if len(lrs) <= _MAX_LR_TICKS:
         # The LRs actually taken are the ticks worth reading: 0.1, 0.01, 1e-3 rather than 10^-2 and 2x10^-1.
-        lr_ax.set_yticks(list(lrs), [format_lr(lr) for lr in lrs])
+        ticks = [*([bottom] if zero else []), *lrs]
+        lr_ax.set_yticks(ticks, [*(["0"] if zero else []), *(format_lr(lr) for lr in lrs)])
         lr_ax.yaxis.set_minor_locator(NullLocator())
     else:
         lr_ax.yaxis.set_major_formatter(FuncFormatter(lambda lr, _: format_lr(lr)))
         lr_ax.yaxis.set_minor_formatter(NullFormatter())
-
-
-def _make_headroom(ax: Any) -> None:
-    bottom, top = ax.get_ylim()
-    if ax.get_yscale() == "log":
-        decades = math.log10(top / bottom)
-        ax.set_ylim(bottom, top * 10 ** (_HEADROOM * decades))
-    else:
-        ax.set_ylim(bottom, top + _HEADROOM * (top - bottom))
 
 
 def _patience_windows(

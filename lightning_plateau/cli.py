@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SOURCE",
         help=(
             "a Lightning CSVLogger metrics.csv, a W&B run (.wandb file or offline run directory), a JSON array,"
-            " a file with one value per line, or - for stdin"
+            " text with one value per line or all on one line (1.0 0.9 0.8, or 1.0,0.9,0.8), or - for stdin"
         ),
     )
     policy = explain.add_argument_group("plateau policy (the PlateauConfig fields; defaults as in the library)")

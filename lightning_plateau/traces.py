@@ -112,10 +112,18 @@ class _Traces:
         metrics = _trace_metrics(row, scheduler.num_reductions)
         step = self._last_step = logging_step(trainer)
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                self._define_wandb_metrics(logger, metrics)
-            logger.log_metrics(metrics, step=step)
-            logger.save()
+            try:
+                if isinstance(logger, WandbLogger):
+                    self._define_wandb_metrics(logger, metrics)
+                logger.log_metrics(metrics, step=step)
+                logger.save()
+            except Exception as err:
+                # The traces are a report on the fit, not part of it: a logger that refuses them costs a warning.
+                self._warn_once(
+                    f"log:{id(logger)}",
+                    f"PlateauCallback could not log its traces to {type(logger).__name__} at evaluation"
+                    f" {row.evaluation}: {_describe(err)}; later failures of this logger are not reported.",
+                )
 
     def finish(
         self,
@@ -134,7 +142,13 @@ class _Traces:
             lines.append(f"chart: {chart}")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                lines += self._finish_wandb(trainer, logger, scheduler, config, chart)
+                try:
+                    lines += self._finish_wandb(trainer, logger, scheduler, config, chart)
+                except Exception as err:
+                    # Training has ended: nothing the W&B extras do may fail it now.
+                    self._warn_once(
+                        "wandb-finish", f"PlateauCallback skipped its W&B summary, table and chart: {_describe(err)}"
+                    )
         return lines
 
     def _write_chart(
@@ -144,14 +158,20 @@ class _Traces:
         history: Sequence[PlateauEvaluation],
         config: PlateauConfig,
     ) -> Optional[pathlib.Path]:
-        path = _chart_dir(trainer) / _CHART_NAME
+        path: Optional[pathlib.Path] = None
         try:
+            # Inside the guard: a logger's own log_dir can fail too.
+            path = _chart_dir(trainer) / _CHART_NAME
             return plot_plateau(history, config, path, initial_lrs=_initial_lrs(history, scheduler))
         except ImportError as err:
             self._warn_once("chart", f"PlateauCallback wrote no chart: {err}")
         except OSError as err:
             # A full disk or a read-only log directory must not fail a finished fit.
             self._warn_once("chart", f"PlateauCallback could not write its chart to {path}: {err}")
+        except Exception as err:
+            # Nor may a history, or a monitor name, that the drawing did not foresee.
+            where = "" if path is None else f" {path}"
+            self._warn_once("chart", f"PlateauCallback could not draw its chart{where}: {_describe(err)}")
         return None
 
     def _define_wandb_metrics(self, logger: WandbLogger, metrics: dict[str, float]) -> None:
@@ -219,6 +239,12 @@ class _Traces:
         if topic not in self._warned:
             self._warned.add(topic)
             rank_zero_warn(message, category=UserWarning)
+
+
+def _describe(error: Exception) -> str:
+    """An exception on one line, with its type: ``ValueError: Axis limits cannot be NaN or Inf``."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _initial_lrs(history: Sequence[PlateauEvaluation], scheduler: PlateauScheduler) -> Optional[tuple[float, ...]]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -12,13 +14,35 @@ import pytest
 import torch
 
 from lightning_plateau import PlateauConfig, PlateauEvaluation, PlateauScheduler
-from lightning_plateau.chart import _cooldown_spans, _cuts, _open_window, _patience_windows, plot_plateau
+from lightning_plateau.chart import (
+    _cooldown_spans,
+    _cuts,
+    _lr_limits,
+    _open_window,
+    _patience_windows,
+    _value_limits,
+    plot_plateau,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 FALLING = [1.0, 0.8, 0.65, 0.55, 0.5, 0.47, 0.45, 0.44]
 ONE_CUT = [2.3, 1.2, 0.8, 0.6, 0.55, 0.56, 0.57, 0.555, 0.56, 0.5, 0.45]
 SEVERAL_CUTS = [2.0, 1.0, 0.6, 0.5, 0.52, 0.51, 0.53, 0.5, 0.5, 0.52, 0.49, 0.5, 0.5, 0.5, 0.5, 0.5]
+NAN, INF = math.nan, math.inf
+# Histories whose axis limits matplotlib cannot find by itself ("Axis limits cannot be NaN or Inf"), and the
+# degenerate ones next to them: the chart must draw each.
+EXTREME_HISTORIES = [
+    pytest.param([1e308, 1.5e308, 1.7e308, 1.7e308], PlateauConfig(patience=0), id="values-near-1e308"),
+    pytest.param([-1e308, 1.7e308, -1.5e308, 1.7e308], PlateauConfig(patience=0), id="span-beyond-largest-float"),
+    # 0.1, 1e-81, 1e-161, 1e-241, 1e-321 (subnormal), then 0: eps=0 lets every cut through
+    pytest.param([1.0] * 8, PlateauConfig(patience=0, factor=1e-80, eps=0.0), id="lr-underflows-to-0-eps-0"),
+    pytest.param([NAN] * 4, PlateauConfig(patience=1), id="all-nan"),
+    pytest.param([INF] * 4, PlateauConfig(patience=1), id="all-inf"),
+    pytest.param([NAN, INF, 1.0, -INF, 1e308, NAN, 0.5], PlateauConfig(patience=1), id="mixed"),
+    pytest.param([0.5], PlateauConfig(), id="single-evaluation"),
+    pytest.param([0.3] * 5, PlateauConfig(patience=1), id="zero-span"),
+]
 
 
 def judge(
@@ -85,6 +109,56 @@ def test_plot_plateau_empty_history_still_writes_a_png(tmp_path: Path) -> None:
     path = plot_plateau([], PlateauConfig(), str(tmp_path / "empty.png"), title="nothing yet")
 
     assert png_size(path) == (1210, 660)
+
+
+@pytest.mark.parametrize(("values", "config"), EXTREME_HISTORIES)
+def test_plot_plateau_draws_extreme_histories(tmp_path: Path, values: list[float], config: PlateauConfig) -> None:
+    """Huge values, an LR cut to 0, NaN or inf only, one evaluation, a flat line: a PNG, without a warning."""
+    rows, _ = judge(values, config)
+
+    with warnings.catch_warnings():
+        # matplotlib's overflow and "non-positive ylim" warnings are the symptoms of limits it had to repair
+        warnings.simplefilter("error", RuntimeWarning)
+        warnings.simplefilter("error", UserWarning)
+        path = plot_plateau(rows, config, tmp_path / "plateau.png")
+
+    assert png_size(path) == (1210, 660)
+
+
+@pytest.mark.parametrize(
+    ("values", "log", "expected"),
+    [
+        ([1.0, 2.0], False, (0.95, 2.05)),
+        ([0.3, 0.3], False, (0.285, 0.315)),
+        ([0.0, NAN, INF], False, (-0.05, 0.05)),
+        ([0.01, NAN, 10.0], True, (10**-2.15, 10**1.15)),
+        ([NAN, INF, -INF], False, None),
+    ],
+)
+def test_chart_value_limits_ignore_what_cannot_be_drawn(
+    values: list[float], log: bool, expected: Optional[tuple[float, float]]
+) -> None:
+    """The value axis spans the finite values with a 5% margin (in decades on a log axis); none: no limits."""
+    limits = _value_limits(values, log=log, headroom=0.0)
+
+    assert limits == (None if expected is None else pytest.approx(expected))
+
+
+@pytest.mark.parametrize(
+    ("lrs", "room_for_labels", "expected"),
+    [
+        ([1e-3, 0.1], False, (10**-3.3, 10**-0.7)),
+        ([1e-3], True, (10**-3.15, 10**-2.6)),
+        # 300 decades of cuts: the bottom stops at the smallest normal power of ten instead of underflowing to 0
+        ([1e-300, 1.0], False, (1e-307, 10**45)),
+        ([], False, (1e-3, 1e-2)),
+    ],
+)
+def test_chart_lr_limits_stay_positive_and_finite(
+    lrs: list[float], room_for_labels: bool, expected: tuple[float, float]
+) -> None:
+    """The LR axis spans the drawable LRs with margins in decades, clamped to normal floats; LR 0 sits below."""
+    assert _lr_limits(lrs, room_for_labels=room_for_labels) == pytest.approx(expected, rel=1e-9)
 
 
 def test_plot_plateau_leaves_pyplot_backend_alone(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from helpers import ScriptedPlateauModel, trainer
 from lightning.pytorch.loggers import CSVLogger
+from test_chart import EXTREME_HISTORIES
 from test_wandb_file import fit_offline_wandb
 
 from lightning_plateau import PlateauCallback, PlateauConfig, replay
@@ -73,6 +74,44 @@ def test_explain_reads_every_text_source_kind(
     assert report["config"]["monitor"] == expected_monitor
     epochs = [row["epoch"] for row in report["evaluations"]]
     assert epochs == (list(range(len(CLASSIC))) if kind.startswith("lightning-csv") else [None] * len(CLASSIC))
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["1.0 0.9 0.8", "1.0,0.9,0.8", "1.0, 0.9, 0.8", "1.0\t0.9\t0.8", "1.0 ,\t0.9  0.8", "\n  1.0 0.9 0.8  \n\n"],
+    ids=["spaces", "commas", "commas-and-spaces", "tabs", "mixed-separators", "blank-lines-around"],
+)
+def test_explain_reads_one_line_of_numbers_from_stdin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, line: str
+) -> None:
+    """A history pasted on one line, split by commas, spaces or tabs, is the values in order."""
+    code, out, err = explain(capsys, "-", "--json", stdin=line, monkeypatch=monkeypatch)
+
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    assert [row["value"] for row in report["evaluations"]] == [1.0, 0.9, 0.8]
+    assert report["config"]["monitor"] == "val_loss"
+
+
+@pytest.mark.parametrize(
+    ("stdin", "message"),
+    [
+        ("1.0 abc 0.8\n", "<stdin> line 1: 'abc' (item 2 of 3) is not a number"),
+        ("\n0.5, 0.4, 1e-3x\n", "<stdin> line 2: '1e-3x' (item 3 of 3) is not a number"),
+        ("1.0,,0.8\n", "<stdin> line 1: an empty item (item 2 of 3) is not a number"),
+        # a line of names alone is still a CSV header, with nothing under it
+        ("epoch,val_loss\n", "<stdin>: column 'val_loss' holds no values to replay"),
+    ],
+    ids=["word-among-numbers", "bad-number-after-blank-line", "empty-item", "header-only-csv"],
+)
+def test_explain_one_line_with_a_bad_item_names_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, stdin: str, message: str
+) -> None:
+    """A one-line history with an item that is not a number: exit code 2 and one line naming the item."""
+    code, out, err = explain(capsys, "-", stdin=stdin, monkeypatch=monkeypatch)
+
+    assert (code, out) == (2, "")
+    assert err == f"lightning-plateau explain: error: {message}\n"
 
 
 def test_explain_table_shows_every_evaluation_and_the_cut(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -195,6 +234,25 @@ def test_explain_plot_draws_the_chart(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 0
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert err == f"lightning-plateau explain: chart written to {chart}\n"
+
+
+@pytest.mark.parametrize(("values", "config"), EXTREME_HISTORIES)
+def test_explain_plot_draws_extreme_histories(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    values: list[float],
+    config: PlateauConfig,
+) -> None:
+    """Huge values, an LR cut to 0, NaN or inf only, one evaluation, a flat line: --plot writes the chart, exit 0."""
+    chart = tmp_path / "plateau.png"
+    policy = ["--patience", config.patience, "--factor", config.factor, "--eps", config.eps, "--lr", 0.1]
+    stdin = "\n".join(map(str, values)) + "\n"
+
+    code, _, err = explain(capsys, "-", *policy, "--only-cuts", "--plot", chart, stdin=stdin, monkeypatch=monkeypatch)
+
+    assert (code, err) == (0, f"lightning-plateau explain: chart written to {chart}\n")
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_explain_real_csv_logger_file_matches_live_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

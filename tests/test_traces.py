@@ -10,7 +10,8 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 import torch
 from helpers import ScriptedModel, ScriptedPlateauModel, trainer
 from lightning.pytorch.loggers import CSVLogger
+from test_chart import EXTREME_HISTORIES
 
 from lightning_plateau import PlateauCallback, PlateauConfig, PlateauEvaluation, PlateauScheduler
 from lightning_plateau._wandb_file import WandbRun, read_run
@@ -44,6 +46,23 @@ class TwoGroupModel(ScriptedPlateauModel):
         return torch.optim.SGD(
             [{"params": [self.layer.weight], "lr": self.lr}, {"params": [self.layer.bias], "lr": self.lr / 10}]
         )
+
+
+class Float64Model(ScriptedPlateauModel):
+    """The scripted model logging its metric as a float64 tensor: values near 1e308 reach the callback unchanged."""
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.log(self.monitor, torch.tensor(self._next_value(), dtype=torch.float64))
+
+
+class RefusingLogger(CSVLogger):
+    """A CSVLogger whose backend refuses the plateau keys, as a tracking server with a fixed schema would."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if any(key.startswith("plateau/") for key in metrics):
+            raise ValueError("metric keys must be declared first")
+        super().log_metrics(metrics, step)
 
 
 def expected_traces(history: Sequence[PlateauEvaluation]) -> list[dict[str, float]]:
@@ -234,6 +253,58 @@ def test_traces_unwritable_chart_dir_warns_and_fit_succeeds(tmp_path: Path) -> N
         fit.fit(ScriptedPlateauModel([1.0, 1.0, 1.0], plateau=PlateauConfig(patience=1)))
 
     assert plateau_callback(fit).chart_path is None
+
+
+@pytest.mark.parametrize(("values", "config"), EXTREME_HISTORIES)
+def test_traces_extreme_history_fit_ends_with_a_chart(
+    tmp_path: Path, values: list[float], config: PlateauConfig
+) -> None:
+    """Huge values, an LR cut to 0, NaN or inf only, one evaluation, a flat line: the fit ends and draws its chart."""
+    logger = CSVLogger(tmp_path)
+    fit = trainer(tmp_path, logger=logger, max_epochs=len(values))
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="PlateauCallback")
+        fit.fit(Float64Model(values, plateau=config, train_batches=1))
+
+    callback = plateau_callback(fit)
+    judged = [row.value for row in callback.history]
+    assert [str(v) for v in judged] == [str(v) for v in values]  # the extremes reached the scheduler as they are
+    assert callback.chart_path == Path(logger.log_dir) / "plateau.png"
+    assert callback.chart_path.read_bytes()[:8] == PNG_MAGIC
+    assert len([row for row in csv_rows(Path(logger.log_dir)) if row.get("plateau/value")]) == len(values)
+
+
+def test_traces_chart_that_cannot_be_drawn_warns_and_fit_succeeds(tmp_path: Path) -> None:
+    """A chart matplotlib refuses (here: a monitor name that is broken mathtext) costs a warning naming why."""
+    monitor = r"cost_$\x$"
+    fit = trainer(tmp_path, max_epochs=3)
+
+    with pytest.warns(UserWarning, match=r"could not draw its chart .*plateau.png: ValueError: .*Unknown symbol"):
+        fit.fit(
+            ScriptedPlateauModel([1.0, 1.0, 1.0], plateau=PlateauConfig(monitor=monitor, patience=1), monitor=monitor)
+        )
+
+    assert fit.state.finished
+    assert plateau_callback(fit).chart_path is None
+    assert plateau_callback(fit).scheduler.num_reductions == 1  # type: ignore[union-attr]
+
+
+def test_traces_logger_refusing_the_traces_warns_once_and_fit_succeeds(tmp_path: Path) -> None:
+    """A logger that raises on the plateau keys: one warning names it and the error; training and the chart go on."""
+    logger = RefusingLogger(tmp_path)
+    fit = trainer(tmp_path, logger=logger, max_epochs=len(VALUES))
+
+    with pytest.warns(UserWarning, match="could not log its traces to RefusingLogger at evaluation 1") as caught:
+        fit.fit(ScriptedPlateauModel(VALUES, plateau=PlateauConfig(patience=1)))
+
+    (warned,) = [str(w.message) for w in caught if "could not log its traces" in str(w.message)]
+    assert "ValueError: metric keys must be declared first" in warned
+    callback = plateau_callback(fit)
+    assert callback.scheduler is not None
+    assert callback.scheduler.num_reductions == 2
+    assert callback.chart_path == Path(logger.log_dir) / "plateau.png"
+    assert len([row for row in csv_rows(Path(logger.log_dir)) if row.get("val_loss")]) == len(VALUES)
 
 
 def test_traces_without_matplotlib_fit_runs_and_warns_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ScriptedPlateauModel, trainer
+from helpers import ScriptedPlateauModel, plateau_of, trainer
 from lightning.pytorch.loggers import CSVLogger
 from test_chart import EXTREME_HISTORIES
 from test_wandb_file import fit_offline_wandb
 
-from lightning_plateau import PlateauCallback, PlateauConfig, replay
+from lightning_plateau import PlateauConfig, replay
 from lightning_plateau._sources import History
 from lightning_plateau.cli import _table, main
 
@@ -261,7 +261,7 @@ def test_explain_real_csv_logger_file_matches_live_training(tmp_path: Path, caps
     model = ScriptedPlateauModel([1.0, 0.5, 0.6, 0.7, 0.8, 0.9], plateau=plateau, lr=0.1, train_batches=2)
     fit = trainer(tmp_path, max_epochs=6, logger=CSVLogger(tmp_path), log_every_n_steps=1)
     fit.fit(model)
-    (callback,) = [cb for cb in fit.callbacks if isinstance(cb, PlateauCallback)]  # type: ignore[attr-defined]
+    callback = plateau_of(fit)
     assert callback.scheduler is not None
     live = callback.scheduler.cuts
     assert len(live) == 2

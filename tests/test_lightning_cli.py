@@ -171,7 +171,7 @@ def test_lightning_cli_out_of_range_value_is_named(tmp_path: Path, args: list[st
 
 
 def test_lightning_cli_checkpoint_reloads_plateau_config(tmp_path: Path) -> None:
-    """A CLI run keeps the plateau in hparams as a dict; load_from_checkpoint gives back the PlateauConfig."""
+    """A CLI run keeps the plateau in hparams as a dict, as load_from_checkpoint does; plateau_config is the config."""
     expected = PlateauConfig(patience=3, factor=0.5)
     result = cli(tmp_path, ["--model.plateau.patience", "3", "--model.plateau.factor", "0.5"])
     model = result.model
@@ -181,8 +181,8 @@ def test_lightning_cli_checkpoint_reloads_plateau_config(tmp_path: Path) -> None
 
     checkpoint_path = result.trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]
     loaded = CliModel.load_from_checkpoint(checkpoint_path)
-    assert isinstance(loaded.hparams["plateau"], PlateauConfig)
-    assert loaded.hparams["plateau"] == expected
+    assert loaded.hparams["plateau"] == dataclasses.asdict(expected)
+    assert loaded.plateau_config == expected
     scheduler = loaded.configure_optimizers()["lr_scheduler"]["scheduler"]
     assert isinstance(scheduler, PlateauScheduler)
     assert scheduler.config == expected

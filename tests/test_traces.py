@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import ScriptedModel, ScriptedPlateauModel, trainer
+from helpers import ScriptedModel, ScriptedPlateauModel, plateau_of, trainer
 from lightning.pytorch.loggers import CSVLogger
 from test_chart import EXTREME_HISTORIES
 
@@ -88,7 +88,7 @@ def expected_traces(history: Sequence[PlateauEvaluation]) -> list[dict[str, floa
 
 
 def plateau_callback(trainer_: Any) -> PlateauCallback:
-    (callback,) = [cb for cb in trainer_.callbacks if isinstance(cb, PlateauCallback)]
+    callback = plateau_of(trainer_)
     return callback
 
 
@@ -440,7 +440,7 @@ from pathlib import Path
 sys.path.insert(0, {tests_dir!r})
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
-from helpers import ScriptedPlateauModel
+from helpers import ScriptedPlateauModel, plateau_of
 from lightning_plateau import PlateauCallback, PlateauConfig
 
 out = Path(sys.argv[1])
@@ -456,7 +456,7 @@ if trainer.is_global_zero:
 
     wandb.finish()
     wandb.teardown()
-    (callback,) = [cb for cb in trainer.callbacks if isinstance(cb, PlateauCallback)]
+    callback = plateau_of(trainer)
     (out / "history.json").write_text(json.dumps([asdict(row) for row in callback.history]))
 """
 

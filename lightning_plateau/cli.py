@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NoReturn, Optional, TextIO, Union
 
+from lightning_plateau import __version__
 from lightning_plateau._format import cuts_in_evaluations, format_lr, format_lrs, format_value, plural
 from lightning_plateau._sources import History, read_history
 from lightning_plateau.config import PlateauConfig
@@ -70,7 +71,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog=_PROG, description="Tools for lightning-plateau's reduce-LR-on-plateau.")
+    parser = _OneLineParser(
+        prog=_PROG,
+        description="Tools for lightning-plateau's reduce-LR-on-plateau.",
+        epilog=f"example:\n  {_PROG} explain lightning_logs/version_0/metrics.csv --patience 2 --lr 0.01",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     explain = commands.add_parser(
         "explain",
@@ -79,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
             "Replay a history of the monitored metric through the same PlateauScheduler that training uses and"
             " show every evaluation: its value, the best so far, the bad count, the cooldown, the LR, and each"
             " cut with its reason. Epochs and evaluations are counted from 1."
+        ),
+        epilog=(
+            "examples:\n"
+            f"  {_PROG} explain lightning_logs/version_0/metrics.csv --patience 2 --factor 0.5 --lr 0.01\n"
+            f"  {_PROG} explain wandb/latest-run --monitor val_acc --mode max --only-cuts\n"
+            f"  echo '1.0 0.9 0.8 0.8 0.8 0.8' | {_PROG} explain - --patience 2 --plot plateau.png"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -96,31 +109,53 @@ def _parser() -> argparse.ArgumentParser:
         "--monitor",
         help=f"the metric: the column read from a CSV or W&B run (default: {defaults['monitor']}, or the only one)",
     )
-    policy.add_argument("--mode", help=f"min or max (default: {defaults['mode']})")
-    policy.add_argument("--factor", type=_number, help=f"LR multiplier at each cut (default: {defaults['factor']})")
     policy.add_argument(
-        "--patience", type=_number, help=f"bad evaluations tolerated, the next cuts (default: {defaults['patience']})"
-    )
-    policy.add_argument("--threshold", type=_number, help=f"improvement needed (default: {defaults['threshold']})")
-    policy.add_argument("--threshold-mode", help=f"rel or abs (default: {defaults['threshold_mode']})")
-    policy.add_argument(
-        "--cooldown", type=_number, help=f"evaluations not counted after a cut (default: {defaults['cooldown']})"
+        "--mode",
+        choices=("min", "max"),
+        help=f"min: lower is better; max: higher is better (default: {defaults['mode']})",
     )
     policy.add_argument(
-        "--min-lr", type=_number, nargs="+", metavar="MIN_LR", help="LR floor, one for all groups or one per group"
+        "--factor", type=_number, help=f"LR multiplier at each cut, a float in (0, 1) (default: {defaults['factor']})"
     )
-    policy.add_argument("--eps", type=_number, help=f"smallest cut applied (default: {defaults['eps']})")
+    policy.add_argument(
+        "--patience",
+        type=_number,
+        help=f"bad evaluations tolerated, an int >= 0; the next one cuts (default: {defaults['patience']})",
+    )
+    policy.add_argument(
+        "--threshold", type=_number, help=f"improvement needed, a float >= 0 (default: {defaults['threshold']})"
+    )
+    policy.add_argument(
+        "--threshold-mode",
+        choices=("rel", "abs"),
+        help=f"rel: a fraction of |best|; abs: an amount (default: {defaults['threshold_mode']})",
+    )
+    policy.add_argument(
+        "--cooldown",
+        type=_number,
+        help=f"evaluations not counted after a cut, an int >= 0 (default: {defaults['cooldown']})",
+    )
+    policy.add_argument(
+        "--min-lr",
+        type=_number,
+        nargs="+",
+        metavar="MIN_LR",
+        help="LR floor, a float >= 0: one for all groups or one per group (default: 0)",
+    )
+    policy.add_argument("--eps", type=_number, help=f"smallest cut applied, a float >= 0 (default: {defaults['eps']})")
     policy.add_argument(
         "--lr",
         type=_number,
         nargs="+",
         metavar="LR",
-        help=f"starting LR, or one per param group (default: {format_lr(_DEFAULT_LR)})",
+        help=f"starting LR, a float > 0, or one per param group (default: {format_lr(_DEFAULT_LR)})",
     )
     output = explain.add_argument_group("output")
     output.add_argument("--only-cuts", action="store_true", help="show only the evaluations that cut the LR")
     output.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    output.add_argument("--plot", metavar="PATH", help="also draw the plateau chart to this PNG (needs matplotlib)")
+    output.add_argument(
+        "--plot", metavar="PATH", help="also draw the plateau chart to this PNG file (needs matplotlib)"
+    )
     return parser
 
 

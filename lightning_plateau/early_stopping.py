@@ -70,7 +70,9 @@ class PlateauEarlyStopping(EarlyStopping):
 
     Args:
         patience: evaluations without improvement tolerated, counted as the rule says. ``None``: the plateau's
-            ``patience + 1 + cooldown``.
+            ``patience + 1 + cooldown``. As with Lightning's ``EarlyStopping``, an evaluation that restarts the
+            count (an improvement, and the cuts the rule counts from) never stops, so ``0`` stops at the first
+            evaluation counted, as ``1`` does.
         max_reductions: stop when the plateau calls for cut number ``max_reductions + 1``. ``None``: no limit.
         wait_for_min_lr: ``True``: count ``patience`` only once the LR is exhausted (the default rule).
             ``False``: classic counting from the best value.
@@ -273,7 +275,7 @@ class PlateauEarlyStopping(EarlyStopping):
                 self.wait_count = 0
                 return False, None
             self.wait_count = row.evaluation - max(best_evaluation, self._exhausted_at)
-            if self.wait_count < self.patience:
+            if not self._patience_exhausted():
                 return False, None
             return self._stop(
                 _LR_EXHAUSTED,
@@ -284,7 +286,7 @@ class PlateauEarlyStopping(EarlyStopping):
         last_cut = scheduler.last_cut
         since_cut = self.reset_on_cut and last_cut is not None and last_cut.evaluation > best_evaluation
         self.wait_count = row.evaluation - (last_cut.evaluation if since_cut and last_cut else best_evaluation)
-        if self.wait_count < self.patience:
+        if not self._patience_exhausted():
             return False, None
         counted = " since the last cut" if since_cut else ""
         return self._stop(
@@ -293,6 +295,11 @@ class PlateauEarlyStopping(EarlyStopping):
             f"patience exhausted: {config.monitor} did not improve on {format_value(row.best)} for"
             f" {self.wait_count} evaluations{counted} (patience {self.patience})",
         )
+
+    def _patience_exhausted(self) -> bool:
+        # Lightning's counting: an evaluation that restarts the count (an improvement; a cut with `reset_on_cut`;
+        # the cut that exhausts the LR) never stops, and the first one counted stops at patience 0 as at 1.
+        return self.wait_count >= max(self.patience, 1)
 
     def _stop(self, rule: str, reason: EarlyStoppingReason, message: str) -> tuple[bool, str]:
         self.stop_rule = rule

@@ -93,7 +93,8 @@ def _stop_epoch(early_stopping: PlateauEarlyStopping, fitted: Trainer) -> Option
         pytest.param(
             [1.0, 0.8, 0.5] + [0.5] * 8 + [0.4] * 30, WORKED, {}, "val_loss", [5, 9], 15, id="improves-after-exhaustion"
         ),
-        pytest.param(WORKED_VALUES, WORKED, {"patience": 0}, "val_loss", [5, 9], 9, id="patience-0-stops-at-the-cut"),
+        # the exhausting cut restarts the count; the first evaluation counted after it stops, at patience 0 as at 1
+        pytest.param(WORKED_VALUES, WORKED, {"patience": 0}, "val_loss", [5, 9], 10, id="patience-0"),
         pytest.param(WORKED_VALUES, WORKED, {"patience": 6}, "val_loss", [5, 9], 15, id="explicit-patience"),
         pytest.param(FLAT, PlateauConfig(patience=2, cooldown=1, min_lr=0.1), {}, "val_loss", [], 4, id="at-floor"),
         pytest.param(ACC_FLAT, VAL_ACC, {}, "val_acc", [4, 6], 8, id="val_acc-max"),
@@ -208,7 +209,7 @@ def test_early_stopping_classic_patience_rule(
     [
         # evaluation n runs at the end of epoch 2n - 1 (0-based)
         pytest.param({"check_val_every_n_epoch": 2, "max_epochs": 30}, None, [11, 19], 27, 14, id="every-2nd-epoch"),
-        pytest.param({"check_val_every_n_epoch": 2, "max_epochs": 30}, 0, [11, 19], 19, 10, id="every-2nd-patience-0"),
+        pytest.param({"check_val_every_n_epoch": 2, "max_epochs": 30}, 0, [11, 19], 21, 11, id="every-2nd-patience-0"),
         # two validations per epoch: evaluation n in epoch (n - 1) // 2
         pytest.param({"val_check_interval": 0.5, "max_epochs": 10}, None, [2, 4], 6, 14, id="twice-per-epoch"),
         # a training metric (on_epoch=True) is fresh at every epoch end, whatever the validation schedule
@@ -397,3 +398,69 @@ def test_early_stopping_lr_exhausted_is_the_scheduler_rule(
     scheduler.step(1.0)
     scheduler.step(1.0)  # one evaluation without improvement > patience 0: the scheduler tries to cut
     assert (scheduler.num_reductions == 0) is expected
+
+
+# Plateau patience 0 cuts at every evaluation without improvement: 0.1 -> 0.05 -> 0.025 -> 0.0125, then exhausted.
+EVERY_BAD = PlateauConfig(patience=0, factor=0.5, min_lr=0.0125)
+IMPROVES_TWICE = [1.0, 0.5] + [0.5] * 10
+BAD_IMPROVES_BAD = [1.0, 0.9, 0.9, 0.8, 0.8, 0.8] + [0.8] * 6
+CLASSIC = {"wait_for_min_lr": False, "reset_on_cut": False}
+RESET = {"wait_for_min_lr": False, "reset_on_cut": True}
+
+
+def _lightning_stop_evaluation(tmp_path: Any, values: list[float], monitor: str, mode: str, patience: int) -> Any:
+    """Where Lightning's own EarlyStopping stops on `values` (1-based evaluation), without any plateau."""
+    early_stopping = EarlyStopping(monitor=monitor, mode=mode, patience=patience)
+    model = ScriptedModel(values, monitor=monitor, train_batches=1)
+    fitted = trainer(tmp_path / "lightning", max_epochs=8, limit_val_batches=1, callbacks=[early_stopping])
+    fitted.fit(model)
+    return early_stopping.stopped_epoch + 1 if fitted.should_stop else None
+
+
+# `same_as_lightning`: rows whose rule is Lightning's classic counting, so its EarlyStopping must stop there too.
+@pytest.mark.parametrize(
+    ("values", "plateau", "kwargs", "patience", "expected_stop", "same_as_lightning"),
+    [
+        pytest.param(IMPROVES_TWICE, HALVING, CLASSIC, 0, 3, True, id="classic-0-improving"),
+        pytest.param(IMPROVES_TWICE, HALVING, CLASSIC, 1, 3, True, id="classic-1-improving"),
+        pytest.param(FLAT, HALVING, CLASSIC, 0, 2, True, id="classic-0-flat"),
+        pytest.param(FLAT, HALVING, CLASSIC, 1, 2, True, id="classic-1-flat"),
+        pytest.param(BAD_IMPROVES_BAD, HALVING, CLASSIC, 2, 6, True, id="classic-2-restarts-at-improvement"),
+        pytest.param(ACC_FLAT, VAL_ACC, CLASSIC, 0, 4, True, id="classic-0-val_acc-max"),
+        pytest.param(FLAT, EVERY_BAD, CLASSIC, 0, 2, True, id="classic-0-cut-counts"),
+        # restarted at each cut: the cut evaluations are not counted, the first one after the LR is exhausted is
+        pytest.param(IMPROVES_TWICE, HALVING, RESET, 0, 3, True, id="reset-0-before-any-cut"),
+        pytest.param(FLAT, EVERY_BAD, RESET, 0, 5, False, id="reset-0-after-cuts"),
+        pytest.param(FLAT, EVERY_BAD, RESET, 1, 5, False, id="reset-1-after-cuts"),
+        # default rule: counted after the evaluation whose cut exhausted the LR (or from the start at the floor)
+        pytest.param(IMPROVES_TWICE, PlateauConfig(min_lr=0.1), {}, 0, 3, False, id="default-0-at-floor"),
+        pytest.param(IMPROVES_TWICE, PlateauConfig(min_lr=0.1), {}, 1, 3, False, id="default-1-at-floor"),
+        pytest.param(FLAT, EVERY_BAD, {}, 0, 5, False, id="default-0-after-exhausting-cut"),
+        pytest.param(FLAT, EVERY_BAD, {}, 1, 5, False, id="default-1-after-exhausting-cut"),
+        # max_reductions does not count with patience: the evaluation that calls for the cut over the limit
+        pytest.param(FLAT, EVERY_BAD, {"max_reductions": 1}, 0, 3, False, id="max_reductions-0"),
+        pytest.param(FLAT, EVERY_BAD, {"max_reductions": 1}, 1, 3, False, id="max_reductions-1"),
+        pytest.param(
+            [1.0, 0.5, 0.25] + [0.25] * 9, EVERY_BAD, {"max_reductions": 0}, 0, 4, False, id="max_reductions-improving"
+        ),
+    ],
+)
+def test_early_stopping_patience_0_and_1_count_like_lightning(
+    tmp_path: Any,
+    values: list[float],
+    plateau: PlateauConfig,
+    kwargs: dict[str, Any],
+    patience: int,
+    expected_stop: Optional[int],
+    same_as_lightning: bool,
+) -> None:
+    """An improving evaluation never stops on patience; patience 0 stops at the first counted bad one, as 1 does."""
+    early_stopping = PlateauEarlyStopping(patience, **kwargs)
+    _, fitted = _fit(tmp_path, values, plateau, early_stopping, monitor=plateau.monitor, max_epochs=8)
+    history = _plateau(fitted).history
+    assert (history[-1].evaluation if fitted.should_stop else None) == expected_stop
+    if early_stopping.stop_rule in ("patience", "lr_exhausted"):
+        assert early_stopping.wait_count >= max(patience, 1)
+        assert "for 0 evaluations" not in (early_stopping.stopping_reason_message or "")
+    if same_as_lightning:
+        assert _lightning_stop_evaluation(tmp_path, values, plateau.monitor, plateau.mode, patience) == expected_stop

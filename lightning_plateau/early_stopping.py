@@ -156,6 +156,7 @@ class PlateauEarlyStopping(EarlyStopping):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
+        self._start_fit()
         plateaus = [cb for cb in trainer.callbacks if isinstance(cb, PlateauCallback)]  # type: ignore[attr-defined]
         if not plateaus:
             raise MisconfigurationException(
@@ -216,6 +217,22 @@ class PlateauEarlyStopping(EarlyStopping):
         self.stop_rule = state_dict.get("stop_rule")
         self._exhausted_at = state_dict.get("exhausted_at")
         self._exhausted_epoch = state_dict.get("exhausted_epoch")
+
+    def _start_fit(self) -> None:
+        """Forget the previous fit's plateau and counters: a reused callback counts from scratch.
+
+        Lightning restores a resumed fit's counters from the checkpoint after ``setup``.
+        """
+        self._plateau = None
+        self._config = None
+        self.wait_count = 0
+        self.stopped_epoch = 0
+        self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+        self.stopping_reason_message = None
+        self.stop_rule = None
+        self._exhausted_at = None
+        self._exhausted_epoch = None
+        self.best_score = torch.tensor(math.inf)
 
     def _follow(self, plateau_callback: PlateauCallback) -> None:
         """Take monitor, mode and default patience from ``plateau_callback``'s config; raise on contradictions."""

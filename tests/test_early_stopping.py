@@ -464,3 +464,32 @@ def test_early_stopping_patience_0_and_1_count_like_lightning(
         assert "for 0 evaluations" not in (early_stopping.stopping_reason_message or "")
     if same_as_lightning:
         assert _lightning_stop_evaluation(tmp_path, values, plateau.monitor, plateau.mode, patience) == expected_stop
+
+
+def test_early_stopping_reused_in_a_new_trainer_counts_from_scratch(tmp_path: Any) -> None:
+    """One PlateauEarlyStopping in two Trainers: the second fit follows its own plateau and counts from scratch."""
+    early_stopping = PlateauEarlyStopping()
+    _fit(tmp_path / "first", WORKED_VALUES, WORKED, early_stopping)
+    assert (early_stopping.stopped_epoch, early_stopping.stop_rule) == (13, "lr_exhausted")
+    message = early_stopping.stopping_reason_message
+
+    model = ScriptedPlateauModel([2.0, 1.0] + [1.0] * 40, plateau=WORKED, train_batches=1)
+    callbacks = [early_stopping, _quiet(WORKED)]
+    second = trainer(tmp_path / "second", max_epochs=30, limit_val_batches=1, callbacks=callbacks)
+    second.fit(model)
+    # best at epoch 2: cuts at 5 and 9 (0-based epochs 4 and 8), four bad evaluations after: stop at epoch 13 (12)
+    assert _cut_epochs(second) == [4, 8]
+    assert (early_stopping.stopped_epoch, early_stopping.stop_rule) == (12, "lr_exhausted")
+    assert early_stopping.stopping_reason_message == message.replace("epoch 10", "epoch 9").replace("0.5000", "1.0000")
+    assert second.early_stopping_callback is early_stopping
+
+
+def test_early_stopping_reused_without_a_stop_forgets_the_previous_stop(tmp_path: Any) -> None:
+    """A second fit that does not stop leaves no trace of the first fit's stop."""
+    early_stopping = PlateauEarlyStopping()
+    _fit(tmp_path / "first", WORKED_VALUES, WORKED, early_stopping)
+    _, second = _fit(tmp_path / "second", WORKED_VALUES, WORKED, early_stopping, max_epochs=3)
+    assert not second.should_stop
+    assert (early_stopping.stop_rule, early_stopping.stopped_epoch) == (None, 0)
+    assert early_stopping.stopping_reason == EarlyStoppingReason.NOT_STOPPED
+    assert early_stopping.stopping_reason_message is None

@@ -44,9 +44,12 @@ class PlateauEarlyStopping(EarlyStopping):
       improvement. The default ``patience`` is the plateau's ``patience + 1 + cooldown``: on a flat metric,
       the run stops at the evaluation where the scheduler would have made its next cut, had one been left.
       Training therefore never stops while the scheduler can still cut.
-    - ``max_reductions=K``: stop at the evaluation where the plateau calls for its (K+1)-th cut (the
-      scheduler has applied it, but no step runs at that LR). Checked besides the default rule, which still
-      stops a run whose LR is exhausted after fewer cuts.
+    - ``max_reductions=K``: stop at the evaluation where the plateau calls for its (K+1)-th cut. That cut is
+      never applied: for the fit, the scheduler gets a limit of K cuts and records the cut over it in
+      ``PlateauScheduler.withheld`` instead (the row of that evaluation has ``withheld=True``, ``cut=False``),
+      so the optimizer, the checkpoint, ``scheduler.cuts``, the traces and the W&B summary all end at the
+      K-th cut's LR. Checked besides the default rule, which still stops a run whose LR is exhausted after
+      fewer cuts.
     - ``wait_for_min_lr=False``: Lightning's classic counting instead of the default rule: stop after
       ``patience`` evaluations without improvement, the count restarting at each cut too when
       ``reset_on_cut`` (the default).
@@ -73,7 +76,8 @@ class PlateauEarlyStopping(EarlyStopping):
             ``patience + 1 + cooldown``. As with Lightning's ``EarlyStopping``, an evaluation that restarts the
             count (an improvement, and the cuts the rule counts from) never stops, so ``0`` stops at the first
             evaluation counted, as ``1`` does.
-        max_reductions: stop when the plateau calls for cut number ``max_reductions + 1``. ``None``: no limit.
+        max_reductions: stop when the plateau calls for cut number ``max_reductions + 1``, without applying it.
+            ``None``: no limit.
         wait_for_min_lr: ``True``: count ``patience`` only once the LR is exhausted (the default rule).
             ``False``: classic counting from the best value.
         reset_on_cut: with ``wait_for_min_lr=False``, restart the count at each cut as well.
@@ -179,8 +183,22 @@ class PlateauEarlyStopping(EarlyStopping):
     def on_plateau_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, plateau_callback: PlateauCallback
     ) -> None:
-        """Called by the PlateauCallback at fit start, once its config is known: follow it."""
+        """Called by the PlateauCallback at fit start, once its config is known: follow it.
+
+        With ``max_reductions=K`` the scheduler gets a cut limit of ``K`` for this fit: the cut the plateau calls
+        for beyond it is withheld (never applied) and the run stops at that evaluation.
+        """
         self._follow(plateau_callback)
+        scheduler = plateau_callback.scheduler
+        if scheduler is not None and not getattr(trainer, "fast_dev_run", False):
+            scheduler._cut_limit = self.max_reductions
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # The cut limit belongs to this fit: a scheduler used again without this callback cuts freely.
+        scheduler = None if self._plateau is None else self._plateau.scheduler
+        if stage == "fit" and scheduler is not None:
+            scheduler._cut_limit = None
 
     def on_plateau_evaluation(
         self,
@@ -278,14 +296,15 @@ class PlateauEarlyStopping(EarlyStopping):
                 f" best so far {format_value(row.best)}",
             )
         best_evaluation = scheduler.best_evaluation or 0
-        if self.max_reductions is not None and scheduler.num_reductions > self.max_reductions:
+        if self.max_reductions is not None and row.withheld and scheduler.withheld is not None:
             self.wait_count = row.evaluation - best_evaluation
             return self._stop(
                 _MAX_REDUCTIONS,
                 EarlyStoppingReason.PATIENCE_EXHAUSTED,
                 f"max reductions: {config.monitor} did not improve on {format_value(row.best)} for"
-                f" {scheduler.cuts[-1].num_bad} evaluations at {_where(row)}, which calls for cut"
-                f" {scheduler.num_reductions}; max_reductions={self.max_reductions}",
+                f" {scheduler.withheld.num_bad} evaluations at {_where(row)}, which calls for cut"
+                f" {scheduler.num_reductions + 1}; max_reductions={self.max_reductions}, so that cut was not"
+                f" applied: lr stays {format_lrs(row.lrs)}",
             )
         if self.wait_for_min_lr:
             if self._exhausted_at is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 from typing import Any, Optional
@@ -12,6 +13,7 @@ from helpers import ScriptedModel, ScriptedPlateauModel, trainer
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_plateau import PlateauCallback, PlateauConfig, PlateauEarlyStopping, PlateauScheduler
@@ -128,8 +130,8 @@ def test_early_stopping_lr_exhausted_rule(
 @pytest.mark.parametrize(
     ("values", "plateau", "max_reductions", "monitor", "expected_cuts", "expected_stop", "expected_rule"),
     [
-        pytest.param(FLAT, HALVING, 2, "val_loss", [2, 4, 6], 6, "max_reductions", id="third-cut"),
-        pytest.param(FLAT, HALVING, 0, "val_loss", [2], 2, "max_reductions", id="first-cut"),
+        pytest.param(FLAT, HALVING, 2, "val_loss", [2, 4], 6, "max_reductions", id="third-cut"),
+        pytest.param(FLAT, HALVING, 0, "val_loss", [], 2, "max_reductions", id="first-cut"),
         pytest.param(
             FLAT,
             PlateauConfig(patience=1, factor=0.1, min_lr=1e-3),
@@ -145,7 +147,7 @@ def test_early_stopping_lr_exhausted_rule(
             PlateauConfig(monitor="val_acc", mode="max", patience=1, factor=0.5),
             1,
             "val_acc",
-            [3, 5],
+            [3],
             5,
             "max_reductions",
             id="val_acc-max",
@@ -162,7 +164,7 @@ def test_early_stopping_max_reductions_rule(
     expected_stop: int,
     expected_rule: str,
 ) -> None:
-    """`max_reductions=K` stops at the evaluation that calls for cut K+1; an exhausted LR still stops earlier."""
+    """`max_reductions=K` stops at the evaluation that calls for cut K+1, unapplied; an exhausted LR stops earlier."""
     early_stopping = PlateauEarlyStopping(max_reductions=max_reductions)
     _, fitted = _fit(tmp_path, values, plateau, early_stopping, monitor=monitor)
     assert _cut_epochs(fitted) == expected_cuts
@@ -493,3 +495,59 @@ def test_early_stopping_reused_without_a_stop_forgets_the_previous_stop(tmp_path
     assert (early_stopping.stop_rule, early_stopping.stopped_epoch) == (None, 0)
     assert early_stopping.stopping_reason == EarlyStoppingReason.NOT_STOPPED
     assert early_stopping.stopping_reason_message is None
+
+
+def test_early_stopping_max_reductions_never_applies_the_cut_over_the_limit(tmp_path: Any) -> None:
+    """Optimizer, scheduler, history, traces, checkpoint and messages all show K cuts after the stop, not K+1."""
+    early_stopping = PlateauEarlyStopping(max_reductions=2)
+    plateau = PlateauCallback(HALVING, verbose=False)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    logger = CSVLogger(tmp_path, name="traces", version=0)
+    model, fitted = _fit(
+        tmp_path,
+        FLAT,
+        HALVING,
+        early_stopping,
+        callbacks=[early_stopping, plateau, checkpoints],
+        enable_checkpointing=True,
+        logger=logger,
+        log_every_n_steps=1,
+    )
+    # cuts at evaluations 3 and 5; evaluation 7 calls for the third
+    scheduler = plateau.scheduler
+    assert scheduler is not None
+    assert [cut.evaluation for cut in scheduler.cuts] == [3, 5]
+    assert early_stopping.stopped_epoch == 6
+    assert fitted.optimizers[0].param_groups[0]["lr"] == 0.025
+    assert model.lr_at_train_start == [0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+    withheld = scheduler.withheld
+    assert withheld is not None
+    assert (withheld.evaluation, withheld.lrs_before, withheld.lrs_after) == (7, (0.025,), (0.0125,))
+    # the counters are those of an evaluation that called for a cut none consumed: 2 bad (> patience 1), no cooldown
+    assert (scheduler.num_bad_epochs, scheduler.cooldown_counter) == (2, 0)
+    last = plateau.history[-1]
+    assert (last.evaluation, last.cut, last.withheld, last.num_bad, last.cooldown, last.lrs) == (
+        7,
+        False,
+        True,
+        2,
+        0,
+        (0.025,),
+    )
+    assert [row.withheld for row in plateau.history].count(True) == 1
+    assert early_stopping.stopping_reason_message == (
+        "max reductions: val_loss did not improve on 1.0000 for 2 evaluations at epoch 7, which calls for cut 3;"
+        " max_reductions=2, so that cut was not applied: lr stays 0.025"
+    )
+
+    rows = list(csv.DictReader((tmp_path / "traces" / "version_0" / "metrics.csv").open()))
+    traced = [row for row in rows if row.get("plateau/evaluation")]
+    assert (float(traced[-1]["plateau/reductions"]), float(traced[-1]["plateau/lr"])) == (2.0, 0.025)
+
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == 0.025
+    saved = checkpoint["lr_schedulers"][0]
+    assert (len(saved["cuts"]), saved["withheld"]["evaluation"]) == (2, 7)
+    assert "_cut_limit" not in saved  # a limit of this fit's PlateauEarlyStopping, not the scheduler's state
+    # the limit belonged to that fit
+    assert scheduler._cut_limit is None

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException  # type: ignore[attr-defined]
 from typing_extensions import override
 
@@ -171,6 +171,25 @@ class PlateauEarlyStopping(EarlyStopping):
             )
         if plateaus[0].config is not None:
             self._follow(plateaus[0])
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Stop at once, before any batch, when the checkpoint resumed from was written after the run stopped.
+
+        Lightning restores this callback's state before this hook, and the fit loop checks ``should_stop``
+        before its first epoch: a run that had stopped stays stopped, as the uninterrupted run did. With
+        ``min_epochs``/``min_steps`` not yet met, Lightning goes on training, as it would have without a resume.
+        """
+        if self.stop_rule is None:
+            return
+        trainer.should_stop = True
+        if trainer.fit_loop._can_stop_early:
+            rank_zero_warn(
+                f"PlateauEarlyStopping: the checkpoint was written after this run had stopped at epoch"
+                f" {self.stopped_epoch + 1} ({self.stopping_reason_message}); not training further. To train on,"
+                " resume without PlateauEarlyStopping in the Trainer, or from a checkpoint written before the stop.",
+                category=UserWarning,
+            )
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

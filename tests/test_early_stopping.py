@@ -551,3 +551,70 @@ def test_early_stopping_max_reductions_never_applies_the_cut_over_the_limit(tmp_
     assert "_cut_limit" not in saved  # a limit of this fit's PlateauEarlyStopping, not the scheduler's state
     # the limit belonged to that fit
     assert scheduler._cut_limit is None
+
+
+class BatchCountingModel(ResumableScriptedModel):
+    """Counts the training batches it runs in this process."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches_run = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.batches_run += 1
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+@pytest.mark.parametrize("save_on_train_epoch_end", [True, False], ids=["train-epoch-end", "validation-end"])
+@pytest.mark.parametrize(
+    ("kwargs", "plateau", "values", "expected_stop", "expected_rule"),
+    [
+        pytest.param({}, WORKED, WORKED_VALUES, 13, "lr_exhausted", id="lr-exhausted"),
+        pytest.param({"max_reductions": 1}, HALVING, FLAT, 4, "max_reductions", id="max-reductions"),
+    ],
+)
+def test_early_stopping_resume_from_the_stopping_checkpoint_stops_at_once(
+    tmp_path: Any,
+    save_on_train_epoch_end: bool,
+    kwargs: dict[str, Any],
+    plateau: PlateauConfig,
+    values: list[float],
+    expected_stop: int,
+    expected_rule: str,
+) -> None:
+    """The checkpoint written where the run stopped holds the stop: a resume runs no batch and says why."""
+    checkpoints = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=save_on_train_epoch_end
+    )
+    first = PlateauEarlyStopping(**kwargs)
+    _, fitted = _fit(
+        tmp_path / "first",
+        values,
+        plateau,
+        first,
+        model_class=BatchCountingModel,
+        callbacks=[first, checkpoints, _quiet(plateau)],
+        enable_checkpointing=True,
+    )
+    assert (first.stopped_epoch, first.stop_rule) == (expected_stop, expected_rule)
+    lr = fitted.optimizers[0].param_groups[0]["lr"]
+
+    resumed = PlateauEarlyStopping(**kwargs)
+    resumed_plateau = _quiet(plateau)
+    resumed_model = BatchCountingModel(values, plateau=plateau, train_batches=1)
+    refit = trainer(tmp_path / "resumed", max_epochs=30, limit_val_batches=1, callbacks=[resumed, resumed_plateau])
+    message = (
+        r"PlateauEarlyStopping: the checkpoint was written after this run had stopped at epoch"
+        rf" {expected_stop + 1} \({expected_rule.replace('_', ' ')}: .*\); not training further\. To train on,"
+    )
+    with pytest.warns(UserWarning, match=message):
+        refit.fit(resumed_model, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed_model.batches_run == 0
+    assert refit.should_stop
+    assert refit.state.finished
+    assert (resumed.stopped_epoch, resumed.stop_rule) == (expected_stop, expected_rule)
+    assert resumed.stopping_reason_message == first.stopping_reason_message
+    assert resumed.stopping_reason == first.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED
+    assert refit.optimizers[0].param_groups[0]["lr"] == lr
+    assert resumed_plateau.history == _plateau(fitted).history

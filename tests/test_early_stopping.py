@@ -368,6 +368,21 @@ def test_early_stopping_agreeing_monitor_is_silent(tmp_path: Any) -> None:
         ({"monitor": ""}, ValueError, r"`monitor` must be a metric name or None \(the plateau's\), got ''"),
         ({"reset_on_cut": "yes"}, ValueError, r"`reset_on_cut` must be True or False, got 'yes'"),
         ({"mode": "up"}, MisconfigurationException, r"`mode` can be min, max, got up"),
+        (
+            {"patience": "val_loss"},
+            ValueError,
+            r"got 'val_loss'\. PlateauEarlyStopping's first argument is `patience`.*pass `monitor='val_loss'`",
+        ),
+        ({"min_delta": -0.1}, ValueError, r"`min_delta` must be a finite number >= 0 or None .*got -0\.1"),
+        ({"strict": "yes"}, ValueError, r"`strict` must be True, False or None \(the plateau's\), got 'yes'"),
+        ({"stopping_threshold": "low"}, ValueError, r"`stopping_threshold` must be a number or None, got 'low'"),
+        ({"divergence_threshold": math.nan}, ValueError, r"`divergence_threshold` must be a number or None, got nan"),
+        ({"log_rank_zero_only": 1}, ValueError, r"`log_rank_zero_only` must be True or False, got 1"),
+        (
+            {"check_on_train_epoch_end": False},
+            ValueError,
+            r"check_on_train_epoch_end=False\): where it decides is not a setting.*Drop `check_on_train_epoch_end=`",
+        ),
     ],
 )
 def test_early_stopping_rejects_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
@@ -618,3 +633,131 @@ def test_early_stopping_resume_from_the_stopping_checkpoint_stops_at_once(
     assert resumed.stopping_reason == first.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED
     assert refit.optimizers[0].param_groups[0]["lr"] == lr
     assert resumed_plateau.history == _plateau(fitted).history
+
+
+@pytest.mark.parametrize(
+    ("values", "plateau", "kwargs", "expected_stop", "expected_reason", "expected_rule", "phrase"),
+    [
+        pytest.param(
+            [1.0, 0.8, 0.4, 0.3],
+            HALVING,
+            {"stopping_threshold": 0.5},
+            3,
+            EarlyStoppingReason.STOPPING_THRESHOLD,
+            "stopping_threshold",
+            "Stopping threshold reached: val_loss = 0.4000 < 0.5 at epoch 3",
+            id="stopping-min",
+        ),
+        pytest.param(
+            [0.5, 0.7, 0.95, 0.96],
+            VAL_ACC,
+            {"stopping_threshold": 0.9},
+            3,
+            EarlyStoppingReason.STOPPING_THRESHOLD,
+            "stopping_threshold",
+            "Stopping threshold reached: val_acc = 0.9500 > 0.9 at epoch 3",
+            id="stopping-max",
+        ),
+        pytest.param(
+            [1.0, 2.0, 4.0, 8.0],
+            HALVING,
+            {"divergence_threshold": 3.0},
+            3,
+            EarlyStoppingReason.DIVERGENCE_THRESHOLD,
+            "divergence_threshold",
+            "Divergence threshold reached: val_loss = 4.0000 > 3 at epoch 3",
+            id="divergence-min",
+        ),
+        pytest.param(
+            [0.5, 0.3, 0.1, 0.0],
+            VAL_ACC,
+            {"divergence_threshold": 0.2},
+            3,
+            EarlyStoppingReason.DIVERGENCE_THRESHOLD,
+            "divergence_threshold",
+            "Divergence threshold reached: val_acc = 0.1000 < 0.2 at epoch 3",
+            id="divergence-max",
+        ),
+        pytest.param(
+            [1.0, math.inf, 0.5],
+            HALVING,
+            {"divergence_threshold": 3.0},
+            2,
+            EarlyStoppingReason.NON_FINITE_METRIC,
+            "non_finite",
+            "non-finite metric: val_loss = inf is not finite, at epoch 2",
+            id="non-finite-first",
+        ),
+    ],
+)
+def test_early_stopping_thresholds_stop_as_lightnings(
+    tmp_path: Any,
+    values: list[float],
+    plateau: PlateauConfig,
+    kwargs: dict[str, Any],
+    expected_stop: int,
+    expected_reason: EarlyStoppingReason,
+    expected_rule: str,
+    phrase: str,
+) -> None:
+    """`stopping_threshold` and `divergence_threshold` stop where and why Lightning's EarlyStopping does."""
+    early_stopping = PlateauEarlyStopping(**kwargs)
+    _, fitted = _fit(tmp_path, values, plateau, early_stopping, monitor=plateau.monitor, max_epochs=4)
+    assert early_stopping.stopped_epoch + 1 == expected_stop
+    assert (early_stopping.stopping_reason, early_stopping.stop_rule) == (expected_reason, expected_rule)
+    assert early_stopping.stopping_reason_message is not None
+    assert early_stopping.stopping_reason_message.startswith(phrase)
+    assert fitted.should_stop
+
+    lightning = EarlyStopping(monitor=plateau.monitor, mode=plateau.mode, patience=100, **kwargs)
+    reference = trainer(tmp_path / "lightning", max_epochs=4, limit_val_batches=1, callbacks=[lightning])
+    reference.fit(ScriptedModel(values, monitor=plateau.monitor, train_batches=1))
+    assert (lightning.stopped_epoch + 1, lightning.stopping_reason) == (expected_stop, expected_reason)
+    lightning_phrase = phrase.split(":")[0] if expected_rule != "non_finite" else "is not finite"
+    assert lightning_phrase in (lightning.stopping_reason_message or "")
+
+
+def test_early_stopping_accepts_lightnings_arguments_that_agree_with_the_plateau(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`min_delta`, `strict` and `log_rank_zero_only` are accepted with Lightning's meaning where they agree."""
+    plateau = PlateauConfig(patience=1, factor=0.5, threshold=0.1, threshold_mode="abs", strict=False)
+    early_stopping = PlateauEarlyStopping(
+        2, wait_for_min_lr=False, reset_on_cut=False, min_delta=0.1, strict=False, log_rank_zero_only=False
+    )
+    with caplog.at_level("INFO", logger="lightning.pytorch.callbacks.early_stopping"):
+        _fit(tmp_path, [1.0, 0.95, 0.92, 0.5], plateau, early_stopping, max_epochs=4)
+    # 0.95 and 0.92 improve on 1.0 by less than min_delta 0.1: two evaluations without improvement
+    assert (early_stopping.stopped_epoch, early_stopping.stop_rule) == (2, "patience")
+    assert early_stopping.strict is False
+    assert any("patience exhausted" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("plateau", "kwargs", "match"),
+    [
+        (
+            WORKED,
+            {"min_delta": 0.01},
+            r"PlateauEarlyStopping\(min_delta=0\.01\) contradicts the plateau it follows \(threshold 0\.0001,"
+            r" threshold_mode 'rel'\).*PlateauConfig\(threshold=0\.01, threshold_mode=\"abs\"\)",
+        ),
+        (
+            dataclasses.replace(WORKED, threshold=0.02, threshold_mode="abs"),
+            {"min_delta": 0.01},
+            r"PlateauConfig\(threshold=0\.01, threshold_mode=\"abs\"\)",
+        ),
+        (
+            WORKED,
+            {"strict": False},
+            r"PlateauEarlyStopping\(strict=False\) contradicts .*PlateauConfig\(strict=True\).*"
+            r"set it on the plateau: PlateauConfig\(strict=False\)",
+        ),
+    ],
+)
+def test_early_stopping_refuses_settings_that_are_the_plateaus(
+    tmp_path: Any, plateau: PlateauConfig, kwargs: dict[str, Any], match: str
+) -> None:
+    """A `min_delta` or `strict` that differs from the plateau's rule fails at fit start, naming where to set it."""
+    with pytest.raises(MisconfigurationException, match=match):
+        _fit(tmp_path, FLAT, plateau, PlateauEarlyStopping(**kwargs), max_epochs=1)

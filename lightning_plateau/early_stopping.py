@@ -8,7 +8,7 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException  # type: ignore[attr-defined]
 from typing_extensions import override
 
@@ -22,6 +22,8 @@ _LR_EXHAUSTED = "lr_exhausted"
 _MAX_REDUCTIONS = "max_reductions"
 _PATIENCE = "patience"
 _NON_FINITE = "non_finite"
+_STOPPING_THRESHOLD = "stopping_threshold"
+_DIVERGENCE_THRESHOLD = "divergence_threshold"
 
 
 class PlateauEarlyStopping(EarlyStopping):
@@ -44,17 +46,31 @@ class PlateauEarlyStopping(EarlyStopping):
       improvement. The default ``patience`` is the plateau's ``patience + 1 + cooldown``: on a flat metric,
       the run stops at the evaluation where the scheduler would have made its next cut, had one been left.
       Training therefore never stops while the scheduler can still cut.
-    - ``max_reductions=K``: stop at the evaluation where the plateau calls for its (K+1)-th cut (the
-      scheduler has applied it, but no step runs at that LR). Checked besides the default rule, which still
-      stops a run whose LR is exhausted after fewer cuts.
+    - ``max_reductions=K``: stop at the evaluation where the plateau calls for its (K+1)-th cut. That cut is
+      never applied: for the fit, the scheduler gets a limit of K cuts and records the cut over it in
+      ``PlateauScheduler.withheld`` instead (the row of that evaluation has ``withheld=True``, ``cut=False``),
+      so the optimizer, the checkpoint, ``scheduler.cuts``, the traces and the W&B summary all end at the
+      K-th cut's LR. Checked besides the default rule, which still stops a run whose LR is exhausted after
+      fewer cuts.
     - ``wait_for_min_lr=False``: Lightning's classic counting instead of the default rule: stop after
       ``patience`` evaluations without improvement, the count restarting at each cut too when
       ``reset_on_cut`` (the default).
 
-    With ``check_finite`` a NaN or infinite value stops at once, as with Lightning's ``EarlyStopping``.
+    Before these, as with Lightning's ``EarlyStopping`` and on the same value: with ``check_finite`` a NaN or
+    infinite value stops at once ("... is not finite"); ``stopping_threshold`` stops once the value is better
+    than it ("Stopping threshold reached"), ``divergence_threshold`` once it is worse ("Divergence threshold
+    reached").
+
     ``trainer.early_stopping_callback``, ``stopped_epoch`` (0-based), ``stopping_reason`` (an
     ``EarlyStoppingReason``), ``stopping_reason_message`` and the checkpointed state work as for the parent;
-    :attr:`stop_rule` names the rule that stopped the run.
+    :attr:`stop_rule` names the rule that stopped the run. A run resumed from a checkpoint written after the
+    stop stops again at once, before any batch, with a warning that says why. One instance can be used in
+    several Trainers: each fit follows its own Trainer's plateau and counts from scratch (unless resumed).
+
+    Of Lightning's other arguments, those the plateau decides are accepted only to state them: ``monitor``,
+    ``mode``, ``strict`` (the plateau's ``PlateauConfig(strict=...)``) and ``min_delta`` (the plateau's
+    ``PlateauConfig(threshold=..., threshold_mode="abs")``) must agree with the plateau, or fit fails naming
+    where to set them. ``check_on_train_epoch_end`` is refused: the decision follows the fresh values.
 
     Worked example (one validation per epoch, epochs counted from 1): ``PlateauConfig(patience=2, cooldown=1,
     factor=0.1, min_lr=1e-3)``, LR 0.1, ``val_loss`` improves until epoch 3 and is flat after it.
@@ -70,21 +86,34 @@ class PlateauEarlyStopping(EarlyStopping):
 
     Args:
         patience: evaluations without improvement tolerated, counted as the rule says. ``None``: the plateau's
-            ``patience + 1 + cooldown``.
-        max_reductions: stop when the plateau calls for cut number ``max_reductions + 1``. ``None``: no limit.
+            ``patience + 1 + cooldown``. As with Lightning's ``EarlyStopping``, an evaluation that restarts the
+            count (an improvement, and the cuts the rule counts from) never stops, so ``0`` stops at the first
+            evaluation counted, as ``1`` does.
+        max_reductions: stop when the plateau calls for cut number ``max_reductions + 1``, without applying it.
+            ``None``: no limit.
         wait_for_min_lr: ``True``: count ``patience`` only once the LR is exhausted (the default rule).
             ``False``: classic counting from the best value.
         reset_on_cut: with ``wait_for_min_lr=False``, restart the count at each cut as well.
         monitor: only to state it: must equal the plateau's monitor. ``None``: the plateau's.
         mode: only to state it: must equal the plateau's mode. ``None``: the plateau's.
+        min_delta: only to state it: the plateau must use ``threshold_mode="abs"`` with ``threshold`` equal
+            to it. ``None``: the plateau's improvement rule, whatever it is.
+        strict: only to state it: must equal the plateau's ``strict``. ``None``: the plateau's.
         check_finite: stop when the value judged is NaN or infinite.
-        verbose: log the reason when training stops (once, on rank zero: every rank takes the same decision).
+        stopping_threshold: stop once the value judged is better than this (``<`` for min, ``>`` for max).
+        divergence_threshold: stop once the value judged is worse than this (``>`` for min, ``<`` for max).
+        check_on_train_epoch_end: must be ``None``: there is no choice of where to decide.
+        verbose: log the reason when training stops.
+        log_rank_zero_only: log it on rank zero only (every rank takes the same decision). ``False``: on every
+            rank, with its rank, as Lightning's ``EarlyStopping`` does by default.
 
     Raises:
-        ValueError: if ``patience`` or ``max_reductions`` is not an int >= 0 or ``monitor`` is an empty string.
+        ValueError: if ``patience`` or ``max_reductions`` is not an int >= 0, ``monitor`` is an empty string,
+            ``min_delta`` is not a finite number >= 0, a threshold is not a number, a flag is not a bool, or
+            ``check_on_train_epoch_end`` is given.
         MisconfigurationException: if ``mode`` is not ``"min"`` or ``"max"``; at setup, if the Trainer has no
-            PlateauCallback; once the plateau is known (setup or fit start), if ``monitor`` or ``mode``
-            contradicts the plateau's.
+            PlateauCallback; once the plateau is known (setup or fit start), if ``monitor``, ``mode``,
+            ``min_delta`` or ``strict`` contradicts the plateau's.
 
     Example::
 
@@ -102,33 +131,59 @@ class PlateauEarlyStopping(EarlyStopping):
         reset_on_cut: bool = True,
         monitor: Optional[str] = None,
         mode: Optional[str] = None,
+        min_delta: Optional[float] = None,
+        strict: Optional[bool] = None,
         check_finite: bool = True,
+        stopping_threshold: Optional[float] = None,
+        divergence_threshold: Optional[float] = None,
+        check_on_train_epoch_end: Optional[bool] = None,
         verbose: bool = True,
+        log_rank_zero_only: bool = True,
     ) -> None:
+        if isinstance(patience, str):
+            raise ValueError(
+                f"`patience` must be an int >= 0 or None, got {patience!r}. PlateauEarlyStopping's first argument is"
+                f" `patience`, not EarlyStopping's `monitor`: pass `monitor={patience!r}` by keyword (or drop it: the"
+                " plateau's monitor is used)."
+            )
         _check_optional_count("patience", patience)
         _check_optional_count("max_reductions", max_reductions)
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
             raise ValueError(f"`monitor` must be a metric name or None (the plateau's), got {monitor!r}")
-        for name, flag in (("wait_for_min_lr", wait_for_min_lr), ("reset_on_cut", reset_on_cut)):
+        flags = (("wait_for_min_lr", wait_for_min_lr), ("reset_on_cut", reset_on_cut))
+        for name, flag in (*flags, ("log_rank_zero_only", log_rank_zero_only)):
             if not isinstance(flag, bool):
                 raise ValueError(f"`{name}` must be True or False, got {flag!r}")
+        _check_early_stopping_arguments(min_delta, strict, stopping_threshold, divergence_threshold)
+        if check_on_train_epoch_end is not None:
+            raise ValueError(
+                f"PlateauEarlyStopping(check_on_train_epoch_end={check_on_train_epoch_end!r}): where it decides is"
+                " not a setting. It decides once per fresh value of the plateau's monitor, right after the plateau"
+                " scheduler: at validation end for a value logged in validation, at the training epoch end for one"
+                " logged in `training_step` with `on_epoch=True`. Drop `check_on_train_epoch_end=`."
+            )
         super().__init__(
             monitor=monitor or "",
             patience=0 if patience is None else patience,
             verbose=verbose,
             mode="min" if mode is None else mode,
+            strict=True if strict is None else strict,
             check_finite=check_finite,
-            log_rank_zero_only=True,
+            stopping_threshold=None if stopping_threshold is None else float(stopping_threshold),
+            divergence_threshold=None if divergence_threshold is None else float(divergence_threshold),
+            log_rank_zero_only=log_rank_zero_only,
         )
         self.max_reductions = max_reductions
         self.wait_for_min_lr = wait_for_min_lr
         self.reset_on_cut = reset_on_cut
         #: the rule that stopped training: ``"lr_exhausted"``, ``"max_reductions"``, ``"patience"``,
-        #: ``"non_finite"``, or ``None`` while it has not stopped
+        #: ``"non_finite"``, ``"stopping_threshold"``, ``"divergence_threshold"``; ``None`` before it stops
         self.stop_rule: Optional[str] = None
         self._requested_monitor = monitor
         self._requested_mode = mode
         self._requested_patience = patience
+        self._requested_min_delta = min_delta
+        self._requested_strict = strict
         self._plateau: Optional[PlateauCallback] = None
         self._config: Optional[PlateauConfig] = None
         # evaluation after which the LR was exhausted (0: from the start) and its epoch; None while it is not
@@ -154,6 +209,7 @@ class PlateauEarlyStopping(EarlyStopping):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
+        self._start_fit()
         plateaus = [cb for cb in trainer.callbacks if isinstance(cb, PlateauCallback)]  # type: ignore[attr-defined]
         if not plateaus:
             raise MisconfigurationException(
@@ -166,6 +222,25 @@ class PlateauEarlyStopping(EarlyStopping):
             self._follow(plateaus[0])
 
     @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Stop at once, before any batch, when the checkpoint resumed from was written after the run stopped.
+
+        Lightning restores this callback's state before this hook, and the fit loop checks ``should_stop``
+        before its first epoch: a run that had stopped stays stopped, as the uninterrupted run did. With
+        ``min_epochs``/``min_steps`` not yet met, Lightning goes on training, as it would have without a resume.
+        """
+        if self.stop_rule is None:
+            return
+        trainer.should_stop = True
+        if trainer.fit_loop._can_stop_early:
+            rank_zero_warn(
+                f"PlateauEarlyStopping: the checkpoint was written after this run had stopped at epoch"
+                f" {self.stopped_epoch + 1} ({self.stopping_reason_message}); not training further. To train on,"
+                " resume without PlateauEarlyStopping in the Trainer, or from a checkpoint written before the stop.",
+                category=UserWarning,
+            )
+
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Does nothing: the decision is taken in :meth:`on_plateau_evaluation`, never on ``callback_metrics``."""
 
@@ -176,8 +251,22 @@ class PlateauEarlyStopping(EarlyStopping):
     def on_plateau_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, plateau_callback: PlateauCallback
     ) -> None:
-        """Called by the PlateauCallback at fit start, once its config is known: follow it."""
+        """Called by the PlateauCallback at fit start, once its config is known: follow it.
+
+        With ``max_reductions=K`` the scheduler gets a cut limit of ``K`` for this fit: the cut the plateau calls
+        for beyond it is withheld (never applied) and the run stops at that evaluation.
+        """
         self._follow(plateau_callback)
+        scheduler = plateau_callback.scheduler
+        if scheduler is not None and not getattr(trainer, "fast_dev_run", False):
+            scheduler._cut_limit = self.max_reductions
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # The cut limit belongs to this fit: a scheduler used again without this callback cuts freely.
+        scheduler = None if self._plateau is None else self._plateau.scheduler
+        if stage == "fit" and scheduler is not None:
+            scheduler._cut_limit = None
 
     def on_plateau_evaluation(
         self,
@@ -200,7 +289,10 @@ class PlateauEarlyStopping(EarlyStopping):
             self.stopped_epoch = trainer.current_epoch
             self.stopping_reason_message = reason
         if should_stop and self.verbose and reason:
-            rank_zero_info(reason)
+            if self.log_rank_zero_only:
+                rank_zero_info(reason)
+            else:
+                self._log_info(trainer, reason, log_rank_zero_only=False)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -214,6 +306,22 @@ class PlateauEarlyStopping(EarlyStopping):
         self.stop_rule = state_dict.get("stop_rule")
         self._exhausted_at = state_dict.get("exhausted_at")
         self._exhausted_epoch = state_dict.get("exhausted_epoch")
+
+    def _start_fit(self) -> None:
+        """Forget the previous fit's plateau and counters: a reused callback counts from scratch.
+
+        Lightning restores a resumed fit's counters from the checkpoint after ``setup``.
+        """
+        self._plateau = None
+        self._config = None
+        self.wait_count = 0
+        self.stopped_epoch = 0
+        self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+        self.stopping_reason_message = None
+        self.stop_rule = None
+        self._exhausted_at = None
+        self._exhausted_epoch = None
+        self.best_score = torch.tensor(math.inf)
 
     def _follow(self, plateau_callback: PlateauCallback) -> None:
         """Take monitor, mode and default patience from ``plateau_callback``'s config; raise on contradictions."""
@@ -230,14 +338,34 @@ class PlateauEarlyStopping(EarlyStopping):
                     f" (PlateauCallback: {config.describe()}). PlateauEarlyStopping takes monitor and mode from"
                     f" the plateau: drop `{name}=` from PlateauEarlyStopping, or change the plateau's `{name}`."
                 )
+        self._check_improvement_rule(config)
         self._plateau = plateau_callback
         self._config = config
         self.monitor = config.monitor
         self.mode = config.mode
+        self.strict = config.strict
         patience = self._requested_patience
         self.patience = config.patience + 1 + config.cooldown if patience is None else patience
         if not self._seen_any_value():
             self.best_score = torch.tensor(math.inf if config.mode == "min" else -math.inf)
+
+    def _check_improvement_rule(self, config: PlateauConfig) -> None:
+        """Refuse a ``min_delta`` or ``strict`` of this callback's own that differs from the plateau's setting."""
+        min_delta = self._requested_min_delta
+        if min_delta is not None and (config.threshold_mode != "abs" or config.threshold != min_delta):
+            raise MisconfigurationException(
+                f"PlateauEarlyStopping(min_delta={min_delta!r}) contradicts the plateau it follows (threshold"
+                f" {config.threshold:g}, threshold_mode {config.threshold_mode!r}): what counts as an improvement is"
+                f" the plateau's rule. Drop `min_delta=`, or set it on the plateau:"
+                f' PlateauConfig(threshold={min_delta!r}, threshold_mode="abs").'
+            )
+        strict = self._requested_strict
+        if strict is not None and strict != config.strict:
+            raise MisconfigurationException(
+                f"PlateauEarlyStopping(strict={strict}) contradicts the plateau it follows"
+                f" (PlateauConfig(strict={config.strict})): whether a monitor that is never logged is an error is the"
+                f" plateau's setting. Drop `strict=`, or set it on the plateau: PlateauConfig(strict={strict})."
+            )
 
     def _seen_any_value(self) -> bool:
         return bool(torch.isfinite(torch.as_tensor(self.best_score)).item())
@@ -255,25 +383,42 @@ class PlateauEarlyStopping(EarlyStopping):
             return self._stop(
                 _NON_FINITE,
                 EarlyStoppingReason.NON_FINITE_METRIC,
-                f"non-finite metric: {config.monitor} = {row.value} at {_where(row)};"
+                f"non-finite metric: {config.monitor} = {row.value} is not finite, at {_where(row)};"
                 f" best so far {format_value(row.best)}",
             )
+        sign = 1.0 if config.mode == "min" else -1.0
+        better, worse = ("<", ">") if config.mode == "min" else (">", "<")
+        if self.stopping_threshold is not None and sign * row.value < sign * self.stopping_threshold:
+            return self._stop(
+                _STOPPING_THRESHOLD,
+                EarlyStoppingReason.STOPPING_THRESHOLD,
+                f"Stopping threshold reached: {config.monitor} = {format_value(row.value)} {better}"
+                f" {self.stopping_threshold:g} at {_where(row)}",
+            )
+        if self.divergence_threshold is not None and sign * row.value > sign * self.divergence_threshold:
+            return self._stop(
+                _DIVERGENCE_THRESHOLD,
+                EarlyStoppingReason.DIVERGENCE_THRESHOLD,
+                f"Divergence threshold reached: {config.monitor} = {format_value(row.value)} {worse}"
+                f" {self.divergence_threshold:g} at {_where(row)}",
+            )
         best_evaluation = scheduler.best_evaluation or 0
-        if self.max_reductions is not None and scheduler.num_reductions > self.max_reductions:
+        if self.max_reductions is not None and row.withheld and scheduler.withheld is not None:
             self.wait_count = row.evaluation - best_evaluation
             return self._stop(
                 _MAX_REDUCTIONS,
                 EarlyStoppingReason.PATIENCE_EXHAUSTED,
                 f"max reductions: {config.monitor} did not improve on {format_value(row.best)} for"
-                f" {scheduler.cuts[-1].num_bad} evaluations at {_where(row)}, which calls for cut"
-                f" {scheduler.num_reductions}; max_reductions={self.max_reductions}",
+                f" {scheduler.withheld.num_bad} evaluations at {_where(row)}, which calls for cut"
+                f" {scheduler.num_reductions + 1}; max_reductions={self.max_reductions}, so that cut was not"
+                f" applied: lr stays {format_lrs(row.lrs)}",
             )
         if self.wait_for_min_lr:
             if self._exhausted_at is None:
                 self.wait_count = 0
                 return False, None
             self.wait_count = row.evaluation - max(best_evaluation, self._exhausted_at)
-            if self.wait_count < self.patience:
+            if not self._patience_exhausted():
                 return False, None
             return self._stop(
                 _LR_EXHAUSTED,
@@ -284,7 +429,7 @@ class PlateauEarlyStopping(EarlyStopping):
         last_cut = scheduler.last_cut
         since_cut = self.reset_on_cut and last_cut is not None and last_cut.evaluation > best_evaluation
         self.wait_count = row.evaluation - (last_cut.evaluation if since_cut and last_cut else best_evaluation)
-        if self.wait_count < self.patience:
+        if not self._patience_exhausted():
             return False, None
         counted = " since the last cut" if since_cut else ""
         return self._stop(
@@ -293,6 +438,11 @@ class PlateauEarlyStopping(EarlyStopping):
             f"patience exhausted: {config.monitor} did not improve on {format_value(row.best)} for"
             f" {self.wait_count} evaluations{counted} (patience {self.patience})",
         )
+
+    def _patience_exhausted(self) -> bool:
+        # Lightning's counting: an evaluation that restarts the count (an improvement; a cut with `reset_on_cut`;
+        # the cut that exhausts the LR) never stops, and the first one counted stops at patience 0 as at 1.
+        return self.wait_count >= max(self.patience, 1)
 
     def _stop(self, rule: str, reason: EarlyStoppingReason, message: str) -> tuple[bool, str]:
         self.stop_rule = rule
@@ -324,6 +474,23 @@ class PlateauEarlyStopping(EarlyStopping):
 
 def _where(row: PlateauEvaluation) -> str:
     return f"evaluation {row.evaluation}" if row.epoch is None else f"epoch {row.epoch + 1}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_early_stopping_arguments(
+    min_delta: Any, strict: Any, stopping_threshold: Any, divergence_threshold: Any
+) -> None:
+    """Validate the arguments shared with Lightning's ``EarlyStopping``."""
+    if strict is not None and not isinstance(strict, bool):
+        raise ValueError(f"`strict` must be True, False or None (the plateau's), got {strict!r}")
+    if min_delta is not None and not (_is_number(min_delta) and 0 <= min_delta < math.inf):
+        raise ValueError(f"`min_delta` must be a finite number >= 0 or None (the plateau's rule), got {min_delta!r}")
+    for name, threshold in (("stopping_threshold", stopping_threshold), ("divergence_threshold", divergence_threshold)):
+        if threshold is not None and not (_is_number(threshold) and not math.isnan(threshold)):
+            raise ValueError(f"`{name}` must be a number or None, got {threshold!r}")
 
 
 def _check_optional_count(name: str, value: Any) -> None:

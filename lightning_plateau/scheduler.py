@@ -15,7 +15,7 @@ from typing_extensions import override
 from lightning_plateau.config import PlateauConfig
 
 # Attributes that belong to the running object, not to the decision state a checkpoint must restore.
-_TRANSIENT = frozenset({"optimizer", "config", "_driver", "_context"})
+_TRANSIENT = frozenset({"optimizer", "config", "_driver", "_context", "_cut_limit"})
 # The policy comes from the config the scheduler is built with; a checkpoint brings back the counters only.
 _POLICY = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "eps")
 _DERIVED_FROM_POLICY = frozenset({"min_lrs", "default_min_lr", "mode_worse", "monitor"})
@@ -79,6 +79,8 @@ class PlateauEvaluation:
         cooldown: evaluations of cooldown left.
         lrs: LR of each param group after the decision.
         cut: whether this evaluation cut the LR.
+        withheld: whether the plateau called for a cut here that was not applied, because the cut limit of
+            ``PlateauEarlyStopping(max_reductions=...)`` was reached (the run stops at this evaluation).
     """
 
     evaluation: int
@@ -90,6 +92,7 @@ class PlateauEvaluation:
     cooldown: int
     lrs: tuple[float, ...]
     cut: bool
+    withheld: bool = False
 
 
 class PlateauScheduler(ReduceLROnPlateau):
@@ -120,7 +123,10 @@ class PlateauScheduler(ReduceLROnPlateau):
     ``threshold >= 1`` torch's bar over the starting ``inf`` is NaN or ``-inf``, so no value ever improves and
     the LR is cut every ``patience + 1`` evaluations.
 
-    Every cut is recorded in :attr:`cuts`. Inside a Trainer the scheduler is stepped by
+    Every cut is recorded in :attr:`cuts`. A cut called for beyond the limit that
+    ``PlateauEarlyStopping(max_reductions=K)`` sets for a fit is not applied: it is recorded in :attr:`withheld`,
+    the LR and the counters stay as they were (``num_bad_epochs`` keeps the count that called for it), and the
+    run stops there. Inside a Trainer the scheduler is stepped by
     :class:`~lightning_plateau.PlateauCallback`, once per fresh value; outside one, call
     ``step(value)`` as with torch's class.
 
@@ -161,6 +167,12 @@ class PlateauScheduler(ReduceLROnPlateau):
         self.best_evaluation: Optional[int] = None
         self.best_epoch: Optional[int] = None
         self.cuts: list[PlateauCut] = []
+        #: the latest cut the plateau called for beyond the cut limit: not applied (``lrs_after`` is what it would
+        #: have set), ``None`` if there was none
+        self.withheld: Optional[PlateauCut] = None
+        # How many cuts may be applied, ``None``: no limit. Set for one fit by PlateauEarlyStopping(max_reductions=K),
+        # which stops the run at the evaluation that calls for cut K+1, so that cut is never applied.
+        self._cut_limit: Optional[int] = None
         self._warned_new_groups = False
         self._value = math.nan
         # (epoch, global_step) of the evaluation being judged; set by the callback
@@ -197,6 +209,7 @@ class PlateauScheduler(ReduceLROnPlateau):
             cooldown=int(self.cooldown_counter),
             lrs=tuple(float(group["lr"]) for group in self.optimizer.param_groups),
             cut=last is not None and last.evaluation == self.num_evaluations,
+            withheld=self.withheld is not None and self.withheld.evaluation == self.num_evaluations,
         )
 
     @override
@@ -232,6 +245,9 @@ class PlateauScheduler(ReduceLROnPlateau):
         self._value = value
         self.num_evaluations += 1
         super().step(value, epoch)
+        if self.withheld is not None and self.withheld.evaluation == self.num_evaluations:
+            # torch resets the counters after every cut it calls for; a withheld cut consumed none of them.
+            self.num_bad_epochs, self.cooldown_counter = self.withheld.num_bad, 0
         if self.best != best_before:
             self.best_evaluation = self.num_evaluations
             self.best_epoch = self._context[0]
@@ -290,30 +306,37 @@ class PlateauScheduler(ReduceLROnPlateau):
                 self._warned_new_groups = True
             self.min_lrs = self.min_lr_bounds()
         before = tuple(float(group["lr"]) for group in groups)
+        if self._cut_limit is not None and self.num_reductions >= self._cut_limit and not self.exhausted:
+            cut = [max(lr * self.factor, bound) for lr, bound in zip(before, self.min_lr_bounds(), strict=True)]
+            would_be = tuple(new if lr - new > self.eps else lr for lr, new in zip(before, cut, strict=True))
+            self.withheld = self._cut(before, would_be)
+            return
         super()._reduce_lr(epoch)
         after = tuple(float(group["lr"]) for group in groups)
         if after != before:
-            epoch_now, step_now = self._context
-            self.cuts.append(
-                PlateauCut(
-                    evaluation=self.num_evaluations,
-                    epoch=epoch_now,
-                    global_step=step_now,
-                    value=self._value,
-                    best=float(self.best),
-                    best_evaluation=self.best_evaluation,
-                    best_epoch=self.best_epoch,
-                    num_bad=int(self.num_bad_epochs),
-                    lrs_before=before,
-                    lrs_after=after,
-                )
-            )
+            self.cuts.append(self._cut(before, after))
+
+    def _cut(self, before: tuple[float, ...], after: tuple[float, ...]) -> PlateauCut:
+        epoch_now, step_now = self._context
+        return PlateauCut(
+            evaluation=self.num_evaluations,
+            epoch=epoch_now,
+            global_step=step_now,
+            value=self._value,
+            best=float(self.best),
+            best_evaluation=self.best_evaluation,
+            best_epoch=self.best_epoch,
+            num_bad=int(self.num_bad_epochs),
+            lrs_before=before,
+            lrs_after=after,
+        )
 
     @override
     def state_dict(self) -> dict[str, Any]:
         """Everything a later decision depends on, as plain data (loadable with ``weights_only=True``)."""
         state = {key: value for key, value in self.__dict__.items() if key not in _TRANSIENT}
         state["cuts"] = [cut.as_dict() for cut in self.cuts]
+        state["withheld"] = None if self.withheld is None else self.withheld.as_dict()
         return state
 
     @override
@@ -339,4 +362,6 @@ class PlateauScheduler(ReduceLROnPlateau):
         skip = _TRANSIENT | _DERIVED_FROM_POLICY | set(_POLICY)
         state = {key: value for key, value in state_dict.items() if key not in skip}
         state["cuts"] = [PlateauCut.from_dict(cut) for cut in state.get("cuts", [])]
+        withheld = state.get("withheld")
+        state["withheld"] = None if withheld is None else PlateauCut.from_dict(withheld)
         super().load_state_dict(state)

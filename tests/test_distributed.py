@@ -33,11 +33,12 @@ PARTIAL_MESSAGE = "'val_loss' was logged on some ranks but not on rank(s) [1] of
 # with patience 1, best 3 at epoch 1, bad at epochs 2 and 3 -> cut at 3, bad at 4 and 5 -> cut at 5 (0-based).
 MEAN_VALUES = [[6, 3, 2, 1, 0.5, 0.25], [2, 3, 4, 5, 5.5, 5.75]]
 MEAN_CUT_EPOCHS = [3, 5]
-MEAN_LRS = [0.1, 0.1, 0.1, 0.1, 0.05, 0.05]
-MEAN_FINAL_LR = 0.025
 # PlateauEarlyStopping(max_reductions=1) stops the run at the evaluation that calls for the second cut, epoch 5,
-# long before max_epochs: every rank must stop there.
+# long before max_epochs, without applying it: every rank must stop there, at the first cut's LR.
 MEAN_ARGS = ("--max-reductions", "1", "--max-epochs", "9")
+MEAN_APPLIED_CUT_EPOCHS = [3]
+MEAN_LRS = [0.1, 0.1, 0.1, 0.1, 0.05, 0.05]
+MEAN_FINAL_LR = 0.05
 MEAN_STOPPED_EPOCH = 5
 STOP_MESSAGE = "max reductions: val_loss did not improve"
 SUMMARY_PREFIX = "PlateauCallback (val_loss (min)"
@@ -198,7 +199,7 @@ def test_distributed_ranks_decide_on_the_mean_without_sync_dist(
     results, outputs = mean_run(launch)
     _assert_same_on_every_rank(results)
     for result in results:
-        assert result["cut_epochs"] == MEAN_CUT_EPOCHS
+        assert result["cut_epochs"] == MEAN_APPLIED_CUT_EPOCHS
         assert result["lrs"] == MEAN_LRS
         assert result["final_lr"] == MEAN_FINAL_LR
         assert [row["value"] for row in result["history"]] == [4.0, 3.0, 3.0, 3.0, 3.0, 3.0]
@@ -207,7 +208,7 @@ def test_distributed_ranks_decide_on_the_mean_without_sync_dist(
         _assert_one_collective_per_evaluation(result)
     # each cut, the stop and the summary are announced once, by rank zero: in the output Lightning's launchers
     # share between ranks, or in node 0's own
-    announcements = {CUT_MESSAGE: len(MEAN_CUT_EPOCHS), STOP_MESSAGE: 1, SUMMARY_PREFIX: 1}
+    announcements = {CUT_MESSAGE: len(MEAN_APPLIED_CUT_EPOCHS), STOP_MESSAGE: 1, SUMMARY_PREFIX: 1}
     assert {text: outputs[0].count(text) for text in announcements} == announcements
     assert all(text not in output for text in announcements for output in outputs[1:])
 
@@ -233,7 +234,7 @@ def test_distributed_resume_matches_uninterrupted_run(
         assert result["start_epoch"] == 3
         assert result["lrs"] == uninterrupted["lrs"][3:]
         assert result["final_lr"] == uninterrupted["final_lr"]
-        assert result["cut_epochs"] == uninterrupted["cut_epochs"] == MEAN_CUT_EPOCHS
+        assert result["cut_epochs"] == uninterrupted["cut_epochs"] == MEAN_APPLIED_CUT_EPOCHS
         assert result["stopped_epoch"] == uninterrupted["stopped_epoch"] == MEAN_STOPPED_EPOCH
         assert result["history"] == uninterrupted["history"]
         assert _max_weight_diff(result, uninterrupted) == 0.0

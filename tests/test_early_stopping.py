@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 from typing import Any, Optional
@@ -12,6 +13,7 @@ from helpers import ScriptedModel, ScriptedPlateauModel, trainer
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_plateau import PlateauCallback, PlateauConfig, PlateauEarlyStopping, PlateauScheduler
@@ -93,7 +95,8 @@ def _stop_epoch(early_stopping: PlateauEarlyStopping, fitted: Trainer) -> Option
         pytest.param(
             [1.0, 0.8, 0.5] + [0.5] * 8 + [0.4] * 30, WORKED, {}, "val_loss", [5, 9], 15, id="improves-after-exhaustion"
         ),
-        pytest.param(WORKED_VALUES, WORKED, {"patience": 0}, "val_loss", [5, 9], 9, id="patience-0-stops-at-the-cut"),
+        # the exhausting cut restarts the count; the first evaluation counted after it stops, at patience 0 as at 1
+        pytest.param(WORKED_VALUES, WORKED, {"patience": 0}, "val_loss", [5, 9], 10, id="patience-0"),
         pytest.param(WORKED_VALUES, WORKED, {"patience": 6}, "val_loss", [5, 9], 15, id="explicit-patience"),
         pytest.param(FLAT, PlateauConfig(patience=2, cooldown=1, min_lr=0.1), {}, "val_loss", [], 4, id="at-floor"),
         pytest.param(ACC_FLAT, VAL_ACC, {}, "val_acc", [4, 6], 8, id="val_acc-max"),
@@ -127,8 +130,8 @@ def test_early_stopping_lr_exhausted_rule(
 @pytest.mark.parametrize(
     ("values", "plateau", "max_reductions", "monitor", "expected_cuts", "expected_stop", "expected_rule"),
     [
-        pytest.param(FLAT, HALVING, 2, "val_loss", [2, 4, 6], 6, "max_reductions", id="third-cut"),
-        pytest.param(FLAT, HALVING, 0, "val_loss", [2], 2, "max_reductions", id="first-cut"),
+        pytest.param(FLAT, HALVING, 2, "val_loss", [2, 4], 6, "max_reductions", id="third-cut"),
+        pytest.param(FLAT, HALVING, 0, "val_loss", [], 2, "max_reductions", id="first-cut"),
         pytest.param(
             FLAT,
             PlateauConfig(patience=1, factor=0.1, min_lr=1e-3),
@@ -144,7 +147,7 @@ def test_early_stopping_lr_exhausted_rule(
             PlateauConfig(monitor="val_acc", mode="max", patience=1, factor=0.5),
             1,
             "val_acc",
-            [3, 5],
+            [3],
             5,
             "max_reductions",
             id="val_acc-max",
@@ -161,7 +164,7 @@ def test_early_stopping_max_reductions_rule(
     expected_stop: int,
     expected_rule: str,
 ) -> None:
-    """`max_reductions=K` stops at the evaluation that calls for cut K+1; an exhausted LR still stops earlier."""
+    """`max_reductions=K` stops at the evaluation that calls for cut K+1, unapplied; an exhausted LR stops earlier."""
     early_stopping = PlateauEarlyStopping(max_reductions=max_reductions)
     _, fitted = _fit(tmp_path, values, plateau, early_stopping, monitor=monitor)
     assert _cut_epochs(fitted) == expected_cuts
@@ -208,7 +211,7 @@ def test_early_stopping_classic_patience_rule(
     [
         # evaluation n runs at the end of epoch 2n - 1 (0-based)
         pytest.param({"check_val_every_n_epoch": 2, "max_epochs": 30}, None, [11, 19], 27, 14, id="every-2nd-epoch"),
-        pytest.param({"check_val_every_n_epoch": 2, "max_epochs": 30}, 0, [11, 19], 19, 10, id="every-2nd-patience-0"),
+        pytest.param({"check_val_every_n_epoch": 2, "max_epochs": 30}, 0, [11, 19], 21, 11, id="every-2nd-patience-0"),
         # two validations per epoch: evaluation n in epoch (n - 1) // 2
         pytest.param({"val_check_interval": 0.5, "max_epochs": 10}, None, [2, 4], 6, 14, id="twice-per-epoch"),
         # a training metric (on_epoch=True) is fresh at every epoch end, whatever the validation schedule
@@ -365,6 +368,21 @@ def test_early_stopping_agreeing_monitor_is_silent(tmp_path: Any) -> None:
         ({"monitor": ""}, ValueError, r"`monitor` must be a metric name or None \(the plateau's\), got ''"),
         ({"reset_on_cut": "yes"}, ValueError, r"`reset_on_cut` must be True or False, got 'yes'"),
         ({"mode": "up"}, MisconfigurationException, r"`mode` can be min, max, got up"),
+        (
+            {"patience": "val_loss"},
+            ValueError,
+            r"got 'val_loss'\. PlateauEarlyStopping's first argument is `patience`.*pass `monitor='val_loss'`",
+        ),
+        ({"min_delta": -0.1}, ValueError, r"`min_delta` must be a finite number >= 0 or None .*got -0\.1"),
+        ({"strict": "yes"}, ValueError, r"`strict` must be True, False or None \(the plateau's\), got 'yes'"),
+        ({"stopping_threshold": "low"}, ValueError, r"`stopping_threshold` must be a number or None, got 'low'"),
+        ({"divergence_threshold": math.nan}, ValueError, r"`divergence_threshold` must be a number or None, got nan"),
+        ({"log_rank_zero_only": 1}, ValueError, r"`log_rank_zero_only` must be True or False, got 1"),
+        (
+            {"check_on_train_epoch_end": False},
+            ValueError,
+            r"check_on_train_epoch_end=False\): where it decides is not a setting.*Drop `check_on_train_epoch_end=`",
+        ),
     ],
 )
 def test_early_stopping_rejects_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
@@ -397,3 +415,349 @@ def test_early_stopping_lr_exhausted_is_the_scheduler_rule(
     scheduler.step(1.0)
     scheduler.step(1.0)  # one evaluation without improvement > patience 0: the scheduler tries to cut
     assert (scheduler.num_reductions == 0) is expected
+
+
+# Plateau patience 0 cuts at every evaluation without improvement: 0.1 -> 0.05 -> 0.025 -> 0.0125, then exhausted.
+EVERY_BAD = PlateauConfig(patience=0, factor=0.5, min_lr=0.0125)
+IMPROVES_TWICE = [1.0, 0.5] + [0.5] * 10
+BAD_IMPROVES_BAD = [1.0, 0.9, 0.9, 0.8, 0.8, 0.8] + [0.8] * 6
+CLASSIC = {"wait_for_min_lr": False, "reset_on_cut": False}
+RESET = {"wait_for_min_lr": False, "reset_on_cut": True}
+
+
+def _lightning_stop_evaluation(tmp_path: Any, values: list[float], monitor: str, mode: str, patience: int) -> Any:
+    """Where Lightning's own EarlyStopping stops on `values` (1-based evaluation), without any plateau."""
+    early_stopping = EarlyStopping(monitor=monitor, mode=mode, patience=patience)
+    model = ScriptedModel(values, monitor=monitor, train_batches=1)
+    fitted = trainer(tmp_path / "lightning", max_epochs=8, limit_val_batches=1, callbacks=[early_stopping])
+    fitted.fit(model)
+    return early_stopping.stopped_epoch + 1 if fitted.should_stop else None
+
+
+# `same_as_lightning`: rows whose rule is Lightning's classic counting, so its EarlyStopping must stop there too.
+@pytest.mark.parametrize(
+    ("values", "plateau", "kwargs", "patience", "expected_stop", "same_as_lightning"),
+    [
+        pytest.param(IMPROVES_TWICE, HALVING, CLASSIC, 0, 3, True, id="classic-0-improving"),
+        pytest.param(IMPROVES_TWICE, HALVING, CLASSIC, 1, 3, True, id="classic-1-improving"),
+        pytest.param(FLAT, HALVING, CLASSIC, 0, 2, True, id="classic-0-flat"),
+        pytest.param(FLAT, HALVING, CLASSIC, 1, 2, True, id="classic-1-flat"),
+        pytest.param(BAD_IMPROVES_BAD, HALVING, CLASSIC, 2, 6, True, id="classic-2-restarts-at-improvement"),
+        pytest.param(ACC_FLAT, VAL_ACC, CLASSIC, 0, 4, True, id="classic-0-val_acc-max"),
+        pytest.param(FLAT, EVERY_BAD, CLASSIC, 0, 2, True, id="classic-0-cut-counts"),
+        # restarted at each cut: the cut evaluations are not counted, the first one after the LR is exhausted is
+        pytest.param(IMPROVES_TWICE, HALVING, RESET, 0, 3, True, id="reset-0-before-any-cut"),
+        pytest.param(FLAT, EVERY_BAD, RESET, 0, 5, False, id="reset-0-after-cuts"),
+        pytest.param(FLAT, EVERY_BAD, RESET, 1, 5, False, id="reset-1-after-cuts"),
+        # default rule: counted after the evaluation whose cut exhausted the LR (or from the start at the floor)
+        pytest.param(IMPROVES_TWICE, PlateauConfig(min_lr=0.1), {}, 0, 3, False, id="default-0-at-floor"),
+        pytest.param(IMPROVES_TWICE, PlateauConfig(min_lr=0.1), {}, 1, 3, False, id="default-1-at-floor"),
+        pytest.param(FLAT, EVERY_BAD, {}, 0, 5, False, id="default-0-after-exhausting-cut"),
+        pytest.param(FLAT, EVERY_BAD, {}, 1, 5, False, id="default-1-after-exhausting-cut"),
+        # max_reductions does not count with patience: the evaluation that calls for the cut over the limit
+        pytest.param(FLAT, EVERY_BAD, {"max_reductions": 1}, 0, 3, False, id="max_reductions-0"),
+        pytest.param(FLAT, EVERY_BAD, {"max_reductions": 1}, 1, 3, False, id="max_reductions-1"),
+        pytest.param(
+            [1.0, 0.5, 0.25] + [0.25] * 9, EVERY_BAD, {"max_reductions": 0}, 0, 4, False, id="max_reductions-improving"
+        ),
+    ],
+)
+def test_early_stopping_patience_0_and_1_count_like_lightning(
+    tmp_path: Any,
+    values: list[float],
+    plateau: PlateauConfig,
+    kwargs: dict[str, Any],
+    patience: int,
+    expected_stop: Optional[int],
+    same_as_lightning: bool,
+) -> None:
+    """An improving evaluation never stops on patience; patience 0 stops at the first counted bad one, as 1 does."""
+    early_stopping = PlateauEarlyStopping(patience, **kwargs)
+    _, fitted = _fit(tmp_path, values, plateau, early_stopping, monitor=plateau.monitor, max_epochs=8)
+    history = _plateau(fitted).history
+    assert (history[-1].evaluation if fitted.should_stop else None) == expected_stop
+    if early_stopping.stop_rule in ("patience", "lr_exhausted"):
+        assert early_stopping.wait_count >= max(patience, 1)
+        assert "for 0 evaluations" not in (early_stopping.stopping_reason_message or "")
+    if same_as_lightning:
+        assert _lightning_stop_evaluation(tmp_path, values, plateau.monitor, plateau.mode, patience) == expected_stop
+
+
+def test_early_stopping_reused_in_a_new_trainer_counts_from_scratch(tmp_path: Any) -> None:
+    """One PlateauEarlyStopping in two Trainers: the second fit follows its own plateau and counts from scratch."""
+    early_stopping = PlateauEarlyStopping()
+    _fit(tmp_path / "first", WORKED_VALUES, WORKED, early_stopping)
+    assert (early_stopping.stopped_epoch, early_stopping.stop_rule) == (13, "lr_exhausted")
+    message = early_stopping.stopping_reason_message
+
+    model = ScriptedPlateauModel([2.0, 1.0] + [1.0] * 40, plateau=WORKED, train_batches=1)
+    callbacks = [early_stopping, _quiet(WORKED)]
+    second = trainer(tmp_path / "second", max_epochs=30, limit_val_batches=1, callbacks=callbacks)
+    second.fit(model)
+    # best at epoch 2: cuts at 5 and 9 (0-based epochs 4 and 8), four bad evaluations after: stop at epoch 13 (12)
+    assert _cut_epochs(second) == [4, 8]
+    assert (early_stopping.stopped_epoch, early_stopping.stop_rule) == (12, "lr_exhausted")
+    assert early_stopping.stopping_reason_message == message.replace("epoch 10", "epoch 9").replace("0.5000", "1.0000")
+    assert second.early_stopping_callback is early_stopping
+
+
+def test_early_stopping_reused_without_a_stop_forgets_the_previous_stop(tmp_path: Any) -> None:
+    """A second fit that does not stop leaves no trace of the first fit's stop."""
+    early_stopping = PlateauEarlyStopping()
+    _fit(tmp_path / "first", WORKED_VALUES, WORKED, early_stopping)
+    _, second = _fit(tmp_path / "second", WORKED_VALUES, WORKED, early_stopping, max_epochs=3)
+    assert not second.should_stop
+    assert (early_stopping.stop_rule, early_stopping.stopped_epoch) == (None, 0)
+    assert early_stopping.stopping_reason == EarlyStoppingReason.NOT_STOPPED
+    assert early_stopping.stopping_reason_message is None
+
+
+def test_early_stopping_max_reductions_never_applies_the_cut_over_the_limit(tmp_path: Any) -> None:
+    """Optimizer, scheduler, history, traces, checkpoint and messages all show K cuts after the stop, not K+1."""
+    early_stopping = PlateauEarlyStopping(max_reductions=2)
+    plateau = PlateauCallback(HALVING, verbose=False)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    logger = CSVLogger(tmp_path, name="traces", version=0)
+    model, fitted = _fit(
+        tmp_path,
+        FLAT,
+        HALVING,
+        early_stopping,
+        callbacks=[early_stopping, plateau, checkpoints],
+        enable_checkpointing=True,
+        logger=logger,
+        log_every_n_steps=1,
+    )
+    # cuts at evaluations 3 and 5; evaluation 7 calls for the third
+    scheduler = plateau.scheduler
+    assert scheduler is not None
+    assert [cut.evaluation for cut in scheduler.cuts] == [3, 5]
+    assert early_stopping.stopped_epoch == 6
+    assert fitted.optimizers[0].param_groups[0]["lr"] == 0.025
+    assert model.lr_at_train_start == [0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+    withheld = scheduler.withheld
+    assert withheld is not None
+    assert (withheld.evaluation, withheld.lrs_before, withheld.lrs_after) == (7, (0.025,), (0.0125,))
+    # the counters are those of an evaluation that called for a cut none consumed: 2 bad (> patience 1), no cooldown
+    assert (scheduler.num_bad_epochs, scheduler.cooldown_counter) == (2, 0)
+    last = plateau.history[-1]
+    assert (last.evaluation, last.cut, last.withheld, last.num_bad, last.cooldown, last.lrs) == (
+        7,
+        False,
+        True,
+        2,
+        0,
+        (0.025,),
+    )
+    assert [row.withheld for row in plateau.history].count(True) == 1
+    assert early_stopping.stopping_reason_message == (
+        "max reductions: val_loss did not improve on 1.0000 for 2 evaluations at epoch 7, which calls for cut 3;"
+        " max_reductions=2, so that cut was not applied: lr stays 0.025"
+    )
+
+    rows = list(csv.DictReader((tmp_path / "traces" / "version_0" / "metrics.csv").open()))
+    traced = [row for row in rows if row.get("plateau/evaluation")]
+    assert (float(traced[-1]["plateau/reductions"]), float(traced[-1]["plateau/lr"])) == (2.0, 0.025)
+
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == 0.025
+    saved = checkpoint["lr_schedulers"][0]
+    assert (len(saved["cuts"]), saved["withheld"]["evaluation"]) == (2, 7)
+    assert "_cut_limit" not in saved  # a limit of this fit's PlateauEarlyStopping, not the scheduler's state
+    # the limit belonged to that fit
+    assert scheduler._cut_limit is None
+
+
+class BatchCountingModel(ResumableScriptedModel):
+    """Counts the training batches it runs in this process."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches_run = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.batches_run += 1
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+@pytest.mark.parametrize("save_on_train_epoch_end", [True, False], ids=["train-epoch-end", "validation-end"])
+@pytest.mark.parametrize(
+    ("kwargs", "plateau", "values", "expected_stop", "expected_rule"),
+    [
+        pytest.param({}, WORKED, WORKED_VALUES, 13, "lr_exhausted", id="lr-exhausted"),
+        pytest.param({"max_reductions": 1}, HALVING, FLAT, 4, "max_reductions", id="max-reductions"),
+    ],
+)
+def test_early_stopping_resume_from_the_stopping_checkpoint_stops_at_once(
+    tmp_path: Any,
+    save_on_train_epoch_end: bool,
+    kwargs: dict[str, Any],
+    plateau: PlateauConfig,
+    values: list[float],
+    expected_stop: int,
+    expected_rule: str,
+) -> None:
+    """The checkpoint written where the run stopped holds the stop: a resume runs no batch and says why."""
+    checkpoints = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=save_on_train_epoch_end
+    )
+    first = PlateauEarlyStopping(**kwargs)
+    _, fitted = _fit(
+        tmp_path / "first",
+        values,
+        plateau,
+        first,
+        model_class=BatchCountingModel,
+        callbacks=[first, checkpoints, _quiet(plateau)],
+        enable_checkpointing=True,
+    )
+    assert (first.stopped_epoch, first.stop_rule) == (expected_stop, expected_rule)
+    lr = fitted.optimizers[0].param_groups[0]["lr"]
+
+    resumed = PlateauEarlyStopping(**kwargs)
+    resumed_plateau = _quiet(plateau)
+    resumed_model = BatchCountingModel(values, plateau=plateau, train_batches=1)
+    refit = trainer(tmp_path / "resumed", max_epochs=30, limit_val_batches=1, callbacks=[resumed, resumed_plateau])
+    message = (
+        r"PlateauEarlyStopping: the checkpoint was written after this run had stopped at epoch"
+        rf" {expected_stop + 1} \({expected_rule.replace('_', ' ')}: .*\); not training further\. To train on,"
+    )
+    with pytest.warns(UserWarning, match=message):
+        refit.fit(resumed_model, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed_model.batches_run == 0
+    assert refit.should_stop
+    assert refit.state.finished
+    assert (resumed.stopped_epoch, resumed.stop_rule) == (expected_stop, expected_rule)
+    assert resumed.stopping_reason_message == first.stopping_reason_message
+    assert resumed.stopping_reason == first.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED
+    assert refit.optimizers[0].param_groups[0]["lr"] == lr
+    assert resumed_plateau.history == _plateau(fitted).history
+
+
+@pytest.mark.parametrize(
+    ("values", "plateau", "kwargs", "expected_stop", "expected_reason", "expected_rule", "phrase"),
+    [
+        pytest.param(
+            [1.0, 0.8, 0.4, 0.3],
+            HALVING,
+            {"stopping_threshold": 0.5},
+            3,
+            EarlyStoppingReason.STOPPING_THRESHOLD,
+            "stopping_threshold",
+            "Stopping threshold reached: val_loss = 0.4000 < 0.5 at epoch 3",
+            id="stopping-min",
+        ),
+        pytest.param(
+            [0.5, 0.7, 0.95, 0.96],
+            VAL_ACC,
+            {"stopping_threshold": 0.9},
+            3,
+            EarlyStoppingReason.STOPPING_THRESHOLD,
+            "stopping_threshold",
+            "Stopping threshold reached: val_acc = 0.9500 > 0.9 at epoch 3",
+            id="stopping-max",
+        ),
+        pytest.param(
+            [1.0, 2.0, 4.0, 8.0],
+            HALVING,
+            {"divergence_threshold": 3.0},
+            3,
+            EarlyStoppingReason.DIVERGENCE_THRESHOLD,
+            "divergence_threshold",
+            "Divergence threshold reached: val_loss = 4.0000 > 3 at epoch 3",
+            id="divergence-min",
+        ),
+        pytest.param(
+            [0.5, 0.3, 0.1, 0.0],
+            VAL_ACC,
+            {"divergence_threshold": 0.2},
+            3,
+            EarlyStoppingReason.DIVERGENCE_THRESHOLD,
+            "divergence_threshold",
+            "Divergence threshold reached: val_acc = 0.1000 < 0.2 at epoch 3",
+            id="divergence-max",
+        ),
+        pytest.param(
+            [1.0, math.inf, 0.5],
+            HALVING,
+            {"divergence_threshold": 3.0},
+            2,
+            EarlyStoppingReason.NON_FINITE_METRIC,
+            "non_finite",
+            "non-finite metric: val_loss = inf is not finite, at epoch 2",
+            id="non-finite-first",
+        ),
+    ],
+)
+def test_early_stopping_thresholds_stop_as_lightnings(
+    tmp_path: Any,
+    values: list[float],
+    plateau: PlateauConfig,
+    kwargs: dict[str, Any],
+    expected_stop: int,
+    expected_reason: EarlyStoppingReason,
+    expected_rule: str,
+    phrase: str,
+) -> None:
+    """`stopping_threshold` and `divergence_threshold` stop where and why Lightning's EarlyStopping does."""
+    early_stopping = PlateauEarlyStopping(**kwargs)
+    _, fitted = _fit(tmp_path, values, plateau, early_stopping, monitor=plateau.monitor, max_epochs=4)
+    assert early_stopping.stopped_epoch + 1 == expected_stop
+    assert (early_stopping.stopping_reason, early_stopping.stop_rule) == (expected_reason, expected_rule)
+    assert early_stopping.stopping_reason_message is not None
+    assert early_stopping.stopping_reason_message.startswith(phrase)
+    assert fitted.should_stop
+
+    lightning = EarlyStopping(monitor=plateau.monitor, mode=plateau.mode, patience=100, **kwargs)
+    reference = trainer(tmp_path / "lightning", max_epochs=4, limit_val_batches=1, callbacks=[lightning])
+    reference.fit(ScriptedModel(values, monitor=plateau.monitor, train_batches=1))
+    assert (lightning.stopped_epoch + 1, lightning.stopping_reason) == (expected_stop, expected_reason)
+    lightning_phrase = phrase.split(":")[0] if expected_rule != "non_finite" else "is not finite"
+    assert lightning_phrase in (lightning.stopping_reason_message or "")
+
+
+def test_early_stopping_accepts_lightnings_arguments_that_agree_with_the_plateau(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`min_delta`, `strict` and `log_rank_zero_only` are accepted with Lightning's meaning where they agree."""
+    plateau = PlateauConfig(patience=1, factor=0.5, threshold=0.1, threshold_mode="abs", strict=False)
+    early_stopping = PlateauEarlyStopping(
+        2, wait_for_min_lr=False, reset_on_cut=False, min_delta=0.1, strict=False, log_rank_zero_only=False
+    )
+    with caplog.at_level("INFO", logger="lightning.pytorch.callbacks.early_stopping"):
+        _fit(tmp_path, [1.0, 0.95, 0.92, 0.5], plateau, early_stopping, max_epochs=4)
+    # 0.95 and 0.92 improve on 1.0 by less than min_delta 0.1: two evaluations without improvement
+    assert (early_stopping.stopped_epoch, early_stopping.stop_rule) == (2, "patience")
+    assert early_stopping.strict is False
+    assert any("patience exhausted" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("plateau", "kwargs", "match"),
+    [
+        (
+            WORKED,
+            {"min_delta": 0.01},
+            r"PlateauEarlyStopping\(min_delta=0\.01\) contradicts the plateau it follows \(threshold 0\.0001,"
+            r" threshold_mode 'rel'\).*PlateauConfig\(threshold=0\.01, threshold_mode=\"abs\"\)",
+        ),
+        (
+            dataclasses.replace(WORKED, threshold=0.02, threshold_mode="abs"),
+            {"min_delta": 0.01},
+            r"PlateauConfig\(threshold=0\.01, threshold_mode=\"abs\"\)",
+        ),
+        (
+            WORKED,
+            {"strict": False},
+            r"PlateauEarlyStopping\(strict=False\) contradicts .*PlateauConfig\(strict=True\).*"
+            r"set it on the plateau: PlateauConfig\(strict=False\)",
+        ),
+    ],
+)
+def test_early_stopping_refuses_settings_that_are_the_plateaus(
+    tmp_path: Any, plateau: PlateauConfig, kwargs: dict[str, Any], match: str
+) -> None:
+    """A `min_delta` or `strict` that differs from the plateau's rule fails at fit start, naming where to set it."""
+    with pytest.raises(MisconfigurationException, match=match):
+        _fit(tmp_path, FLAT, plateau, PlateauEarlyStopping(**kwargs), max_epochs=1)

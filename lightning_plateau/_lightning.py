@@ -1,14 +1,28 @@
-"""Every private Lightning internal the package reads, in one place.
+"""Every private Lightning internal the package reads, and what differs between Lightning releases, in one place.
 
-Checked against lightning 2.6.6. When a Lightning release moves one of these, this is the file to change; the
-rest of the package uses public Lightning API only.
+Checked against lightning 2.4.0, 2.5.6 and 2.6.6. When a Lightning release moves one of these, this is the file to
+change; the rest of the package uses public Lightning API only.
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 import lightning.pytorch as pl
+
+try:
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason as EarlyStoppingReason
+except ImportError:  # Lightning < 2.6 has no reasons: the same names and values, so code and checks read alike
+
+    class EarlyStoppingReason(Enum):  # type: ignore[no-redef]
+        """Why early stopping stopped training, as Lightning 2.6 names it."""
+
+        NOT_STOPPED = 0
+        STOPPING_THRESHOLD = 1
+        DIVERGENCE_THRESHOLD = 2
+        PATIENCE_EXHAUSTED = 3
+        NON_FINITE_METRIC = 4
 
 
 def fresh_metrics(trainer: pl.Trainer) -> dict[str, Any]:
@@ -51,3 +65,8 @@ def logging_step(trainer: pl.Trainer) -> int:
     if not isinstance(step, int):
         return trainer.global_step
     return max(step - 1, 0) if trainer.training else step
+
+
+def can_stop_early(trainer: pl.Trainer) -> bool:
+    """Whether ``trainer.should_stop`` ends the fit now (``min_epochs`` and ``min_steps`` are met)."""
+    return bool(trainer.fit_loop._can_stop_early)

@@ -7,12 +7,13 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
+from lightning.pytorch.callbacks.early_stopping import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException  # type: ignore[attr-defined]
 from typing_extensions import override
 
 from lightning_plateau._format import format_lr, format_lrs, format_value
+from lightning_plateau._lightning import EarlyStoppingReason, can_stop_early
 from lightning_plateau.callback import PlateauCallback
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
@@ -111,8 +112,8 @@ class PlateauEarlyStopping(EarlyStopping):
         ValueError: if ``patience`` or ``max_reductions`` is not an int >= 0, ``monitor`` is an empty string,
             ``min_delta`` is not a finite number >= 0, a threshold is not a number, a flag is not a bool, or
             ``check_on_train_epoch_end`` is given.
-        MisconfigurationException: if ``mode`` is not ``"min"`` or ``"max"``; at setup, if the Trainer has no
-            PlateauCallback; once the plateau is known (setup or fit start), if ``monitor``, ``mode``,
+        MisconfigurationException: if ``mode`` is not ``"min"`` or ``"max"``; at train start, if no PlateauCallback
+            drives a plateau in the Trainer; once the plateau is known (setup or fit start), if ``monitor``, ``mode``,
             ``min_delta`` or ``strict`` contradicts the plateau's.
 
     Example::
@@ -210,16 +211,11 @@ class PlateauEarlyStopping(EarlyStopping):
         if stage != "fit":
             return
         self._start_fit()
-        plateaus = [cb for cb in trainer.callbacks if isinstance(cb, PlateauCallback)]  # type: ignore[attr-defined]
-        if not plateaus:
-            raise MisconfigurationException(
-                "PlateauEarlyStopping stops on the plateau scheduler's evaluations, but the Trainer has no"
-                " PlateauCallback. Inherit PlateauMixin in the LightningModule (it adds one), or pass"
-                " `Trainer(callbacks=[PlateauCallback(PlateauConfig(...)), PlateauEarlyStopping()])`. Without a"
-                " plateau scheduler, use Lightning's EarlyStopping."
-            )
-        if plateaus[0].config is not None:
-            self._follow(plateaus[0])
+        # A PlateauCallback given with its config is followed now; one added for the user (by the mixin or
+        # Lightning's entry point) announces itself at fit start, once it knows it drives a plateau.
+        given = [cb for cb in trainer.callbacks if isinstance(cb, PlateauCallback) and not cb._implicit]  # type: ignore[attr-defined]
+        if given and given[0].config is not None:
+            self._follow(given[0])
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -229,10 +225,17 @@ class PlateauEarlyStopping(EarlyStopping):
         before its first epoch: a run that had stopped stays stopped, as the uninterrupted run did. With
         ``min_epochs``/``min_steps`` not yet met, Lightning goes on training, as it would have without a resume.
         """
+        if self._plateau is None or self._plateau.scheduler is None:
+            raise MisconfigurationException(
+                "PlateauEarlyStopping stops on the plateau scheduler's evaluations, but no PlateauCallback drives a"
+                " plateau in this Trainer. Inherit PlateauMixin in the LightningModule, return a PlateauScheduler"
+                " from `configure_optimizers`, or pass `Trainer(callbacks=[PlateauCallback(PlateauConfig(...)),"
+                " PlateauEarlyStopping()])`. Without a plateau scheduler, use Lightning's EarlyStopping."
+            )
         if self.stop_rule is None:
             return
         trainer.should_stop = True
-        if trainer.fit_loop._can_stop_early:
+        if can_stop_early(trainer):
             rank_zero_warn(
                 f"PlateauEarlyStopping: the checkpoint was written after this run had stopped at epoch"
                 f" {self.stopped_epoch + 1} ({self.stopping_reason_message}); not training further. To train on,"

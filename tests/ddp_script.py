@@ -23,11 +23,11 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
-from helpers import loader
+from helpers import loader, plateau_of
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import lightning_plateau
-from lightning_plateau import PlateauCallback, PlateauConfig, PlateauEarlyStopping, PlateauMixin
+from lightning_plateau import PlateauConfig, PlateauEarlyStopping, PlateauMixin
 
 _PACKAGE_DIR = str(Path(lightning_plateau.__file__).resolve().parent)
 _COLLECTIVES = (
@@ -165,7 +165,7 @@ class _Recorder(pl.Callback):
         self._write(trainer, pl_module, error=f"{type(exception).__name__}: {exception}")
 
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, error: Optional[str]) -> None:
-        plateau = next(cb for cb in trainer.callbacks if isinstance(cb, PlateauCallback))  # type: ignore[attr-defined]
+        plateau = plateau_of(trainer)
         scheduler = plateau.scheduler
         stopper = trainer.early_stopping_callback
         result = {

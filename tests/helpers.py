@@ -114,6 +114,10 @@ def plateau_of(fit: pl.Trainer) -> PlateauCallback:
     Every Trainer also holds the callback Lightning's entry point adds, which stands by when another drives.
     """
     callbacks = [cb for cb in fit.callbacks if isinstance(cb, PlateauCallback)]  # type: ignore[attr-defined]
-    driving = [cb for cb in callbacks if cb.scheduler is not None] or [cb for cb in callbacks if not cb._implicit]
+    driving = (
+        [cb for cb in callbacks if cb.scheduler is not None]
+        or [cb for cb in callbacks if not cb._implicit]
+        or callbacks
+    )
     (callback,) = driving
     return callback

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import pytest
 import torch
-from helpers import ScriptedModel, ScriptedPlateauModel, trainer
+from helpers import ScriptedModel, ScriptedPlateauModel, plateau_of, trainer
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
@@ -74,7 +74,7 @@ def _quiet(plateau: PlateauConfig) -> PlateauCallback:
 
 
 def _plateau(fitted: Trainer) -> PlateauCallback:
-    return next(cb for cb in fitted.callbacks if isinstance(cb, PlateauCallback))  # type: ignore[attr-defined]
+    return plateau_of(fitted)
 
 
 def _cut_epochs(fitted: Trainer) -> list[Optional[int]]:
@@ -332,7 +332,9 @@ def test_early_stopping_follows_plateau_without_mixin(tmp_path: Any, make_model:
 def test_early_stopping_without_plateau_raises(tmp_path: Any) -> None:
     """A Trainer without a PlateauCallback fails at setup with the fix."""
     fitted = trainer(tmp_path, callbacks=[PlateauEarlyStopping()])
-    with pytest.raises(MisconfigurationException, match=r"the Trainer has no PlateauCallback\. Inherit PlateauMixin"):
+    with pytest.raises(
+        MisconfigurationException, match=r"no PlateauCallback drives a plateau in this Trainer\. Inherit PlateauMixin"
+    ):
         fitted.fit(ScriptedModel([1.0]))
 
 

@@ -367,10 +367,10 @@ BAD_CSV = "epoch,step,val_acc,train_loss\n0,3,0.5,1.0\n"
             {}, ["ok.txt", "--patience", "abc"], "`patience` must be an int >= 0, got 'abc'", id="patience-text"
         ),
         pytest.param({}, ["ok.txt", "--cooldown", "1.5"], "`cooldown` must be an int >= 0, got 1.5", id="cooldown"),
-        pytest.param({}, ["ok.txt", "--mode", "maximum"], "`mode` can be 'min' or 'max', got 'maximum'", id="mode"),
+        pytest.param({}, ["ok.txt", "--mode", "maximum"], "argument --mode: invalid choice: 'maximum'", id="mode"),
         pytest.param({}, ["ok.txt", "--factor", "2"], "`factor` must be a float in (0, 1), got 2", id="factor"),
         pytest.param(
-            {}, ["ok.txt", "--threshold-mode", "pct"], "`threshold_mode` can be 'rel' or 'abs', got 'pct'", id="tmode"
+            {}, ["ok.txt", "--threshold-mode", "pct"], "argument --threshold-mode: invalid choice: 'pct'", id="tmode"
         ),
         pytest.param(
             {}, ["ok.txt", "--threshold", "-1"], "`threshold` must be a finite float >= 0, got -1", id="thresh"

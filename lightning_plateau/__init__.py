@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 from lightning_plateau.replay import Replay, ReplayRow, replay
 
 if TYPE_CHECKING:
+    from lightning_plateau._rule import PlateauCut, PlateauEvaluation
     from lightning_plateau.callback import PlateauCallback
     from lightning_plateau.chart import plot_plateau
     from lightning_plateau.config import PlateauConfig
     from lightning_plateau.early_stopping import PlateauEarlyStopping
     from lightning_plateau.mixin import PlateauMixin
-    from lightning_plateau.scheduler import PlateauCut, PlateauEvaluation, PlateauScheduler
+    from lightning_plateau.scheduler import PlateauScheduler
     from lightning_plateau.traces import wandb_run_dir
 
 __version__ = "0.1.0"
@@ -27,9 +28,9 @@ __version__ = "0.1.0"
 _WHERE = {
     "PlateauCallback": "callback",
     "PlateauConfig": "config",
-    "PlateauCut": "scheduler",
+    "PlateauCut": "_rule",
     "PlateauEarlyStopping": "early_stopping",
-    "PlateauEvaluation": "scheduler",
+    "PlateauEvaluation": "_rule",
     "PlateauMixin": "mixin",
     "PlateauScheduler": "scheduler",
     "plot_plateau": "chart",

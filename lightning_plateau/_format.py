@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from lightning_plateau._rule import PlateauCut
 from lightning_plateau.config import PlateauConfig
-from lightning_plateau.scheduler import PlateauCut
 
 
 def format_lr(lr: float) -> str:

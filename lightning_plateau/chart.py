@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from lightning_plateau._format import cuts_in_evaluations, format_lr, format_lrs, plural
+from lightning_plateau._rule import PlateauEvaluation
 from lightning_plateau.config import PlateauConfig
-from lightning_plateau.scheduler import PlateauEvaluation
 
 _VALUE = "#1f77b4"
 _BEST = "#2ca02c"

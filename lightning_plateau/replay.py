@@ -10,8 +10,8 @@ from typing import Any, NamedTuple, Optional, SupportsFloat, Union, overload
 import torch
 
 from lightning_plateau._format import format_cut
+from lightning_plateau._rule import PlateauCut, PlateauEvaluation, _PlateauRule
 from lightning_plateau.config import PlateauConfig
-from lightning_plateau.scheduler import PlateauCut, PlateauEvaluation, PlateauScheduler
 
 
 class ReplayRow(NamedTuple):
@@ -222,7 +222,7 @@ def replay(
 
     # One dummy parameter per group: torch refuses a parameter in two groups.
     groups = [{"params": [torch.nn.Parameter(torch.zeros(()))], "lr": group_lr} for group_lr in initial_lrs]
-    scheduler = PlateauScheduler(torch.optim.SGD(groups), config)
+    scheduler = _PlateauRule(torch.optim.SGD(groups), config)
     bests: list[float] = []
     num_bad: list[int] = []
     cooldowns: list[int] = []

@@ -1,101 +1,16 @@
-"""torch's ReduceLROnPlateau rule, exactly, with its known bugs fixed and every cut recorded."""
+"""PlateauScheduler: the plateau rule as the ReduceLROnPlateau that Lightning and LightningCLI know, with a monitor."""
 
 from __future__ import annotations
 
-import math
-import warnings
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, Optional, SupportsFloat
+from lightning.pytorch.cli import ReduceLROnPlateau as LightningReduceLROnPlateau
 
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import ReduceLROnPlateau
-from typing_extensions import override
+from lightning_plateau._rule import PlateauCut, PlateauEvaluation, _PlateauRule
 
-from lightning_plateau.config import PlateauConfig
-
-# Attributes that belong to the running object, not to the decision state a checkpoint must restore.
-_TRANSIENT = frozenset({"optimizer", "config", "_driver", "_context", "_cut_limit"})
-# The policy comes from the config the scheduler is built with; a checkpoint brings back the counters only.
-_POLICY = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "eps")
-_DERIVED_FROM_POLICY = frozenset({"min_lrs", "default_min_lr", "mode_worse", "monitor"})
+__all__ = ["PlateauCut", "PlateauEvaluation", "PlateauScheduler"]
 
 
-@dataclass(frozen=True)
-class PlateauCut:
-    """One learning-rate cut, as the scheduler saw it.
-
-    Attributes:
-        evaluation: 1-based index of the evaluation (fresh value) that caused the cut.
-        epoch: the trainer's epoch at that evaluation (0-based), ``None`` outside a Trainer.
-        global_step: the trainer's global step at that evaluation, ``None`` outside a Trainer.
-        value: the value that was judged.
-        best: the best value so far (the one it failed to improve on).
-        best_evaluation: evaluation index at which ``best`` was reached, ``None`` if no value ever improved.
-        best_epoch: epoch at which ``best`` was reached, ``None`` when unknown.
-        num_bad: evaluations without improvement that triggered the cut (``patience + 1``).
-        lrs_before: LR of each param group before the cut.
-        lrs_after: LR of each param group after the cut.
-    """
-
-    evaluation: int
-    epoch: Optional[int]
-    global_step: Optional[int]
-    value: float
-    best: float
-    best_evaluation: Optional[int]
-    best_epoch: Optional[int]
-    num_bad: int
-    lrs_before: tuple[float, ...]
-    lrs_after: tuple[float, ...]
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain data (lists for the LRs), safe in any checkpoint and in JSON."""
-        data = asdict(self)
-        data["lrs_before"] = list(self.lrs_before)
-        data["lrs_after"] = list(self.lrs_after)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PlateauCut:
-        """Inverse of :meth:`as_dict`."""
-        fields = dict(data)
-        fields["lrs_before"] = tuple(fields["lrs_before"])
-        fields["lrs_after"] = tuple(fields["lrs_after"])
-        return cls(**fields)
-
-
-@dataclass(frozen=True)
-class PlateauEvaluation:
-    """The scheduler's state right after judging one value: one row of a plateau history.
-
-    Attributes:
-        evaluation: 1-based index of the evaluation.
-        epoch: the trainer's epoch (0-based), ``None`` outside a Trainer.
-        global_step: the trainer's global step, ``None`` outside a Trainer.
-        value: the value judged.
-        best: best value so far, after this evaluation.
-        num_bad: evaluations without improvement counted so far (0 right after a cut).
-        cooldown: evaluations of cooldown left.
-        lrs: LR of each param group after the decision.
-        cut: whether this evaluation cut the LR.
-        withheld: whether the plateau called for a cut here that was not applied, because the cut limit of
-            ``PlateauEarlyStopping(max_reductions=...)`` was reached (the run stops at this evaluation).
-    """
-
-    evaluation: int
-    epoch: Optional[int]
-    global_step: Optional[int]
-    value: float
-    best: float
-    num_bad: int
-    cooldown: int
-    lrs: tuple[float, ...]
-    cut: bool
-    withheld: bool = False
-
-
-class PlateauScheduler(ReduceLROnPlateau):
+# Lightning's class stores `monitor` as an attribute; here it is the config's, read-only, so the two never disagree.
+class PlateauScheduler(_PlateauRule, LightningReduceLROnPlateau):  # type: ignore[override]
     """torch's ``ReduceLROnPlateau`` configured by a :class:`PlateauConfig`, with two of its bugs fixed.
 
     For every config :class:`PlateauConfig` accepts and every sequence of values holding no finite negative
@@ -132,236 +47,29 @@ class PlateauScheduler(ReduceLROnPlateau):
 
     Args:
         optimizer: the optimizer whose param groups' LRs are reduced.
-        config: the policy, a :class:`PlateauConfig` or a dict of its fields (``None``: the defaults).
+        config: the policy, a :class:`PlateauConfig` or a dict of its fields. ``None``: the keyword fields below,
+            else the defaults.
+        monitor: the metric a Trainer's PlateauCallback judges (what LightningCLI's ``--lr_scheduler.monitor``
+            sets); with ``mode``, ``factor``, ``patience``, ``threshold``, ``threshold_mode``, ``cooldown``,
+            ``min_lr``, ``eps`` and ``strict`` the fields of :class:`PlateauConfig`, as torch's
+            ``ReduceLROnPlateau`` takes them: replacing ``ReduceLROnPlateau(`` by ``PlateauScheduler(`` keeps a
+            line working. Fields not given take PlateauConfig's defaults, which are torch's. Give these or
+            ``config``, not both.
 
     Raises:
-        ValueError: if ``config.min_lr`` is a list whose length differs from the number of param groups.
-        TypeError: if ``optimizer`` is not a torch optimizer or ``config`` is not a config or dict.
+        ValueError: if a field is outside its allowed range, or ``min_lr`` is a list whose length differs from the
+            number of param groups.
+        TypeError: if ``optimizer`` is not a torch optimizer, ``config`` is not a config or dict, or ``config``
+            and keyword fields are both given.
+
+    LightningCLI takes it as ``--lr_scheduler lightning_plateau.PlateauScheduler --lr_scheduler.monitor val_loss``:
+    it is a ``lightning.pytorch.cli.ReduceLROnPlateau`` (itself torch's class) with a ``monitor``, so LightningCLI
+    returns it with its monitor and the Trainer's PlateauCallback drives it.
 
     Example::
 
-        scheduler = PlateauScheduler(optimizer, PlateauConfig(patience=3))
+        scheduler = PlateauScheduler(optimizer, mode="min", factor=0.5, patience=3)  # torch's keywords
+        scheduler = PlateauScheduler(optimizer, PlateauConfig(patience=3))  # or a config
         for epoch in range(20):
             scheduler.step(validate(model))
     """
-
-    def __init__(self, optimizer: Optimizer, config: PlateauConfig | Mapping[str, Any] | None = None) -> None:
-        config = PlateauConfig.coerce(config)
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"PlateauScheduler needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        super().__init__(
-            optimizer,
-            mode=config.mode,
-            factor=config.factor,
-            patience=config.patience,
-            threshold=config.threshold,
-            threshold_mode=config.threshold_mode,
-            cooldown=config.cooldown,
-            min_lr=config.min_lr_for(len(optimizer.param_groups)),
-            eps=config.eps,
-        )
-        self.config = config
-        # torch < 2.6 has no `default_min_lr`; `_reduce_lr` below needs it to extend min_lr to new groups.
-        self.default_min_lr = None if isinstance(config.min_lr, list) else config.min_lr
-        self.num_evaluations = 0
-        self.best_evaluation: Optional[int] = None
-        self.best_epoch: Optional[int] = None
-        self.cuts: list[PlateauCut] = []
-        #: the latest cut the plateau called for beyond the cut limit: not applied (``lrs_after`` is what it would
-        #: have set), ``None`` if there was none
-        self.withheld: Optional[PlateauCut] = None
-        # How many cuts may be applied, ``None``: no limit. Set for one fit by PlateauEarlyStopping(max_reductions=K),
-        # which stops the run at the evaluation that calls for cut K+1, so that cut is never applied.
-        self._cut_limit: Optional[int] = None
-        self._warned_new_groups = False
-        self._value = math.nan
-        # (epoch, global_step) of the evaluation being judged; set by the callback
-        self._context: tuple[Optional[int], Optional[int]] = (None, None)
-        # the PlateauCallback that owns stepping inside a Trainer, if any
-        self._driver: Optional[object] = None
-
-    @property
-    def monitor(self) -> str:
-        """The monitored metric's name, from the config."""
-        return self.config.monitor
-
-    @property
-    def num_reductions(self) -> int:
-        """How many cuts have been applied so far."""
-        return len(self.cuts)
-
-    @property
-    def last_cut(self) -> Optional[PlateauCut]:
-        """The latest cut, ``None`` before the first."""
-        return self.cuts[-1] if self.cuts else None
-
-    def snapshot(self) -> PlateauEvaluation:
-        """The state after the latest evaluation, as a :class:`PlateauEvaluation` row."""
-        last = self.last_cut
-        epoch, global_step = self._context
-        return PlateauEvaluation(
-            evaluation=self.num_evaluations,
-            epoch=epoch,
-            global_step=global_step,
-            value=self._value,
-            best=float(self.best),
-            num_bad=int(self.num_bad_epochs),
-            cooldown=int(self.cooldown_counter),
-            lrs=tuple(float(group["lr"]) for group in self.optimizer.param_groups),
-            cut=last is not None and last.evaluation == self.num_evaluations,
-            withheld=self.withheld is not None and self.withheld.evaluation == self.num_evaluations,
-        )
-
-    @override
-    def step(self, metrics: Optional[SupportsFloat] = None, epoch: Optional[int] = None) -> None:  # type: ignore[override]
-        """Judge one fresh value of the monitored metric and cut the LR when the rule says so.
-
-        Inside a Trainer with a :class:`~lightning_plateau.PlateauCallback` the callback does the stepping:
-        a value passed here by hand is refused, and Lightning's own loop calls ``step()`` without a value,
-        which is ignored.
-
-        Args:
-            metrics: the value (a float or a 0-dim tensor).
-            epoch: deprecated by torch; passed through to torch's class.
-
-        Raises:
-            RuntimeError: if a value is passed by hand while a PlateauCallback owns the stepping.
-        """
-        if self._driver is not None:
-            if metrics is None:
-                # Lightning's training loop steps every scheduler at epoch end; the callback owns this one.
-                return
-            raise RuntimeError(
-                f"This PlateauScheduler is stepped by {type(self._driver).__name__} once per fresh value of"
-                f" '{self.monitor}'; stepping it by hand as well would count evaluations twice. Remove the"
-                " call to `.step(...)` (with manual optimization too: the callback steps it for you)."
-            )
-        if metrics is None:
-            raise TypeError("PlateauScheduler.step() needs the monitored value, e.g. `scheduler.step(val_loss)`")
-        self._judge(float(metrics), epoch)
-
-    def _judge(self, value: float, epoch: Optional[int] = None) -> None:
-        best_before = self.best
-        self._value = value
-        self.num_evaluations += 1
-        super().step(value, epoch)
-        if self.withheld is not None and self.withheld.evaluation == self.num_evaluations:
-            # torch resets the counters after every cut it calls for; a withheld cut consumed none of them.
-            self.num_bad_epochs, self.cooldown_counter = self.withheld.num_bad, 0
-        if self.best != best_before:
-            self.best_evaluation = self.num_evaluations
-            self.best_epoch = self._context[0]
-
-    def _is_better(self, a: float, best: float) -> bool:
-        # torch's comparisons verbatim, except that a negative best takes the relative threshold of |best|: torch
-        # multiplies it by (1 - t) for "min" and (1 + t) for "max", which moves the bar the wrong way. The starting
-        # best keeps torch's bar even when it is negative (-inf for "max"): the |best| bar would be -inf * (1 - t),
-        # NaN or +inf once t >= 1, that nothing beats, where torch's -inf * (1 + t) = -inf is beaten by any value.
-        t = self.threshold
-        torch_rel = best >= 0 or best == self.mode_worse
-        if self.mode == "min":
-            if self.threshold_mode == "rel":
-                return bool(a < best * (1.0 - t if torch_rel else 1.0 + t))
-            return bool(a < best - t)
-        if self.threshold_mode == "rel":
-            return bool(a > best * (t + 1.0 if torch_rel else 1.0 - t))
-        return bool(a > best + t)
-
-    # torch releases before 2.4 call the comparison `is_better`, later ones `_is_better`.
-    is_better = _is_better
-
-    def min_lr_bounds(self) -> list[float]:
-        """The ``min_lr`` of each of the optimizer's param groups, as the next cut applies it.
-
-        Groups added after construction (as ``BaseFinetuning`` does) get the scalar ``min_lr``, or ``0.0``
-        when ``min_lr`` was a list.
-        """
-        num_groups = len(self.optimizer.param_groups)
-        bounds = [float(bound) for bound in self.min_lrs[:num_groups]]
-        fill = 0.0 if self.default_min_lr is None else float(self.default_min_lr)
-        return bounds + [fill] * (num_groups - len(bounds))
-
-    @property
-    def exhausted(self) -> bool:
-        """Whether a cut now would change no param group's LR: ``lr - max(lr * factor, min_lr) <= eps`` for all.
-
-        This is torch's own test for applying a cut, so an exhausted scheduler has nothing left to cut.
-        """
-        lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
-        bounds = self.min_lr_bounds()
-        return all(lr - max(lr * self.factor, bound) <= self.eps for lr, bound in zip(lrs, bounds, strict=True))
-
-    @override
-    def _reduce_lr(self, epoch: Any) -> None:
-        groups = self.optimizer.param_groups
-        if len(groups) > len(self.min_lrs):
-            if self.default_min_lr is None and not self._warned_new_groups:
-                warnings.warn(
-                    f"The optimizer has {len(groups)} param groups but `min_lr` lists {len(self.min_lrs)}:"
-                    " the groups added since the scheduler was built get min_lr 0.0. Pass a single float"
-                    " min_lr to give every group the same bound.",
-                    UserWarning,
-                    stacklevel=2,
-                )
-                self._warned_new_groups = True
-            self.min_lrs = self.min_lr_bounds()
-        before = tuple(float(group["lr"]) for group in groups)
-        if self._cut_limit is not None and self.num_reductions >= self._cut_limit and not self.exhausted:
-            cut = [max(lr * self.factor, bound) for lr, bound in zip(before, self.min_lr_bounds(), strict=True)]
-            would_be = tuple(new if lr - new > self.eps else lr for lr, new in zip(before, cut, strict=True))
-            self.withheld = self._cut(before, would_be)
-            return
-        super()._reduce_lr(epoch)
-        after = tuple(float(group["lr"]) for group in groups)
-        if after != before:
-            self.cuts.append(self._cut(before, after))
-
-    def _cut(self, before: tuple[float, ...], after: tuple[float, ...]) -> PlateauCut:
-        epoch_now, step_now = self._context
-        return PlateauCut(
-            evaluation=self.num_evaluations,
-            epoch=epoch_now,
-            global_step=step_now,
-            value=self._value,
-            best=float(self.best),
-            best_evaluation=self.best_evaluation,
-            best_epoch=self.best_epoch,
-            num_bad=int(self.num_bad_epochs),
-            lrs_before=before,
-            lrs_after=after,
-        )
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a later decision depends on, as plain data (loadable with ``weights_only=True``)."""
-        state = {key: value for key, value in self.__dict__.items() if key not in _TRANSIENT}
-        state["cuts"] = [cut.as_dict() for cut in self.cuts]
-        state["withheld"] = None if self.withheld is None else self.withheld.as_dict()
-        return state
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the counters, the best value and the cuts of :meth:`state_dict`.
-
-        The policy (mode, factor, patience, threshold, cooldown, min_lr, eps) stays this scheduler's own
-        config, so a run resumed with a changed :class:`PlateauConfig` follows the new one; a warning names
-        what changed. Keys added in later versions fall back to their defaults.
-        """
-        changed = [
-            f"{key} {state_dict[key]!r} -> {getattr(self, key)!r}"
-            for key in _POLICY
-            if key in state_dict and state_dict[key] != getattr(self, key)
-        ]
-        if changed:
-            warnings.warn(
-                f"The checkpoint's plateau policy differs from this scheduler's config ({', '.join(changed)}):"
-                " its counters and best value are restored, and the config's policy applies from here.",
-                UserWarning,
-                stacklevel=2,
-            )
-        skip = _TRANSIENT | _DERIVED_FROM_POLICY | set(_POLICY)
-        state = {key: value for key, value in state_dict.items() if key not in skip}
-        state["cuts"] = [PlateauCut.from_dict(cut) for cut in state.get("cuts", [])]
-        withheld = state.get("withheld")
-        state["withheld"] = None if withheld is None else PlateauCut.from_dict(withheld)
-        super().load_state_dict(state)

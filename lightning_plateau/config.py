@@ -1,14 +1,28 @@
 """The plateau policy: what to watch and how to cut, as one validated dataclass."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: LightningCLI's parser reads the ranges from the field types
+# themselves (postponed annotations would reach it with the ranges stripped).
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import torch
+
+# The ranges ride on the field types where annotated_types is installed (it comes with pydantic, which LightningCLI's
+# jsonargparse uses to check them): the parser itself then refuses `--model.plateau.factor 1.5` in one line that
+# names the key and the range, before anything is built. The config checks the same ranges itself in any case.
+try:
+    from annotated_types import Ge, Gt, Lt
+
+    _Factor = Annotated[float, Gt(0), Lt(1)]
+    _Count = Annotated[int, Ge(0)]
+    _NonNegative = Annotated[float, Ge(0)]
+except ImportError:  # pragma: no cover - a plain install
+    _Factor = float  # type: ignore[misc]
+    _Count = int  # type: ignore[misc]
+    _NonNegative = float  # type: ignore[misc]
 
 _MODES = ("min", "max")
 _THRESHOLD_MODES = ("rel", "abs")
@@ -70,13 +84,13 @@ class PlateauConfig:
 
     monitor: str = "val_loss"
     mode: Literal["min", "max"] = "min"
-    factor: float = 0.1
-    patience: int = 10
-    threshold: float = 1e-4
+    factor: _Factor = 0.1
+    patience: _Count = 10
+    threshold: _NonNegative = 1e-4
     threshold_mode: Literal["rel", "abs"] = "rel"
-    cooldown: int = 0
-    min_lr: Union[float, list[float]] = 0.0
-    eps: float = 1e-8
+    cooldown: _Count = 0
+    min_lr: Union[_NonNegative, list[_NonNegative]] = 0.0
+    eps: _NonNegative = 1e-8
     strict: bool = True
 
     def __post_init__(self) -> None:
@@ -102,8 +116,11 @@ class PlateauConfig:
             object.__setattr__(self, "min_lr", float(self.min_lr))
         if not isinstance(self.strict, bool):
             raise ValueError(f"`strict` must be True or False, got {self.strict!r}")
+        # Plain numbers (not the parser's range-checked subclasses), so hparams and YAML hold plain data.
         for name in ("factor", "threshold", "eps"):
             object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("patience", "cooldown"):
+            object.__setattr__(self, name, int(getattr(self, name)))
 
     def __hash__(self) -> int:
         # The generated hash fails on a list `min_lr`, which stays a list because LightningCLI and YAML read it as
@@ -111,7 +128,7 @@ class PlateauConfig:
         return hash(tuple(tuple(v) if isinstance(v, list) else v for v in dataclasses.astuple(self)))
 
     @classmethod
-    def coerce(cls, config: PlateauConfig | Mapping[str, Any] | None) -> PlateauConfig:
+    def coerce(cls, config: "PlateauConfig | Mapping[str, Any] | None") -> "PlateauConfig":
         """Return ``config`` as a ``PlateauConfig``: a config as is, a mapping as keyword arguments.
 
         LightningCLI stores dataclass arguments in ``hparams`` as plain dicts, so every place that
@@ -134,8 +151,8 @@ class PlateauConfig:
 
     @classmethod
     def from_arguments(
-        cls, owner: str, config: PlateauConfig | Mapping[str, Any] | None, fields: Mapping[str, Any]
-    ) -> PlateauConfig:
+        cls, owner: str, config: "PlateauConfig | Mapping[str, Any] | None", fields: Mapping[str, Any]
+    ) -> "PlateauConfig":
         """The config of ``owner(config=..., **fields)``: a config (or dict), or keyword fields, never both.
 
         ``fields`` maps field names to the keyword values given, ``None`` for those not given. Without either,

@@ -8,11 +8,14 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.core.saving import load_hparams_from_yaml
 from lightning.pytorch.loggers import CSVLogger
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from lightning_plateau import PlateauCallback, PlateauConfig, PlateauMixin
+from lightning_plateau import PlateauCallback, PlateauConfig, PlateauMixin, PlateauScheduler
 from tests.helpers import ScriptedModel, trainer
 
 ACC = [0.5, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7, 0.7]
@@ -133,3 +136,76 @@ def test_dropin_wandb_config_has_the_plateau_fields(tmp_path: Path, monkeypatch:
     assert run.config["plateau"]["patience"] == 3
     assert run.config["plateau"]["factor"] == 0.5
     assert run.config["plateau"]["monitor"] == "val_loss"
+
+
+_TORCH_KEYWORDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "mode": st.sampled_from(["min", "max"]),
+        "factor": st.floats(0.05, 0.95),
+        "patience": st.integers(0, 4),
+        "threshold": st.sampled_from([0.0, 1e-4, 0.01, 0.5]),
+        "threshold_mode": st.sampled_from(["rel", "abs"]),
+        "cooldown": st.integers(0, 3),
+        "min_lr": st.sampled_from([0.0, 1e-4, [1e-3, 0.0]]),
+        "eps": st.sampled_from([0.0, 1e-8, 1e-3]),
+    },
+)
+
+
+def _two_group_optimizer() -> torch.optim.Optimizer:
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    return torch.optim.SGD([{"params": [params[0]], "lr": 0.1}, {"params": [params[1]], "lr": 0.05}])
+
+
+@settings(max_examples=300, deadline=None)
+@given(keywords=_TORCH_KEYWORDS, values=st.lists(st.floats(0.0, 10.0), min_size=1, max_size=40))
+def test_dropin_scheduler_takes_torch_keywords_with_torch_trajectory(
+    keywords: dict[str, Any], values: list[float]
+) -> None:
+    """`ReduceLROnPlateau(` -> `PlateauScheduler(` with torch's keywords gives torch's LRs, step for step."""
+    ours_optimizer, torch_optimizer = _two_group_optimizer(), _two_group_optimizer()
+    ours = PlateauScheduler(ours_optimizer, **keywords)
+    theirs = ReduceLROnPlateau(torch_optimizer, **keywords)
+    for value in values:
+        ours.step(value)
+        theirs.step(value)
+        assert [g["lr"] for g in ours_optimizer.param_groups] == [g["lr"] for g in torch_optimizer.param_groups]
+        assert (ours.best, ours.num_bad_epochs, ours.cooldown_counter) == (
+            theirs.best,
+            theirs.num_bad_epochs,
+            theirs.cooldown_counter,
+        )
+    assert ours.config == PlateauConfig(**keywords)
+
+
+def test_dropin_scheduler_keywords_equal_the_config_form() -> None:
+    """The keyword form and the config form build the same policy; `monitor` is a keyword too (LightningCLI's)."""
+    optimizer = _two_group_optimizer()
+    config = PlateauConfig(monitor="val_acc", mode="max", factor=0.5, patience=3, min_lr=[1e-3, 1e-4])
+    keyword = PlateauScheduler(optimizer, monitor="val_acc", mode="max", factor=0.5, patience=3, min_lr=[1e-3, 1e-4])
+    assert keyword.config == PlateauScheduler(optimizer, config).config == config
+    assert keyword.monitor == "val_acc"
+    assert PlateauScheduler(optimizer).config == PlateauConfig()
+
+
+def test_dropin_scheduler_config_and_keywords_together_are_refused() -> None:
+    """A config and keywords together: a TypeError naming the keywords."""
+    with pytest.raises(TypeError, match=r"PlateauScheduler got a config and the keyword\(s\) patience=2"):
+        PlateauScheduler(_two_group_optimizer(), PlateauConfig(), patience=2)
+
+
+def test_dropin_scheduler_torch_positional_mode_says_use_keywords() -> None:
+    """torch's positional `ReduceLROnPlateau(opt, "max")`: the error says to pass it by keyword."""
+    with pytest.raises(TypeError, match=r"PlateauScheduler\(optimizer, mode='max'\)"):
+        PlateauScheduler(_two_group_optimizer(), "max")  # type: ignore[arg-type]
+
+
+def test_dropin_scheduler_is_lightnings_cli_plateau_scheduler() -> None:
+    """It is Lightning's `cli.ReduceLROnPlateau` (so LightningCLI gives it its monitor) and torch's class."""
+    from lightning.pytorch.cli import ReduceLROnPlateau as LightningReduceLROnPlateau
+
+    scheduler = PlateauScheduler(_two_group_optimizer(), monitor="val_f1", mode="max")
+    assert isinstance(scheduler, LightningReduceLROnPlateau)
+    assert isinstance(scheduler, ReduceLROnPlateau)
+    assert scheduler.monitor == "val_f1"

@@ -158,16 +158,25 @@ def test_lightning_cli_bad_value_fails_parsing(
 
 
 @pytest.mark.parametrize(
-    ("args", "match"),
+    ("args", "expected_texts"),
     [
-        (["--model.plateau.factor", "2"], r"`factor` must be a float in \(0, 1\), got 2.0"),
-        (["--model.plateau.patience", "-1"], r"`patience` must be an int >= 0, got -1"),
+        (["--model.plateau.factor", "1.5"], ['Parser key "model.plateau.factor"', "less than 1", "1.5"]),
+        (["--model.plateau.factor", "0"], ['Parser key "model.plateau.factor"', "greater than 0"]),
+        (["--model.plateau.patience", "-1"], ['Parser key "model.plateau.patience"', "greater than or equal to 0"]),
+        (["--model.plateau.min_lr", "-0.1"], ['Parser key "model.plateau.min_lr"', "-0.1"]),
     ],
 )
-def test_lightning_cli_out_of_range_value_is_named(tmp_path: Path, args: list[str], match: str) -> None:
-    """A well-typed value outside PlateauConfig's range fails at instantiation with the config's own message."""
-    with pytest.raises(ValueError, match=match):
+def test_lightning_cli_out_of_range_value_is_a_parser_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected_texts: list[str]
+) -> None:
+    """A well-typed value outside PlateauConfig's range stops the parser (no traceback), naming the key and range."""
+    with pytest.raises(SystemExit) as excinfo:
         cli(tmp_path, args, run=False)
+    assert excinfo.value.code != 0
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    for text in expected_texts:
+        assert text in error
 
 
 def test_lightning_cli_checkpoint_reloads_plateau_config(tmp_path: Path) -> None:
@@ -186,3 +195,85 @@ def test_lightning_cli_checkpoint_reloads_plateau_config(tmp_path: Path) -> None
     scheduler = loaded.configure_optimizers()["lr_scheduler"]["scheduler"]
     assert isinstance(scheduler, PlateauScheduler)
     assert scheduler.config == expected
+
+
+class FlatModel(pl.LightningModule):
+    """No mixin and no configure_optimizers: LightningCLI's --optimizer and --lr_scheduler configure it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+        self.validations = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layer(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", 1.0)
+
+    def on_validation_epoch_end(self) -> None:
+        self.validations += 1
+
+    def train_dataloader(self) -> DataLoader:
+        return loader(8)
+
+    def val_dataloader(self) -> DataLoader:
+        return loader(4)
+
+
+_SCHEDULER_ARGS = [
+    "--optimizer",
+    "Adam",
+    "--optimizer.lr",
+    "0.01",
+    "--lr_scheduler",
+    "lightning_plateau.PlateauScheduler",
+    "--lr_scheduler.monitor",
+    "val_loss",
+    "--lr_scheduler.patience",
+    "1",
+    "--lr_scheduler.factor",
+    "0.5",
+]
+_SCHEDULER_YAML = {
+    "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}},
+    "lr_scheduler": {
+        "class_path": "lightning_plateau.PlateauScheduler",
+        "init_args": {"monitor": "val_loss", "patience": 1, "factor": 0.5},
+    },
+}
+
+
+@pytest.mark.parametrize("form", ["command-line", "yaml"])
+def test_lightning_cli_lr_scheduler_plateau_fits_and_steps_once_per_fresh_value(tmp_path: Path, form: str) -> None:
+    """`--lr_scheduler lightning_plateau.PlateauScheduler` without code changes: the monitor is wired in and the
+    scheduler judges each validation once (every 2nd epoch over 8 epochs: 4 values, 1 cut on a flat metric)."""
+    if form == "yaml":
+        path = tmp_path / "scheduler.yaml"
+        path.write_text(yaml.safe_dump(_SCHEDULER_YAML))
+        args = ["--config", str(path)]
+    else:
+        args = list(_SCHEDULER_ARGS)
+    result = LightningCLI(
+        FlatModel,
+        args=[
+            "fit",
+            *("--trainer.default_root_dir", str(tmp_path), "--trainer.accelerator", "cpu"),
+            *("--trainer.max_epochs", "8", "--trainer.check_val_every_n_epoch", "2", "--trainer.logger", "false"),
+            *("--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false"),
+            *("--trainer.enable_checkpointing", "false"),
+            *args,
+        ],
+        save_config_kwargs={"overwrite": True},
+    )
+    (scheduler_config,) = result.trainer.lr_scheduler_configs
+    scheduler = scheduler_config.scheduler
+    assert isinstance(scheduler, PlateauScheduler)
+    assert scheduler_config.monitor == "val_loss"
+    assert scheduler.config == PlateauConfig(monitor="val_loss", patience=1, factor=0.5)
+    assert result.model.validations == 4
+    assert scheduler.num_evaluations == 4
+    assert [cut.evaluation for cut in scheduler.cuts] == [3]
+    assert result.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.005)
+    assert plateau_of(result.trainer).scheduler is scheduler

@@ -12,11 +12,12 @@ import torch
 from helpers import ScriptedModel, ScriptedPlateauModel, plateau_of, trainer
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
+from lightning.pytorch.callbacks.early_stopping import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_plateau import PlateauCallback, PlateauConfig, PlateauEarlyStopping, PlateauScheduler
+from lightning_plateau._lightning import EarlyStoppingReason
 
 # The class docstring's worked example: best at epoch 3 (1-based), cuts at epochs 6 and 10, LR exhausted at 10.
 WORKED = PlateauConfig(patience=2, cooldown=1, factor=0.1, min_lr=1e-3)

@@ -70,3 +70,8 @@ def logging_step(trainer: pl.Trainer) -> int:
 def can_stop_early(trainer: pl.Trainer) -> bool:
     """Whether ``trainer.should_stop`` ends the fit now (``min_epochs`` and ``min_steps`` are met)."""
     return bool(trainer.fit_loop._can_stop_early)
+
+
+def batches_started(trainer: pl.Trainer) -> int:
+    """Training batches started in this fit so far, counting those before a resume (restored from the checkpoint)."""
+    return int(trainer.fit_loop.epoch_loop.batch_progress.total.ready)

@@ -18,7 +18,7 @@ from typing_extensions import override
 
 from lightning_plateau._checks import check_setup
 from lightning_plateau._format import format_cut, format_lrs
-from lightning_plateau._lightning import fresh_metrics
+from lightning_plateau._lightning import batches_started, fresh_metrics
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
 from lightning_plateau.traces import _summary_message, _Traces
@@ -135,8 +135,10 @@ class PlateauCallback(Callback):
         self._source: Optional[str] = None
         self._validation_runs = 0
         self._train_epochs = 0
-        self._epoch_started = False
+        self._epoch_start: Optional[int] = None
         self._missing_reported = False
+        # training batches started when the latest value was judged (a validation run again after a resume is not)
+        self._judged_at: Optional[int] = None
         #: every evaluation judged in this fit (restored on resume), oldest first
         self.history: list[PlateauEvaluation] = []
 
@@ -177,6 +179,7 @@ class PlateauCallback(Callback):
             self.history = []
             self._source = None
             self._missing_reported = False
+            self._judged_at = None
         module_config = getattr(pl_module, "plateau_config", None)
         if isinstance(module_config, PlateauConfig):
             self._adopt(module_config, source=f"{type(pl_module).__name__}.plateau")
@@ -194,7 +197,7 @@ class PlateauCallback(Callback):
         check_setup(trainer, self._require_config())
         self._validation_runs = 0
         self._train_epochs = 0
-        self._epoch_started = False
+        self._epoch_start = None
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -204,7 +207,7 @@ class PlateauCallback(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch_started = True
+        self._epoch_start = batches_started(trainer)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -217,10 +220,11 @@ class PlateauCallback(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Only an epoch trained from its start in this fit counts as one that should have logged the monitor: a
         # resume from a checkpoint written at validation end ends the restored epoch again, without its training
-        # values (Lightning does not checkpoint them), and must not raise a false "never logged".
-        if self._epoch_started:
+        # values (Lightning does not checkpoint them), and must not raise a false "never logged". (Lightning before
+        # 2.6 starts that epoch again without training a batch in it.)
+        if self._epoch_start is not None and batches_started(trainer) > self._epoch_start:
             self._train_epochs += 1
-        self._epoch_started = False
+        self._epoch_start = None
         self._evaluate(trainer, pl_module, _TRAINING)
 
     @override
@@ -239,6 +243,7 @@ class PlateauCallback(Callback):
         return {
             "source": self._source,
             "missing_reported": self._missing_reported,
+            "judged_at": self._judged_at,
             "history": [asdict(row) for row in self.history],
         }
 
@@ -246,10 +251,17 @@ class PlateauCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._source = state_dict.get("source", self._source)
         self._missing_reported = state_dict.get("missing_reported", self._missing_reported)
+        self._judged_at = state_dict.get("judged_at")
         self.history = [PlateauEvaluation(**{**row, "lrs": tuple(row["lrs"])}) for row in state_dict.get("history", [])]
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, where: str) -> None:
         if self.scheduler is None or self._source not in (None, where):
+            return
+        position = batches_started(trainer)
+        if where == _VALIDATION and self.history and position == self._judged_at:
+            # Lightning before 2.6, resumed from a checkpoint written at a validation's end, runs that validation
+            # again before training on: the uninterrupted run judged it once, so the resumed one does not judge it.
+            # Identical on every rank (the batch count is), so no rank waits in a collective the others skip.
             return
         value = self._fresh_value(trainer)
         # Every rank enters the reduction at the same hook until the source is known, so none can hang.
@@ -258,6 +270,7 @@ class PlateauCallback(Callback):
             self._check_missing(trainer)
             return
         self._source = where
+        self._judged_at = position
         self._notice_outside_changes()
         row = self._step(trainer, mean)
         self._expected_lrs = row.lrs

@@ -174,6 +174,9 @@ class PlateauEarlyStopping(EarlyStopping):
             divergence_threshold=None if divergence_threshold is None else float(divergence_threshold),
             log_rank_zero_only=log_rank_zero_only,
         )
+        # Lightning < 2.6 has neither; set here so every release reads them alike.
+        self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+        self.stopping_reason_message: Optional[str] = None
         self.max_reductions = max_reductions
         self.wait_for_min_lr = wait_for_min_lr
         self.reset_on_cut = reset_on_cut
@@ -300,12 +303,23 @@ class PlateauEarlyStopping(EarlyStopping):
     @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state.update(stop_rule=self.stop_rule, exhausted_at=self._exhausted_at, exhausted_epoch=self._exhausted_epoch)
+        # The reason and its message as Lightning 2.6 saves them, on the Lightning releases that do not save them.
+        state.update(
+            stopping_reason=self.stopping_reason.value,
+            stopping_reason_message=self.stopping_reason_message,
+            stop_rule=self.stop_rule,
+            exhausted_at=self._exhausted_at,
+            exhausted_epoch=self._exhausted_epoch,
+        )
         return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
+        self.stopping_reason = EarlyStoppingReason(
+            state_dict.get("stopping_reason", EarlyStoppingReason.NOT_STOPPED.value)
+        )
+        self.stopping_reason_message = state_dict.get("stopping_reason_message")
         self.stop_rule = state_dict.get("stop_rule")
         self._exhausted_at = state_dict.get("exhausted_at")
         self._exhausted_epoch = state_dict.get("exhausted_epoch")

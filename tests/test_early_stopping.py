@@ -715,9 +715,11 @@ def test_early_stopping_thresholds_stop_as_lightnings(
     lightning = EarlyStopping(monitor=plateau.monitor, mode=plateau.mode, patience=100, **kwargs)
     reference = trainer(tmp_path / "lightning", max_epochs=4, limit_val_batches=1, callbacks=[lightning])
     reference.fit(ScriptedModel(values, monitor=plateau.monitor, train_batches=1))
-    assert (lightning.stopped_epoch + 1, lightning.stopping_reason) == (expected_stop, expected_reason)
-    lightning_phrase = phrase.split(":")[0] if expected_rule != "non_finite" else "is not finite"
-    assert lightning_phrase in (lightning.stopping_reason_message or "")
+    assert lightning.stopped_epoch + 1 == expected_stop
+    if hasattr(lightning, "stopping_reason"):  # Lightning >= 2.6 names its reasons
+        assert lightning.stopping_reason == expected_reason
+        lightning_phrase = phrase.split(":")[0] if expected_rule != "non_finite" else "is not finite"
+        assert lightning_phrase in (lightning.stopping_reason_message or "")
 
 
 def test_early_stopping_accepts_lightnings_arguments_that_agree_with_the_plateau(

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException  # type: ignore[attr-defined]
 
 from lightning_plateau import PlateauCallback, PlateauConfig, PlateauScheduler
-from tests.helpers import ScriptedModel, ScriptedPlateauModel, loader, plateau_of, trainer
+from tests.helpers import ScriptedModel, ScriptedPlateauModel, loader, needs_lightning_2_6, plateau_of, trainer
 
 # One script for every schedule: with patience 1 the cuts fall on evaluations 3 and 6 (then every second one, as
 # the last value repeats): 1.0 best, 2.0 bad 1, 2.0 bad 2 -> cut, 0.5 best, 0.6 bad 1, 0.7 bad 2 -> cut, ...
@@ -152,6 +152,7 @@ def test_callback_ignores_validate_outside_fit(tmp_path: Any) -> None:
     assert _scheduler(callback).num_evaluations == len(callback.history) == 2
 
 
+@needs_lightning_2_6
 @pytest.mark.parametrize("interval", ["00:00:00:00", {"seconds": 0}, {"microseconds": 200}])
 def test_callback_steps_once_per_time_based_validation(tmp_path: Any, interval: Any) -> None:
     """Time-based val_check_interval: evaluations == validation runs counted by the module, cuts on the script."""

@@ -115,7 +115,7 @@ def test_dropin_old_checkpoint_with_a_config_object_keeps_loading(tmp_path: Path
 
 def test_dropin_wandb_config_has_the_plateau_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An offline W&B run's config holds `plateau` as fields (read back from the .wandb file), not a repr string."""
-    import wandb
+    wandb = pytest.importorskip("wandb")
     from lightning.pytorch.loggers import WandbLogger
 
     from lightning_plateau._wandb_file import read_run

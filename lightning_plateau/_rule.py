@@ -161,6 +161,9 @@ class _PlateauRule(ReduceLROnPlateau):
         self.best_evaluation: Optional[int] = None
         self.best_epoch: Optional[int] = None
         self.cuts: list[PlateauCut] = []
+        #: LR changes made by something other than the plateau, as (evaluation they were noticed at, LRs the plateau
+        #: had left, LRs found), recorded by the PlateauCallback so summaries name them beside the cuts
+        self.outside_changes: list[tuple[int, tuple[float, ...], tuple[float, ...]]] = []
         #: the latest cut the plateau called for beyond the cut limit: not applied (``lrs_after`` is what it would
         #: have set), ``None`` if there was none
         self.withheld: Optional[PlateauCut] = None

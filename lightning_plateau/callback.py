@@ -130,8 +130,6 @@ class PlateauCallback(Callback):
         self.scheduler: Optional[PlateauScheduler] = None
         # the LR of each param group as the plateau last left it, to notice changes made by anything else
         self._expected_lrs: Optional[tuple[float, ...]] = None
-        #: LR changes made outside the plateau, noticed at the evaluation that followed them
-        self.outside_changes: list[tuple[int, tuple[float, ...], tuple[float, ...]]] = []
         self._source: Optional[str] = None
         self._validation_runs = 0
         self._train_epochs = 0
@@ -188,7 +186,6 @@ class PlateauCallback(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.scheduler = None
         self._expected_lrs = None
-        self.outside_changes = []
         if not self._drives_this_fit(trainer):
             return
         self.scheduler = self._own_scheduler(trainer)
@@ -234,7 +231,7 @@ class PlateauCallback(Callback):
         # Rank zero only, and no collective: this runs after the strategy's teardown.
         written = self._traces.finish(trainer, self.scheduler, self.history, self.config) if self.log_traces else []
         if self.verbose:
-            rank_zero_info(_summary_message(self.config, self.scheduler, self.history, written, self.outside_changes))
+            rank_zero_info(_summary_message(self.config, self.scheduler, self.history, written))
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -458,7 +455,7 @@ class PlateauCallback(Callback):
             return
         evaluation = scheduler.num_evaluations + 1
         before = self._expected_lrs[: len(now)]
-        if not self.outside_changes:
+        if not scheduler.outside_changes:
             rank_zero_warn(
                 f"The learning rate changed from {format_lrs(before)} to {format_lrs(now[: len(before)])} before"
                 f" evaluation {evaluation} of '{self.monitor}', and not by the plateau: something else writes"
@@ -466,7 +463,7 @@ class PlateauCallback(Callback):
                 " whatever LR it finds; the end-of-fit summary lists these changes. Warned once.",
                 category=UserWarning,
             )
-        self.outside_changes.append((evaluation, before, now[: len(before)]))
+        scheduler.outside_changes.append((evaluation, before, now[: len(before)]))
 
     def _adopt(self, config: PlateauConfig, source: str) -> None:
         if self.config is None:

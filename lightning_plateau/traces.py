@@ -263,7 +263,6 @@ def _summary_message(
     scheduler: PlateauScheduler,
     history: Sequence[PlateauEvaluation],
     lines: Sequence[str],
-    outside_changes: Sequence[tuple[int, tuple[float, ...], tuple[float, ...]]] = (),
 ) -> str:
     """The end-of-fit message: cuts, LR before and after, best value, then what was written (chart, W&B run).
 
@@ -273,10 +272,10 @@ def _summary_message(
     if history:
         first = _initial_lrs(history, scheduler) or history[0].lrs
         lr = f"lr {format_lrs(first)} -> {format_lrs(history[-1].lrs)}"
-        if outside_changes:
+        if scheduler.outside_changes:
             changes = "; ".join(
                 f"{format_lrs(before)} -> {format_lrs(after)} before evaluation {evaluation}"
-                for evaluation, before, after in outside_changes
+                for evaluation, before, after in scheduler.outside_changes
             )
             lr += f" (changed outside the plateau: {changes})"
         parts.append(lr)
@@ -295,6 +294,9 @@ def _lr_metrics(lrs: Sequence[float]) -> dict[str, float]:
 
 def _wandb_summary(scheduler: PlateauScheduler) -> dict[str, Any]:
     summary: dict[str, Any] = {"plateau/reductions": scheduler.num_reductions}
+    if scheduler.outside_changes:
+        # The LR also moved by other means: say so beside the cuts, so the two never seem to contradict each other.
+        summary["plateau/lr_changes_outside"] = len(scheduler.outside_changes)
     summary.update(_lr_metrics([float(group["lr"]) for group in scheduler.optimizer.param_groups]))
     best = float(scheduler.best)
     if math.isfinite(best):

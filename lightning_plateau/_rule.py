@@ -5,6 +5,7 @@ Torch-only: ``replay`` and ``lightning-plateau explain`` use it without importin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from typing_extensions import override
 from lightning_plateau.config import PlateauConfig
 
 # Attributes that belong to the running object, not to the decision state a checkpoint must restore.
-_TRANSIENT = frozenset({"optimizer", "config", "_driver", "_context", "_cut_limit"})
+_TRANSIENT = frozenset({"optimizer", "config", "_driver", "_context", "_cut_limit", "_monitor_given"})
 # The policy comes from the config the scheduler is built with; a checkpoint brings back the counters only.
 _POLICY = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "eps")
 _DERIVED_FROM_POLICY = frozenset({"min_lrs", "default_min_lr", "mode_worse", "monitor"})
@@ -138,6 +139,13 @@ class _PlateauRule(ReduceLROnPlateau):
             eps=eps,
             strict=strict,
         )
+        # Whether the monitor was named (a config, or `monitor=`): torch's keywords name none, and then the
+        # "monitor" of Lightning's scheduler dict says which metric this scheduler watches.
+        monitor_given = (
+            monitor is not None
+            or isinstance(config, PlateauConfig)
+            or (isinstance(config, Mapping) and "monitor" in config)
+        )
         config = PlateauConfig.from_arguments("PlateauScheduler", config, fields)
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"PlateauScheduler needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -155,6 +163,7 @@ class _PlateauRule(ReduceLROnPlateau):
             eps=config.eps,
         )
         self.config = config
+        self._monitor_given = monitor_given
         # torch < 2.6 has no `default_min_lr`; `_reduce_lr` below needs it to extend min_lr to new groups.
         self.default_min_lr = None if isinstance(config.min_lr, list) else config.min_lr
         self.num_evaluations = 0
@@ -181,6 +190,13 @@ class _PlateauRule(ReduceLROnPlateau):
     def monitor(self) -> str:
         """The monitored metric's name, from the config."""
         return self.config.monitor
+
+    def _take_monitor(self, monitor: str) -> bool:
+        """Watch ``monitor`` (the scheduler dict's) when none was named at construction; whether it was taken."""
+        if self._monitor_given or monitor == self.config.monitor:
+            return False
+        self.config = dataclasses.replace(self.config, monitor=monitor)
+        return True
 
     @property
     def num_reductions(self) -> int:

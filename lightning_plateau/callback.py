@@ -137,6 +137,10 @@ class PlateauCallback(Callback):
         self._missing_reported = False
         # training batches started when the latest value was judged (a validation run again after a resume is not)
         self._judged_at: Optional[int] = None
+        # the state a checkpoint restored into this callback in this fit, and every PlateauCallback state the
+        # checkpoint holds, until train start
+        self._restored_state: Optional[dict[str, Any]] = None
+        self._checkpoint_states: list[dict[str, Any]] = []
         #: every evaluation judged in this fit (restored on resume), oldest first
         self.history: list[PlateauEvaluation] = []
 
@@ -178,6 +182,8 @@ class PlateauCallback(Callback):
             self._source = None
             self._missing_reported = False
             self._judged_at = None
+            self._restored_state = None
+            self._checkpoint_states = []
         module_config = getattr(pl_module, "plateau_config", None)
         if isinstance(module_config, PlateauConfig):
             self._adopt(module_config, source=f"{type(pl_module).__name__}.plateau")
@@ -198,9 +204,40 @@ class PlateauCallback(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.scheduler is None:
+            return
+        if self._restored_state is None and self._checkpoint_states:
+            self._take_checkpoint_state()
+        self._restored_state = None
+        self._checkpoint_states = []
         # After the checkpoint's optimizer state is restored: the LRs the plateau leaves the run with.
-        if self.scheduler is not None:
-            self._expected_lrs = _lrs(self.scheduler)
+        self._expected_lrs = _lrs(self.scheduler)
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Every PlateauCallback state in the checkpoint, whatever its key: the one added for the user and one the user
+        # gives save under different keys, and a run may be resumed with the other kind.
+        states = checkpoint.get("callbacks") or {}
+        self._checkpoint_states = [
+            state for key, state in states.items() if isinstance(key, str) and key.startswith(type(self).__name__)
+        ]
+
+    def _take_checkpoint_state(self) -> None:
+        """Take the checkpoint's plateau state saved under another key (the only one it holds), if this got none.
+
+        Without it a run resumed with the other kind of PlateauCallback would lose its history and, before
+        Lightning 2.6, the mark that stops a validation repeated on resume from being judged twice.
+        """
+        if len(self._checkpoint_states) == 1:
+            self.load_state_dict(self._checkpoint_states[0])
+            return
+        rank_zero_warn(
+            f"The checkpoint holds {len(self._checkpoint_states)} PlateauCallback states, none under this callback's"
+            f" key {self.state_key!r}: the plateau history starts anew (the scheduler's counters are restored).",
+            category=UserWarning,
+        )
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -246,6 +283,7 @@ class PlateauCallback(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored_state = dict(state_dict)
         self._source = state_dict.get("source", self._source)
         self._missing_reported = state_dict.get("missing_reported", self._missing_reported)
         self._judged_at = state_dict.get("judged_at")
@@ -335,14 +373,23 @@ class PlateauCallback(Callback):
             return  # a validation that may log it is still to come
         self._missing_reported = True
         available = sorted(trainer.callback_metrics)
-        message = (
-            f"PlateauCallback monitors '{self.monitor}', but no evaluation logged it"
-            f" ({self._validation_runs} validation run(s), {self._train_epochs} training epoch(s) so far)."
-            f" Available metrics are: {available}. Log it with `self.log('{self.monitor}', value)` in"
-            " `validation_step` (or in `training_step` with `on_epoch=True`), or set `PlateauConfig(monitor=...)`"
-            " to one of the available metrics. A value logged in `LightningModule.on_train_epoch_end` is not seen:"
-            " Lightning calls it after this callback's `on_train_epoch_end`."
-        )
+        so_far = f"({self._validation_runs} validation run(s), {self._train_epochs} training epoch(s) so far)"
+        if self.monitor in available:
+            # Logged, but never as one value per evaluation: per step only (`on_step=True, on_epoch=False`).
+            message = (
+                f"PlateauCallback monitors '{self.monitor}', which is logged, but only per step: no evaluation"
+                f" produced one value of it {so_far}. The plateau judges one value per evaluation, so log the"
+                f" epoch's mean with `self.log('{self.monitor}', value, on_epoch=True)` (in `training_step`), or"
+                " log it in `validation_step` without `on_step=True`."
+            )
+        else:
+            message = (
+                f"PlateauCallback monitors '{self.monitor}', but no evaluation logged it {so_far}."
+                f" Available metrics are: {available}. Log it with `self.log('{self.monitor}', value)` in"
+                " `validation_step` (or in `training_step` with `on_epoch=True`), or set `PlateauConfig(monitor=...)`"
+                " to one of the available metrics. A value logged in `LightningModule.on_train_epoch_end` is not"
+                " seen: Lightning calls it after this callback's `on_train_epoch_end`."
+            )
         if self._require_config().strict:
             raise RuntimeError(message)
         rank_zero_warn(message + " The learning rate stays unchanged (strict=False).", category=RuntimeWarning)
@@ -379,8 +426,11 @@ class PlateauCallback(Callback):
             scheduler_config = configs[0]
             scheduler = scheduler_config.scheduler
             assert isinstance(scheduler, PlateauScheduler)
-            self._adopt(scheduler.config, source="the module's PlateauScheduler")
+            if scheduler_config.monitor is not None:
+                # `PlateauScheduler(optimizer, patience=...)` written as torch's class is: the dict names the metric.
+                scheduler._take_monitor(scheduler_config.monitor)
             self._check_scheduler_dict(scheduler_config, scheduler)
+            self._adopt(scheduler.config, source="the module's PlateauScheduler")
         else:
             config = self._require_config()
             if len(trainer.optimizers) != 1:

@@ -4,6 +4,8 @@
 # themselves (postponed annotations would reach it with the ranges stripped).
 import dataclasses
 import math
+import numbers
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
@@ -94,6 +96,8 @@ class PlateauConfig:
     strict: bool = True
 
     def __post_init__(self) -> None:
+        if hasattr(self.min_lr, "tolist"):  # a NumPy array or a tensor of bounds, as torch's class takes them
+            object.__setattr__(self, "min_lr", self.min_lr.tolist())
         if not isinstance(self.monitor, str) or not self.monitor:
             raise ValueError(f"`monitor` must be a non-empty metric name, got {self.monitor!r}")
         if self.mode not in _MODES:
@@ -199,7 +203,14 @@ if hasattr(torch.serialization, "add_safe_globals"):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    # numbers.Real takes NumPy's scalars too (np.float32(0.5), np.int64(3)), as torch's class does.
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, _numpy_bool_types()))
+
+
+def _numpy_bool_types() -> tuple[type, ...]:
+    """NumPy's bool scalar type where NumPy is imported (it is not a numbers.Real), else nothing."""
+    numpy = sys.modules.get("numpy")
+    return (numpy.bool_,) if numpy is not None else ()
 
 
 def _refuse(name: str, value: Any, allowed: str, torch_accepts: bool) -> ValueError:
@@ -208,7 +219,7 @@ def _refuse(name: str, value: Any, allowed: str, torch_accepts: bool) -> ValueEr
 
 
 def _check_int(name: str, value: Any) -> None:
-    if not _is_number(value) or not isinstance(value, int) or value < 0:
+    if not _is_number(value) or not isinstance(value, numbers.Integral) or value < 0:
         raise _refuse(name, value, "an int >= 0", torch_accepts=_is_number(value))
 
 

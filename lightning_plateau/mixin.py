@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, cast
 
 import lightning.pytorch as pl
@@ -78,6 +78,19 @@ class PlateauMixin:
                 for key, value in stored.items():
                     if isinstance(value, PlateauConfig):
                         stored[key] = dataclasses.asdict(value)
+                        self.__dict__.setdefault("_plateau_hparams", set()).add(key)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep in the checkpoint's hyperparameters the :class:`PlateauConfig` that ``__init__`` was given.
+
+        ``load_from_checkpoint`` then passes ``__init__`` the dataclass its annotation names, as it did before
+        the hyperparameters became plain data (the config loads with ``weights_only=True``).
+        """
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        saved = checkpoint.get("hyper_parameters")
+        for key in self.__dict__.get("_plateau_hparams", ()):
+            if isinstance(saved, MutableMapping) and isinstance(saved.get(key), Mapping):
+                saved[key] = PlateauConfig.coerce(saved[key])
 
     def configure_optimizer(self) -> Optimizer:
         """Return the optimizer whose LR follows the plateau. Override this, not ``configure_optimizers``."""

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -209,3 +210,58 @@ def test_dropin_scheduler_is_lightnings_cli_plateau_scheduler() -> None:
     assert isinstance(scheduler, LightningReduceLROnPlateau)
     assert isinstance(scheduler, ReduceLROnPlateau)
     assert scheduler.monitor == "val_f1"
+
+
+class _TorchStyleModel(ScriptedModel):
+    """`ReduceLROnPlateau(` replaced by `PlateauScheduler(` in the usual dict: no monitor among the keywords."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr)
+        scheduler = PlateauScheduler(optimizer, mode="max", patience=1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_acc"}}
+
+
+def test_dropin_scheduler_without_monitor_watches_the_dict_monitor(tmp_path: Path) -> None:
+    """torch's keywords name no monitor: the dict's "monitor" is the one watched, as with torch's class."""
+    fit = trainer(tmp_path, max_epochs=8)
+    fit.fit(_TorchStyleModel(ACC, monitor="val_acc"))
+    scheduler = fit.lr_scheduler_configs[0].scheduler
+    assert isinstance(scheduler, PlateauScheduler)
+    assert scheduler.config == PlateauConfig(monitor="val_acc", mode="max", patience=1)
+    assert [cut.evaluation for cut in scheduler.cuts] == [4, 7]
+
+
+def test_dropin_numpy_numbers_are_accepted_as_torch_takes_them() -> None:
+    """NumPy scalars and arrays (a sweep grid's values) are taken, stored as plain numbers."""
+    config = PlateauConfig(factor=np.float32(0.5), patience=np.int64(3), cooldown=np.int32(1), min_lr=np.array([1e-3]))
+    assert config == PlateauConfig(factor=0.5, patience=3, cooldown=1, min_lr=[1e-3])
+    assert type(config.factor) is float
+    assert type(config.patience) is int
+    assert PlateauScheduler(_two_group_optimizer(), patience=np.int64(2)).config.patience == 2
+    with pytest.raises(ValueError, match=r"`patience` must be an int >= 0, got np.float64\(3.0\)"):
+        PlateauConfig(patience=np.float64(3.0))
+
+
+class _AnnotatedInit(PlateauMixin, ScriptedModel):
+    """An `__init__` that uses its `plateau: PlateauConfig` argument as one."""
+
+    def __init__(self, plateau: PlateauConfig = PATIENCE_2) -> None:
+        super().__init__(FLAT)
+        self.save_hyperparameters()
+        self.watched = plateau.monitor
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_dropin_load_from_checkpoint_gives_init_a_plateau_config(tmp_path: Path) -> None:
+    """hparams hold plain fields, yet load_from_checkpoint passes `__init__` the PlateauConfig its annotation names."""
+    model = _AnnotatedInit(PlateauConfig(monitor="val_loss", patience=4))
+    fit = trainer(tmp_path, max_epochs=1)
+    fit.fit(model)
+    fit.save_checkpoint(tmp_path / "model.ckpt")
+    assert model.hparams["plateau"] == dataclasses.asdict(PlateauConfig(patience=4))
+    reloaded = _AnnotatedInit.load_from_checkpoint(tmp_path / "model.ckpt")
+    assert reloaded.watched == "val_loss"
+    assert reloaded.plateau_config == PlateauConfig(patience=4)
+    assert reloaded.hparams["plateau"] == dataclasses.asdict(PlateauConfig(patience=4))

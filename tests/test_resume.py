@@ -286,3 +286,20 @@ def test_resume_replays_lightnings_lost_step(tmp_path: Path) -> None:
     assert lrs_per_epoch(_TorchPlateauModel(), "torch-resumed", "torch/epoch=1.ckpt") == [0.1, 0.1, 0.1, 0.1]
     assert lrs_per_epoch(_MixinModel(), "ours")[2:] == pytest.approx([0.1, 0.01, 0.01, 0.01])
     assert lrs_per_epoch(_MixinModel(), "ours-resumed", "ours/epoch=1.ckpt") == pytest.approx([0.1, 0.01, 0.01, 0.01])
+
+
+@pytest.mark.parametrize("first_given", [True, False], ids=["given-then-added", "added-then-given"])
+def test_resume_with_the_other_kind_of_plateau_callback_keeps_the_history(tmp_path: Path, first_given: bool) -> None:
+    """A run checkpointed with a PlateauCallback of one kind (given, or added for the user) and resumed with the other
+    keeps its whole history: the two save under different keys, and the driving one takes the checkpoint's state."""
+    checkpoint = ModelCheckpoint(tmp_path / "ckpt", "{step}", save_top_k=-1, **_AT_VALIDATION_END)
+    given: list[Callback] = [PlateauCallback()]
+    _, full = _run(tmp_path / "full", "mixin", "validation", [checkpoint, *(given if first_given else [])])
+    resumed_callbacks: list[Callback] = [] if first_given else [PlateauCallback()]
+    _, resumed = _run(
+        tmp_path / "res", "mixin", "validation", resumed_callbacks, ckpt_path=tmp_path / "ckpt/step=12.ckpt"
+    )
+    assert isinstance(_plateau(resumed), PlateauCallback)
+    assert _plateau(resumed)._implicit is first_given
+    assert _plateau(resumed).history == _plateau(full).history
+    assert _scheduler(resumed).cuts == _scheduler(full).cuts

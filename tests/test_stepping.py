@@ -432,3 +432,25 @@ def test_stepping_several_val_dataloaders_other_loader_judged_by_its_own_name(tm
     callback, _ = _fit(tmp_path, model, config, max_epochs=6)
     assert [row.value for row in callback.history] == [0.0] * 6
     assert [cut.evaluation for cut in _scheduler(callback).cuts] == [3, 5]
+
+
+class _PerStepOnly(_Model):
+    """Logs the monitor in `training_step` per step only (Lightning's default there): never one value per epoch."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.layer(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+
+def test_callback_monitor_logged_per_step_only_says_so(tmp_path: Any) -> None:
+    """A monitor logged per step only is in callback_metrics, yet never fresh: the error says why and how to fix."""
+    callback = PlateauCallback(PlateauConfig(monitor="train_loss"))
+    fit = trainer(tmp_path, max_epochs=2, callbacks=[callback], limit_val_batches=0)
+    with pytest.raises(RuntimeError) as error:
+        fit.fit(_PerStepOnly(_VALUES))
+    message = str(error.value)
+    assert "monitors 'train_loss', which is logged, but only per step" in message
+    assert "on_epoch=True" in message
+    assert "Available metrics are" not in message

@@ -79,6 +79,7 @@ def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
 
 
 def _parse_text(text: str, name: str, monitor: Optional[str]) -> History:
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write first
     stripped = text.lstrip()
     if stripped.startswith(("[", "{")) or name.endswith(".json"):
         return _parse_json(stripped, name)
@@ -90,10 +91,20 @@ def _parse_text(text: str, name: str, monitor: Optional[str]) -> History:
     if _is_number(first):
         return _parse_lines(lines, name)
     items = _ONE_LINE_SEPARATOR.split(first)
+    if items and not items[-1]:
+        items = items[:-1]  # a trailing separator (`1.0,0.9,0.8,`)
     # A lone line with a number among its items is a history written across (`1.0 0.9 0.8`); a line of names alone
     # is a CSV header, as before.
-    if len(filled) == 1 and any(_is_number(item) for item in items):
-        return _parse_one_line(items, name, number)
+    if any(_is_number(item) for item in items):
+        if len(filled) == 1:
+            return _parse_one_line(items, name, number)
+        # Several lines, the first holding numbers: a header-less table or a history split across lines. Either
+        # reading could drop or mix values, so neither is guessed.
+        raise SourceError(
+            f"{name} line {number} holds {len(items)} items, numbers among them, and more lines follow: give a CSV"
+            " whose first line names its columns (e.g. epoch,val_loss), one value per line, or all values on one"
+            " line"
+        )
     return _parse_csv(lines, name, monitor)
 
 

@@ -78,8 +78,26 @@ def test_explain_reads_every_text_source_kind(
 
 @pytest.mark.parametrize(
     "line",
-    ["1.0 0.9 0.8", "1.0,0.9,0.8", "1.0, 0.9, 0.8", "1.0\t0.9\t0.8", "1.0 ,\t0.9  0.8", "\n  1.0 0.9 0.8  \n\n"],
-    ids=["spaces", "commas", "commas-and-spaces", "tabs", "mixed-separators", "blank-lines-around"],
+    [
+        "1.0 0.9 0.8",
+        "1.0,0.9,0.8",
+        "1.0, 0.9, 0.8",
+        "1.0\t0.9\t0.8",
+        "1.0 ,\t0.9  0.8",
+        "\n  1.0 0.9 0.8  \n\n",
+        "1.0,0.9,0.8,",
+        "\ufeff1.0 0.9 0.8",
+    ],
+    ids=[
+        "spaces",
+        "commas",
+        "commas-and-spaces",
+        "tabs",
+        "mixed-separators",
+        "blank-lines-around",
+        "trailing-comma",
+        "byte-order-mark",
+    ],
 )
 def test_explain_reads_one_line_of_numbers_from_stdin(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, line: str
@@ -456,3 +474,15 @@ def test_explain_console_script_exits_2_with_one_line(tmp_path: Path) -> None:
         f"lightning-plateau explain: error: {bad} has no column 'loss'; the columns are"
         " ['epoch', 'step', 'val_acc', 'train_loss']\n"
     )
+
+
+@pytest.mark.parametrize(
+    "stdin", ["1.0 0.9\n0.8\n0.7\n", "1.0, 0.9\n0.8, 0.7\n"], ids=["split-history", "headerless-table"]
+)
+def test_explain_several_numbers_on_a_first_line_of_several_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, stdin: str
+) -> None:
+    """A first line of numbers followed by more lines is neither guessed as a header nor as a history: refused."""
+    code, out, err = explain(capsys, "-", stdin=stdin, monkeypatch=monkeypatch)
+    assert (code, out) == (2, "")
+    assert "line 1 holds 2 items, numbers among them, and more lines follow" in err

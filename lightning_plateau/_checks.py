@@ -47,6 +47,7 @@ _HIGHER_IS_BETTER = frozenset(
 _LOWER_IS_BETTER = frozenset(
     {"loss", "error", "err", "mae", "mse", "rmse", "nll", "perplexity", "ppl", "wer", "cer", "fid", "regret"}
 )
+_NEGATED = frozenset({"neg", "negative", "minus"})
 _TOKEN_SPLIT = re.compile(r"[/_\-.]+")
 _TRAILING_NUMBER = re.compile(r"(?<=[a-z])\d+$")
 
@@ -64,6 +65,8 @@ def likely_mode(monitor: str) -> Optional[str]:
     lower = bool(tokens & _LOWER_IS_BETTER)
     if higher == lower:
         return None
+    if tokens & _NEGATED:  # `neg_loss`, `negative_mse`: the sign flips which way is better
+        higher = not higher
     return "max" if higher else "min"
 
 

@@ -3,8 +3,8 @@
 Torch-only: ``replay`` and ``lightning-plateau explain`` use it without importing Lightning.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: LightningCLI's parser reads the ranges from the keyword types
+# themselves (`--lr_scheduler.factor 1.5` is refused while parsing); postponed annotations would lose them.
 import dataclasses
 import math
 import warnings
@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
-from lightning_plateau.config import PlateauConfig
+from lightning_plateau.config import PlateauConfig, _Count, _Factor, _NonNegative
 
 # Attributes that belong to the running object, not to the decision state a checkpoint must restore.
 _TRANSIENT = frozenset({"optimizer", "config", "_driver", "_context", "_cut_limit", "_monitor_given"})
@@ -61,7 +61,7 @@ class PlateauCut:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PlateauCut:
+    def from_dict(cls, data: Mapping[str, Any]) -> "PlateauCut":
         """Inverse of :meth:`as_dict`."""
         fields = dict(data)
         fields["lrs_before"] = tuple(fields["lrs_before"])
@@ -113,13 +113,13 @@ class _PlateauRule(ReduceLROnPlateau):
         *,
         monitor: Optional[str] = None,
         mode: Optional[Literal["min", "max"]] = None,
-        factor: Optional[float] = None,
-        patience: Optional[int] = None,
-        threshold: Optional[float] = None,
+        factor: Optional[_Factor] = None,
+        patience: Optional[_Count] = None,
+        threshold: Optional[_NonNegative] = None,
         threshold_mode: Optional[Literal["rel", "abs"]] = None,
-        cooldown: Optional[int] = None,
-        min_lr: Optional[Union[float, list[float]]] = None,
-        eps: Optional[float] = None,
+        cooldown: Optional[_Count] = None,
+        min_lr: Optional[Union[_NonNegative, list[_NonNegative]]] = None,
+        eps: Optional[_NonNegative] = None,
         strict: Optional[bool] = None,
     ) -> None:
         if isinstance(config, str):

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks.early_stopping import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException  # type: ignore[attr-defined]
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
 from lightning_plateau._format import format_lr, format_lrs, format_value
@@ -229,11 +230,22 @@ class PlateauEarlyStopping(EarlyStopping):
         ``min_epochs``/``min_steps`` not yet met, Lightning goes on training, as it would have without a resume.
         """
         if self._plateau is None or self._plateau.scheduler is None:
+            torch_class = [
+                type(c.scheduler).__name__
+                for c in trainer.lr_scheduler_configs
+                if isinstance(c.scheduler, ReduceLROnPlateau) and not isinstance(c.scheduler, PlateauScheduler)
+            ]
+            fix = (
+                f"`configure_optimizers` returns torch's {torch_class[0]}: write `PlateauScheduler(` in its place"
+                " (same keywords)"
+                if torch_class
+                else "Inherit PlateauMixin in the LightningModule, return a PlateauScheduler from"
+                " `configure_optimizers`, or pass `Trainer(callbacks=[PlateauCallback(PlateauConfig(...)),"
+                " PlateauEarlyStopping()])`"
+            )
             raise MisconfigurationException(
                 "PlateauEarlyStopping stops on the plateau scheduler's evaluations, but no PlateauCallback drives a"
-                " plateau in this Trainer. Inherit PlateauMixin in the LightningModule, return a PlateauScheduler"
-                " from `configure_optimizers`, or pass `Trainer(callbacks=[PlateauCallback(PlateauConfig(...)),"
-                " PlateauEarlyStopping()])`. Without a plateau scheduler, use Lightning's EarlyStopping."
+                f" plateau in this Trainer. {fix}. Without a plateau scheduler, use Lightning's EarlyStopping."
             )
         if self.stop_rule is None:
             return

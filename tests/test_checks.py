@@ -64,6 +64,9 @@ def _fit(
         ("accumulated", None),
         ("val_score", None),
         ("loss_acc", None),  # both kinds: the name does not say
+        ("neg_loss", "max"),  # negated: higher is better
+        ("val/negative_mse", "max"),
+        ("neg_acc", "min"),
     ],
 )
 def test_checks_likely_mode_from_name(monitor: str, expected: Optional[str]) -> None:

@@ -766,3 +766,19 @@ def test_early_stopping_refuses_settings_that_are_the_plateaus(
     """A `min_delta` or `strict` that differs from the plateau's rule fails at fit start, naming where to set it."""
     with pytest.raises(MisconfigurationException, match=match):
         _fit(tmp_path, FLAT, plateau, PlateauEarlyStopping(**kwargs), max_epochs=1)
+
+
+def test_early_stopping_beside_torchs_plateau_names_the_swap(tmp_path: Any) -> None:
+    """With torch's own ReduceLROnPlateau in the module, the error says to write PlateauScheduler in its place."""
+
+    class TorchPlateau(ScriptedModel):
+        def configure_optimizers(self) -> Any:
+            optimizer = torch.optim.SGD(self.parameters(), lr=self.lr)
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=1)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+
+    fitted = trainer(tmp_path, callbacks=[PlateauEarlyStopping()])
+    with pytest.raises(
+        MisconfigurationException, match=r"returns torch's ReduceLROnPlateau: write `PlateauScheduler\(`"
+    ):
+        fitted.fit(TorchPlateau([1.0]))

@@ -277,3 +277,17 @@ def test_lightning_cli_lr_scheduler_plateau_fits_and_steps_once_per_fresh_value(
     assert [cut.evaluation for cut in scheduler.cuts] == [3]
     assert result.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.005)
     assert plateau_of(result.trainer).scheduler is scheduler
+
+
+def test_lightning_cli_lr_scheduler_out_of_range_is_a_parser_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--lr_scheduler.factor 1.5` stops the parser (no traceback from `configure_optimizers`), naming the range."""
+    args = [*_SCHEDULER_ARGS[:-2], "--lr_scheduler.factor", "1.5"]
+    with pytest.raises(SystemExit) as excinfo:
+        LightningCLI(FlatModel, args=["--trainer.default_root_dir", str(tmp_path), *args], run=False)
+    assert excinfo.value.code != 0
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert 'Parser key "factor"' in error
+    assert "less than 1" in error

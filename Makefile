@@ -49,7 +49,7 @@ test-oldest: $(OLDEST_VENV)/.installed
 	$(OLDEST_VENV)/bin/python -m pytest -m "not distributed" $(OLDEST_TESTS)
 
 bench: install
-	$(BIN)/python benchmarks/replay_speed.py
+	$(BIN)/python benchmarks/bench.py
 
 # Refresh both constraints files from the newest releases the ranges admit, then run `make test` and commit.
 constraints:

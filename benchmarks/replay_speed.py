@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,34 +61,52 @@ def run_cli(args: list[str]) -> None:
         raise SystemExit(f"explain {args} exited with {code}")
 
 
-def main_benchmark() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--values", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    options = parser.parse_args()
-    values = make_values(options.values)
+def measure(count: int, repeat: int) -> dict[str, Any]:
+    """Best-of-``repeat`` seconds of each way through ``count`` values, and the replay's cuts."""
+    values = make_values(count)
     config = PlateauConfig(patience=10, threshold=1e-3, min_lr=1e-9)
-    result = replay(values, config)
-    print(f"{len(values):,} values, {config.describe()}: {len(result.cuts)} cuts; best of {options.repeat} runs")
-    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {os.cpu_count()} CPUs")
-
     timings = {
-        "bare scheduler step": best_time(lambda: bare_steps(values, config), options.repeat),
-        "replay()": best_time(lambda: replay(values, config), options.repeat),
-        "replay() + every row": best_time(lambda: sum(1 for _ in replay(values, config)), options.repeat),
+        "bare scheduler step": best_time(lambda: bare_steps(values, config), repeat),
+        "replay()": best_time(lambda: replay(values, config), repeat),
+        "replay() + every row": best_time(lambda: sum(1 for _ in replay(values, config)), repeat),
     }
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "values.txt"
         source.write_text("\n".join(repr(value) for value in values) + "\n")
         common = ["explain", str(source), "--patience", "10", "--threshold", "1e-3", "--min-lr", "1e-9"]
-        timings["explain --only-cuts"] = best_time(lambda: run_cli([*common, "--only-cuts"]), options.repeat)
-        timings["explain --json"] = best_time(lambda: run_cli([*common, "--json"]), options.repeat)
-        timings["explain (full table)"] = best_time(lambda: run_cli(common), options.repeat)
+        timings["explain --only-cuts"] = best_time(lambda: run_cli([*common, "--only-cuts"]), repeat)
+        timings["explain --json"] = best_time(lambda: run_cli([*common, "--json"]), repeat)
+        timings["explain (full table)"] = best_time(lambda: run_cli(common), repeat)
+    return {
+        "values": count,
+        "repeat": repeat,
+        "config": config.describe(),
+        "cuts": len(replay(values, config).cuts),
+        "timings": timings,
+    }
 
-    per_value = 1e6 / len(values)
-    for name, seconds in timings.items():
+
+def markdown(result: dict[str, Any]) -> str:
+    """The replay timings as Markdown lines."""
+    shown = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result["timings"].items())
+    return (
+        f"- Replay of {result['values']:,} values (`benchmarks/replay_speed.py`, best of {result['repeat']}):"
+        f" {shown}. Target for `replay()`: < {TARGET_S:g} s."
+    )
+
+
+def main_benchmark() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--values", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    options = parser.parse_args()
+    result = measure(options.values, options.repeat)
+    print(f"{result['values']:,} values, {result['config']}: {result['cuts']} cuts; best of {options.repeat} runs")
+    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {os.cpu_count()} CPUs")
+    per_value = 1e6 / result["values"]
+    for name, seconds in result["timings"].items():
         print(f"{name:24s} {seconds:7.3f} s   {seconds * per_value:6.3f} us/value")
-    verdict = "within" if timings["replay()"] < TARGET_S * len(values) / 1e6 else "OVER"
+    verdict = "within" if result["timings"]["replay()"] < TARGET_S * result["values"] / 1e6 else "OVER"
     print(f"replay(): {verdict} the target of {TARGET_S} s per million values")
 
 

@@ -47,7 +47,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         replay_speed.markdown(replay_speed.measure(1_000_000, 3)),
         ddp_collectives.markdown(ddp_collectives.measure()),
     ]
-    text = "\n".join(header) + "\n".join(sections) + "\n"
+    text = "\n".join(header) + "\n" + "\n".join(sections) + "\n"
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)

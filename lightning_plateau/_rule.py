@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
-from lightning_plateau.config import PlateauConfig, _Count, _Factor, _NonNegative
+from lightning_plateau.config import PlateauConfig, _Bounds, _Count, _Factor, _NonNegative
 
 # Attributes that belong to the running object, not to the decision state a checkpoint must restore.
 _TRANSIENT = frozenset({"optimizer", "config", "_driver", "_context", "_cut_limit", "_monitor_given"})
@@ -118,7 +118,7 @@ class _PlateauRule(ReduceLROnPlateau):
         threshold: Optional[_NonNegative] = None,
         threshold_mode: Optional[Literal["rel", "abs"]] = None,
         cooldown: Optional[_Count] = None,
-        min_lr: Optional[Union[_NonNegative, list[_NonNegative]]] = None,
+        min_lr: Optional[Union[_NonNegative, _Bounds]] = None,
         eps: Optional[_NonNegative] = None,
         strict: Optional[bool] = None,
     ) -> None:
@@ -350,6 +350,7 @@ class _PlateauRule(ReduceLROnPlateau):
         state = {key: value for key, value in self.__dict__.items() if key not in _TRANSIENT}
         state["cuts"] = [cut.as_dict() for cut in self.cuts]
         state["withheld"] = None if self.withheld is None else self.withheld.as_dict()
+        state["monitor"] = self.monitor
         return state
 
     @override
@@ -358,8 +359,20 @@ class _PlateauRule(ReduceLROnPlateau):
 
         The policy (mode, factor, patience, threshold, cooldown, min_lr, eps) stays this scheduler's own
         config, so a run resumed with a changed :class:`PlateauConfig` follows the new one; a warning names
-        what changed. Keys added in later versions fall back to their defaults.
+        what changed. Keys added in later versions fall back to their defaults. A checkpoint of a plateau that
+        watched another metric restores nothing: its best value and counters say nothing about this metric, so
+        this plateau starts afresh (with a warning; the LR is the optimizer's, restored by its own state).
         """
+        saved_monitor = state_dict.get("monitor")
+        if saved_monitor is not None and saved_monitor != self.monitor:
+            warnings.warn(
+                f"The checkpoint's plateau watched '{saved_monitor}', this one watches '{self.monitor}': the best"
+                f" value, counters and cuts of '{saved_monitor}' do not apply, so the plateau starts afresh on"
+                f" '{self.monitor}' (the LR goes on from the checkpoint's).",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
         changed = [
             f"{key} {state_dict[key]!r} -> {getattr(self, key)!r}"
             for key in _POLICY

@@ -14,6 +14,8 @@ from lightning_plateau.config import PlateauConfig
 
 _DEFAULT_MONITOR = PlateauConfig().monitor
 # Columns that label evaluations rather than being candidates for the monitor.
+# Separators a value may be followed by at the end of its line.
+_TRAILING = ",; \t"
 _CSV_LABELS = ("epoch", "step")
 _WANDB_LABELS = ("epoch", "trainer/global_step")
 # Between the values of a history given on one line: a comma (spaces or tabs around it allowed), or blanks alone.
@@ -88,7 +90,7 @@ def _parse_text(text: str, name: str, monitor: Optional[str]) -> History:
     if not filled:
         raise SourceError(f"{name} is empty: no values to replay")
     number, first = filled[0]
-    if _is_number(first):
+    if _is_number(first.rstrip(_TRAILING)):
         return _parse_lines(lines, name)
     items = _ONE_LINE_SEPARATOR.split(first)
     if items and not items[-1]:
@@ -135,7 +137,7 @@ def _parse_json(text: str, name: str) -> History:
 def _parse_lines(lines: list[str], name: str) -> History:
     values: list[float] = []
     for number, line in enumerate(lines, start=1):
-        text = line.strip()
+        text = line.strip().rstrip(_TRAILING)  # one value per line, each maybe followed by a separator (`1.0,`)
         if not text:
             continue
         try:

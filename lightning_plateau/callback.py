@@ -208,6 +208,10 @@ class PlateauCallback(Callback):
             return
         if self._restored_state is None and self._checkpoint_states:
             self._take_checkpoint_state()
+        saved_monitor = (self._restored_state or {}).get("monitor")
+        if saved_monitor is not None and saved_monitor != self.monitor:
+            # Another metric's history (the scheduler warns and starts afresh too): not this plateau's.
+            self.history, self._source, self._judged_at = [], None, None
         self._restored_state = None
         self._checkpoint_states = []
         # After the checkpoint's optimizer state is restored: the LRs the plateau leaves the run with.
@@ -275,6 +279,7 @@ class PlateauCallback(Callback):
         if self.scheduler is None:
             return {}  # standing down (or not fitting): nothing of a plateau to keep in the checkpoint
         return {
+            "monitor": self.monitor,
             "source": self._source,
             "missing_reported": self._missing_reported,
             "judged_at": self._judged_at,
@@ -429,6 +434,14 @@ class PlateauCallback(Callback):
             if scheduler_config.monitor is not None:
                 # `PlateauScheduler(optimizer, patience=...)` written as torch's class is: the dict names the metric.
                 scheduler._take_monitor(scheduler_config.monitor)
+            elif not scheduler._monitor_given:
+                # Manual optimization: Lightning drops the dict's "monitor", and nothing else names the metric.
+                raise MisconfigurationException(
+                    "`configure_optimizers` returns a PlateauScheduler that names no monitor, and Lightning passes"
+                    ' none on (with manual optimization it drops the scheduler dict\'s "monitor"): the plateau'
+                    f" would judge the default '{scheduler.monitor}' without a word. Name the metric on the"
+                    " scheduler: PlateauScheduler(optimizer, monitor='val_acc', ...)."
+                )
             self._check_scheduler_dict(scheduler_config, scheduler)
             self._adopt(scheduler.config, source="the module's PlateauScheduler")
         else:

@@ -16,15 +16,17 @@ import torch
 # jsonargparse uses to check them): the parser itself then refuses `--model.plateau.factor 1.5` in one line that
 # names the key and the range, before anything is built. The config checks the same ranges itself in any case.
 try:
-    from annotated_types import Ge, Gt, Lt
+    from annotated_types import Ge, Gt, Lt, MinLen, Predicate
 
     _Factor = Annotated[float, Gt(0), Lt(1)]
     _Count = Annotated[int, Ge(0)]
-    _NonNegative = Annotated[float, Ge(0)]
+    _NonNegative = Annotated[float, Ge(0), Predicate(math.isfinite)]
+    _Bounds = Annotated[list[_NonNegative], MinLen(1)]
 except ImportError:  # pragma: no cover - a plain install
     _Factor = float  # type: ignore[misc]
     _Count = int  # type: ignore[misc]
     _NonNegative = float  # type: ignore[misc]
+    _Bounds = list[float]  # type: ignore[misc]
 
 _MODES = ("min", "max")
 _THRESHOLD_MODES = ("rel", "abs")
@@ -91,11 +93,21 @@ class PlateauConfig:
     threshold: _NonNegative = 1e-4
     threshold_mode: Literal["rel", "abs"] = "rel"
     cooldown: _Count = 0
-    min_lr: Union[_NonNegative, list[_NonNegative]] = 0.0
+    min_lr: Union[_NonNegative, _Bounds] = 0.0
     eps: _NonNegative = 1e-8
     strict: bool = True
 
     def __post_init__(self) -> None:
+        # NumPy's and torch's scalars (np.str_, np.bool_, np.float32, a 0-dim tensor) as the plain values they
+        # hold, so YAML, checkpoints and LightningCLI read the config anywhere.
+        for name in ("monitor", "mode", "threshold_mode"):
+            value = getattr(self, name)
+            if isinstance(value, str) and type(value) is not str:
+                object.__setattr__(self, name, str(value))
+        for name in ("factor", "patience", "threshold", "cooldown", "eps", "strict"):
+            value = getattr(self, name)
+            if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+                object.__setattr__(self, name, value.item())
         if hasattr(self.min_lr, "tolist"):  # a NumPy array or a tensor of bounds, as torch's class takes them
             object.__setattr__(self, "min_lr", self.min_lr.tolist())
         if not isinstance(self.monitor, str) or not self.monitor:

@@ -77,8 +77,8 @@ class PlateauMixin:
             if isinstance(stored, MutableMapping):
                 for key, value in stored.items():
                     if isinstance(value, PlateauConfig):
-                        stored[key] = dataclasses.asdict(value)
                         self.__dict__.setdefault("_plateau_hparams", set()).add(key)
+                    stored[key] = _plain(value)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep in the checkpoint's hyperparameters the :class:`PlateauConfig` that ``__init__`` was given.
@@ -148,3 +148,26 @@ class PlateauMixin:
         if not any(isinstance(cb, PlateauCallback) for cb in present):
             callbacks.append(PlateauCallback._implicit_instance())
         return callbacks
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every :class:`PlateauConfig` in it, however nested in dicts, lists and tuples, as a dict."""
+    if isinstance(value, PlateauConfig):
+        return dataclasses.asdict(value)
+    if not _holds_config(value):
+        return value  # untouched, whatever its type
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list) or type(value) is tuple:
+        return type(value)(_plain(item) for item in value)
+    return value
+
+
+def _holds_config(value: Any) -> bool:
+    if isinstance(value, PlateauConfig):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_config(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_config(item) for item in value)
+    return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Optional, SupportsFloat, Union, overload
 
@@ -256,7 +257,8 @@ def _check_lrs(lr: Union[float, Sequence[float]]) -> tuple[float, ...]:
 
 
 def _is_positive_float(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    # numbers.Real: NumPy's scalars too, as the config takes them
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) and float(value) > 0
 
 
 def _floats(values: Iterable[SupportsFloat]) -> list[float]:

@@ -486,3 +486,12 @@ def test_explain_several_numbers_on_a_first_line_of_several_is_refused(
     code, out, err = explain(capsys, "-", stdin=stdin, monkeypatch=monkeypatch)
     assert (code, out) == (2, "")
     assert "line 1 holds 2 items, numbers among them, and more lines follow" in err
+
+
+def test_explain_one_value_per_line_each_with_a_trailing_comma(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One value per line, each followed by a separator (pasted from a list), is the history."""
+    code, out, err = explain(capsys, "-", "--json", stdin="1.0,\n0.9,\n0.8;\n", monkeypatch=monkeypatch)
+    assert (code, err) == (0, "")
+    assert [row["value"] for row in json.loads(out)["evaluations"]] == [1.0, 0.9, 0.8]

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -16,7 +17,7 @@ from lightning.pytorch.core.saving import load_hparams_from_yaml
 from lightning.pytorch.loggers import CSVLogger
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from lightning_plateau import PlateauCallback, PlateauConfig, PlateauMixin, PlateauScheduler
+from lightning_plateau import PlateauCallback, PlateauConfig, PlateauMixin, PlateauScheduler, replay
 from tests.helpers import ScriptedModel, trainer
 
 ACC = [0.5, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7, 0.7]
@@ -238,7 +239,7 @@ def test_dropin_numpy_numbers_are_accepted_as_torch_takes_them() -> None:
     assert type(config.factor) is float
     assert type(config.patience) is int
     assert PlateauScheduler(_two_group_optimizer(), patience=np.int64(2)).config.patience == 2
-    with pytest.raises(ValueError, match=r"`patience` must be an int >= 0, got np.float64\(3.0\)"):
+    with pytest.raises(ValueError, match=r"`patience` must be an int >= 0, got 3.0"):
         PlateauConfig(patience=np.float64(3.0))
 
 
@@ -265,3 +266,33 @@ def test_dropin_load_from_checkpoint_gives_init_a_plateau_config(tmp_path: Path)
     assert reloaded.watched == "val_loss"
     assert reloaded.plateau_config == PlateauConfig(patience=4)
     assert reloaded.hparams["plateau"] == dataclasses.asdict(PlateauConfig(patience=4))
+
+
+def test_dropin_numpy_and_torch_scalars_become_plain_values() -> None:
+    """np.str_, np.bool_ and 0-dim tensors are stored as the plain values they hold: YAML and replay read them."""
+    config = PlateauConfig(
+        monitor=np.str_("val_acc"), mode=np.str_("max"), strict=np.bool_(False), factor=torch.tensor(0.5)
+    )
+    assert config == PlateauConfig(monitor="val_acc", mode="max", strict=False, factor=0.5)
+    assert [type(config.monitor), type(config.strict), type(config.factor)] == [str, bool, float]
+    assert yaml.safe_load(yaml.safe_dump(dataclasses.asdict(config))) == dataclasses.asdict(config)
+    assert replay([1.0, 2.0, 3.0], config, lr=np.float32(0.1)).initial_lrs == (pytest.approx(0.1),)
+
+
+class _NestedHparams(PlateauMixin, ScriptedModel):
+    """A PlateauConfig nested in another hyperparameter."""
+
+    def __init__(self, configs: Any = None) -> None:
+        super().__init__(FLAT)
+        self.save_hyperparameters()
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_dropin_nested_plateau_config_in_hparams_is_plain_data() -> None:
+    """A config inside a dict or list hyperparameter is stored as plain fields too (YAML-safe)."""
+    model = _NestedHparams({"stage1": PlateauConfig(patience=2), "all": [PlateauConfig(patience=5)]})
+    assert model.hparams["configs"]["stage1"] == dataclasses.asdict(PlateauConfig(patience=2))
+    assert model.hparams["configs"]["all"] == [dataclasses.asdict(PlateauConfig(patience=5))]
+    yaml.safe_dump(dict(model.hparams))

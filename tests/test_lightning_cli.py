@@ -164,6 +164,8 @@ def test_lightning_cli_bad_value_fails_parsing(
         (["--model.plateau.factor", "0"], ['Parser key "model.plateau.factor"', "greater than 0"]),
         (["--model.plateau.patience", "-1"], ['Parser key "model.plateau.patience"', "greater than or equal to 0"]),
         (["--model.plateau.min_lr", "-0.1"], ['Parser key "model.plateau.min_lr"', "-0.1"]),
+        (["--model.plateau.threshold", "inf"], ['Parser key "model.plateau.threshold"']),
+        (["--model.plateau.min_lr", "[]"], ['Parser key "model.plateau.min_lr"']),
     ],
 )
 def test_lightning_cli_out_of_range_value_is_a_parser_error(

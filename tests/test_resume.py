@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -303,3 +304,29 @@ def test_resume_with_the_other_kind_of_plateau_callback_keeps_the_history(tmp_pa
     assert _plateau(resumed)._implicit is first_given
     assert _plateau(resumed).history == _plateau(full).history
     assert _scheduler(resumed).cuts == _scheduler(full).cuts
+
+
+class _TwoMetrics(_MixinModel):
+    """Logs `val_other` (falling) beside the scripted `val_loss`, so a resume may watch the other metric."""
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if not self.trainer.sanity_checking:
+            self.log("val_other", 10.0 - self.current_epoch)
+
+
+def test_resume_watching_another_metric_starts_the_plateau_afresh(tmp_path: Path) -> None:
+    """A checkpoint of a plateau on `val_loss` resumed by one on `val_other`: a warning, and none of val_loss's best,
+    counters or history is judged against val_other (it improves at every evaluation: no cut)."""
+    checkpoint = ModelCheckpoint(tmp_path / "ckpt", "{step}", save_top_k=-1, **_AT_VALIDATION_END)
+    fit = trainer(tmp_path / "first", max_epochs=3, callbacks=[checkpoint], enable_checkpointing=True)
+    fit.fit(_TwoMetrics())
+    resumed_model = _TwoMetrics()
+    resumed_model.plateau = dataclasses.replace(_CONFIG, monitor="val_other")
+    resumed = trainer(tmp_path / "second", max_epochs=6)
+    with pytest.warns(UserWarning, match="The checkpoint's plateau watched 'val_loss', this one watches 'val_other'"):
+        resumed.fit(resumed_model, ckpt_path=tmp_path / "ckpt/step=12.ckpt")
+    history = _plateau(resumed).history
+    assert [row.epoch for row in history] == [3, 4, 5]
+    assert [row.value for row in history] == [7.0, 6.0, 5.0]
+    assert _scheduler(resumed).cuts == []

@@ -268,3 +268,27 @@ def test_wiring_torch_reduce_lr_on_plateau_is_left_to_lightning(tmp_path: Any) -
     fit.fit(Model(FLAT))
     assert fit.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01)
     assert all(cb.scheduler is None for cb in _plateau_callbacks(fit))
+
+
+def test_wiring_manual_optimization_with_an_unnamed_monitor_is_refused(tmp_path: Any) -> None:
+    """Manual optimization drops the dict's "monitor": a scheduler built with torch's keywords names none, so the
+    plateau would judge the default metric silently. Refused at fit start, saying to name it."""
+
+    class Manual(ScriptedModel):
+        def __init__(self) -> None:
+            super().__init__(FLAT)
+            self.automatic_optimization = False
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            optimizer = self.optimizers()
+            optimizer.zero_grad()  # type: ignore[union-attr]
+            self.manual_backward(super().training_step(batch, batch_idx))
+            optimizer.step()  # type: ignore[union-attr]
+
+        def configure_optimizers(self) -> Any:
+            optimizer = torch.optim.SGD(self.parameters(), lr=self.lr)
+            scheduler = PlateauScheduler(optimizer, mode="max", patience=1)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_acc"}}
+
+    with pytest.raises(MisconfigurationException, match=r"names no monitor.*monitor='val_acc'"):
+        trainer(tmp_path, max_epochs=2).fit(Manual())

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from lightning_plateau.config import PlateauConfig
 
 _DEFAULT_MONITOR = PlateauConfig().monitor
-# Columns that label evaluations rather than being candidates for the monitor.
 # Separators a value may be followed by at the end of its line.
 _TRAILING = ",; \t"
+# Columns that label evaluations rather than being candidates for the monitor.
 _CSV_LABELS = ("epoch", "step")
 _WANDB_LABELS = ("epoch", "trainer/global_step")
 # Between the values of a history given on one line: a comma (spaces or tabs around it allowed), or blanks alone.
@@ -36,6 +38,10 @@ class History:
         global_steps: a step label per value, ``None`` when the source has none.
         monitor: the column the values come from, ``None`` for a bare list of numbers.
         name: the source, for messages and titles.
+        policy: the PlateauConfig fields the run stored with itself (its hparams or W&B config), ``{}`` if none.
+        policy_from: where ``policy`` was read, ``None`` if nowhere.
+        lrs: the starting LR of each param group, from the run's ``plateau/lr`` trace; ``None`` if none.
+        lrs_from: where ``lrs`` was read, ``None`` if nowhere.
     """
 
     values: list[float]
@@ -43,6 +49,10 @@ class History:
     global_steps: Optional[list[Optional[int]]]
     monitor: Optional[str]
     name: str
+    policy: dict[str, Any] = field(default_factory=dict)
+    policy_from: Optional[str] = None
+    lrs: Optional[tuple[float, ...]] = None
+    lrs_from: Optional[str] = None
 
 
 def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
@@ -62,7 +72,7 @@ def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
         ImportError: for a W&B run without the ``wandb`` package.
     """
     if source == "-":
-        return _parse_text(stdin.read(), "<stdin>", monitor)
+        return _parse_text(stdin.read(), "<stdin>", monitor, {})
     path = Path(source)
     if not path.exists():
         raise SourceError(f"{source}: no such file or directory")
@@ -71,16 +81,71 @@ def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
     with path.open("rb") as file:
         if file.read(4) == b":W&B":
             return _read_wandb(path, monitor)
+    policy, policy_from = _policy_beside(path)
+    if policy and monitor is None:
+        monitor = policy.get("monitor")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise SourceError(
             f"{source} is neither text (CSV, JSON, one value per line) nor a W&B run file (.wandb)"
         ) from None
-    return _parse_text(text, source, monitor)
+    history = _parse_text(text, source, monitor, policy)
+    history.policy, history.policy_from = policy, policy_from
+    return history
 
 
-def _parse_text(text: str, name: str, monitor: Optional[str]) -> History:
+def _policy_beside(path: Path) -> tuple[dict[str, Any], Optional[str]]:
+    """The plateau a CSVLogger run stored in the ``hparams.yaml`` beside its ``metrics.csv``; ``{}`` if none."""
+    hparams = path.with_name("hparams.yaml")
+    if path.name != "metrics.csv" or not hparams.is_file():
+        return {}, None
+    import yaml
+
+    try:
+        stored = yaml.safe_load(hparams.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise SourceError(f"{hparams} is not valid YAML: {error}") from None
+    policy = _stored_policy(stored)
+    return policy, (str(hparams) if policy else None)
+
+
+def _stored_policy(stored: Any) -> dict[str, Any]:
+    """The PlateauConfig fields a run stored under ``plateau`` (hparams, W&B config), as plain values."""
+    plateau = stored.get("plateau") if isinstance(stored, Mapping) else None
+    if not isinstance(plateau, Mapping):
+        return {}
+    names = {f.name for f in dataclasses.fields(PlateauConfig)} - {"strict"}
+    return {key: value for key, value in plateau.items() if key in names}
+
+
+def _trace_lrs(rows: Iterable[Mapping[str, Any]]) -> Optional[tuple[tuple[float, ...], bool]]:
+    """The LRs after the first evaluation in the plateau traces, and whether that evaluation cut; ``None`` if none."""
+    for row in rows:
+        # One param group: `plateau/lr`; several: `plateau/lr/pg0`, `plateau/lr/pg1`, ...
+        keys = ["plateau/lr"] if _filled(row.get("plateau/lr")) else []
+        while keys[:1] != ["plateau/lr"] and _filled(row.get(f"plateau/lr/pg{len(keys)}")):
+            keys.append(f"plateau/lr/pg{len(keys)}")
+        if keys:
+            reductions = row.get("plateau/reductions")
+            cut = _filled(reductions) and float(str(reductions)) > 0
+            return tuple(float(row[key]) for key in keys), cut
+    return None
+
+
+def _filled(cell: Any) -> bool:
+    return cell is not None and cell != ""
+
+
+def _starting_lrs(trace: tuple[tuple[float, ...], bool], policy: Mapping[str, Any]) -> tuple[float, ...]:
+    lrs, first_cut = trace
+    # A cut at the very first evaluation (patience 0) left no row with the LR before it: undo the run's own factor
+    # (exact unless min_lr capped that cut).
+    factor = float(policy.get("factor", PlateauConfig().factor))
+    return tuple(lr / factor for lr in lrs) if first_cut else tuple(lrs)
+
+
+def _parse_text(text: str, name: str, monitor: Optional[str], policy: Mapping[str, Any]) -> History:
     text = text.removeprefix("\ufeff")  # a byte-order mark some editors write first
     stripped = text.lstrip()
     if stripped.startswith(("[", "{")) or name.endswith(".json"):
@@ -107,7 +172,7 @@ def _parse_text(text: str, name: str, monitor: Optional[str]) -> History:
             " whose first line names its columns (e.g. epoch,val_loss), one value per line, or all values on one"
             " line"
         )
-    return _parse_csv(lines, name, monitor)
+    return _parse_csv(lines, name, monitor, policy)
 
 
 def _parse_one_line(items: list[str], name: str, number: int) -> History:
@@ -147,7 +212,7 @@ def _parse_lines(lines: list[str], name: str) -> History:
     return History(values, None, None, None, name)
 
 
-def _parse_csv(lines: list[str], name: str, monitor: Optional[str]) -> History:
+def _parse_csv(lines: list[str], name: str, monitor: Optional[str], policy: Mapping[str, Any]) -> History:
     # The header is the first non-blank line (the caller saw one); messages still count the blank lines before it.
     skipped = next(number for number, line in enumerate(lines) if line.strip())
     reader = csv.reader(lines[skipped:])
@@ -167,12 +232,17 @@ def _parse_csv(lines: list[str], name: str, monitor: Optional[str]) -> History:
         values.append(_csv_number(cell, column, name, line))
         epochs.append(_csv_label(row, epoch_index, "epoch", name, line))
         steps.append(_csv_label(row, step_index, "step", name, line))
+    trace = None
+    if any(column.startswith("plateau/lr") for column in header):
+        trace = _trace_lrs(csv.DictReader(lines[skipped:]))
     return History(
         values,
         epochs if epoch_index is not None else None,
         steps if step_index is not None else None,
         column,
         name,
+        lrs=_starting_lrs(trace, policy) if trace is not None else None,
+        lrs_from=f"{name}'s plateau/lr trace" if trace is not None else None,
     )
 
 
@@ -197,6 +267,9 @@ def _read_wandb(path: Path, monitor: Optional[str]) -> History:
 
     run = read_run(path)
     name = str(path)
+    policy = _stored_policy(run.config)
+    if policy and monitor is None:
+        monitor = policy.get("monitor")
     columns = [column for column in run.columns() if not column.startswith("_")]
     column = _pick_column(columns, monitor, f"The W&B run {name}", _WANDB_LABELS)
     values: list[float] = []
@@ -214,12 +287,17 @@ def _read_wandb(path: Path, monitor: Optional[str]) -> History:
         values.append(float(value))
         epochs.append(_wandb_label(row.get("epoch")))
         steps.append(_wandb_label(row.get("trainer/global_step")))
+    trace = _trace_lrs(run.history)
     return History(
         values,
         epochs if any(epoch is not None for epoch in epochs) else None,
         steps if any(step is not None for step in steps) else None,
         column,
         name,
+        policy=policy,
+        policy_from=f"the W&B run's config ({name})" if policy else None,
+        lrs=_starting_lrs(trace, policy) if trace is not None else None,
+        lrs_from=f"the W&B run's plateau/lr trace ({name})" if trace is not None else None,
     )
 
 

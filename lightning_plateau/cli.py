@@ -16,7 +16,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, Optional, TextIO, Union
 
 from lightning_plateau import __version__
@@ -170,21 +170,29 @@ def _number(text: str) -> Union[int, float, str]:
 
 
 def _explain(args: argparse.Namespace, out: TextIO) -> int:
-    config = _config(args)
+    _config(args, {})  # the options given are checked before anything is read
     history = read_history(args.source, args.monitor, sys.stdin)
+    config = _config(args, history.policy)
     if history.monitor is not None:
         config = dataclasses.replace(config, monitor=history.monitor)
-    lr: Any = _DEFAULT_LR if args.lr is None else (args.lr[0] if len(args.lr) == 1 else args.lr)
+    lr: Any
+    if args.lr is not None:
+        lr, lr_from = (args.lr[0] if len(args.lr) == 1 else args.lr), "given"
+    elif history.lrs is not None:
+        lr, lr_from = list(history.lrs), f"from {history.lrs_from}"
+    else:
+        lr, lr_from = _DEFAULT_LR, "assumed: give --lr"
     if not history.values:
         what = f": column {history.monitor!r}" if history.monitor else ""
         raise ValueError(f"{history.name}{what} holds no values to replay")
     result = replay(history.values, config, lr=lr, epochs=history.epochs, global_steps=history.global_steps)
+    settings = _settings(args, history, config, f"lr {format_lrs(result.initial_lrs)} ({lr_from})")
     rows: Iterable[ReplayRow] = result.cut_rows() if args.only_cuts else result
     if args.json:
-        out.writelines(_json(result, rows, history))
+        out.writelines(_json(result, rows, history, settings))
     else:
         colour = out.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
-        out.writelines(_table(result, rows, history, colour=colour))
+        out.writelines(_table(result, rows, history, settings, colour=colour))
     if args.plot:
         from lightning_plateau.chart import plot_plateau
 
@@ -193,22 +201,55 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace) -> PlateauConfig:
-    fields: dict[str, Any] = {}
+def _config(args: argparse.Namespace, stored: Mapping[str, Any]) -> PlateauConfig:
+    """The policy to replay: the options given, else what the run stored (``stored``), else the defaults."""
+    fields: dict[str, Any] = {name: value for name, value in stored.items() if name in _CONFIG_OPTIONS}
     for name in _CONFIG_OPTIONS:
         value = getattr(args, name)
         if value is not None:
-            fields[name] = value
-    if "min_lr" in fields and len(fields["min_lr"]) == 1:
-        fields["min_lr"] = fields["min_lr"][0]
+            fields[name] = value[0] if name == "min_lr" and len(value) == 1 else value
     return PlateauConfig(**fields)
 
 
-def _table(result: Replay, rows: Iterable[ReplayRow], history: History, *, colour: bool) -> Iterator[str]:
+def _settings(args: argparse.Namespace, history: History, config: PlateauConfig, lr_text: str) -> str:
+    """Where each setting of the replay came from: given, stored with the run, or PlateauConfig's default."""
+    names = [name for name in _CONFIG_OPTIONS if name != "monitor"]
+    given = [name for name in names if getattr(args, name) is not None]
+    stored = [name for name in names if name in history.policy and name not in given]
+    defaults = [name for name in names if name not in given and name not in stored]
+    parts = []
+    if given:
+        parts.append(f"{_fields(config, given)} (given)")
+    if stored:
+        parts.append(f"{_fields(config, stored)} (from {history.policy_from})")
+    if defaults:
+        where = "" if history.policy else f", none stored in {history.name}"
+        parts.append(f"{_fields(config, defaults)} (PlateauConfig's defaults assumed{where})")
+    return "settings: " + "; ".join([*parts, lr_text])
+
+
+def _fields(config: PlateauConfig, names: Sequence[str]) -> str:
+    texts = []
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, str):
+            text = value
+        elif name == "min_lr":
+            text = format_lrs(value if isinstance(value, list) else [value])
+        else:
+            text = f"{value:g}"
+        texts.append(f"{name} {text}")
+    return ", ".join(texts)
+
+
+def _table(
+    result: Replay, rows: Iterable[ReplayRow], history: History, settings: str, *, colour: bool
+) -> Iterator[str]:
     config = result.config
     yield (
         f"{history.name}: {plural(len(result), 'evaluation')} of {config.describe()}, threshold {config.threshold:g}"
-        f" {config.threshold_mode}, lr {format_lrs(result.initial_lrs)}\n\n"
+        f" {config.threshold_mode}, lr {format_lrs(result.initial_lrs)}\n"
+        f"{settings}\n\n"
     )
     with_epoch = history.epochs is not None
     with_step = history.global_steps is not None
@@ -265,11 +306,12 @@ def _summary(result: Replay) -> str:
     return text
 
 
-def _json(result: Replay, rows: Iterable[ReplayRow], history: History) -> Iterator[str]:
+def _json(result: Replay, rows: Iterable[ReplayRow], history: History, settings: str) -> Iterator[str]:
     """One JSON object, written in pieces: a long history is encoded a chunk of rows at a time, never held whole."""
     head = {
         "source": history.name,
         "config": dataclasses.asdict(result.config),
+        "settings": settings,
         "num_evaluations": len(result),
         "initial_lrs": list(result.initial_lrs),
         "final_lrs": list(result.final_lrs),

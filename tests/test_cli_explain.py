@@ -209,7 +209,7 @@ def test_explain_colours_cut_rows_on_a_terminal() -> None:
     """On a terminal the cut row and its reason are bold red; the other rows stay plain."""
     result = replay(CLASSIC, PlateauConfig(patience=10))
     history = History(CLASSIC, None, None, None, "values.txt")
-    coloured = "".join(_table(result, result, history, colour=True)).splitlines()
+    coloured = "".join(_table(result, result, history, "settings: as given", colour=True)).splitlines()
     marked = [line for line in coloured if "\033[1;31m" in line]
     assert len(marked) == 2
     assert marked[0].startswith("\033[1;31mCUT    16")
@@ -240,7 +240,16 @@ def test_explain_json_is_strict_json(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert [(row["value"], row["best"]) for row in report["evaluations"]] == [(None, None), (None, None), (1.0, 1.0)]
     assert report["cuts"][0]["best"] is None
     assert report["cuts"][0]["reason"].startswith("eval 2: val_loss has had no finite value to improve on")
-    assert set(report) == {"source", "config", "num_evaluations", "initial_lrs", "final_lrs", "cuts", "evaluations"}
+    assert set(report) == {
+        "source",
+        "config",
+        "settings",
+        "num_evaluations",
+        "initial_lrs",
+        "final_lrs",
+        "cuts",
+        "evaluations",
+    }
 
 
 def test_explain_plot_draws_the_chart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,107 @@
+"""explain reads the run: the plateau settings and starting LRs stored with a W&B run or a CSVLogger run are used."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import ScriptedPlateauModel, plateau_of, trainer
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from lightning_plateau import PlateauConfig
+from lightning_plateau.cli import main
+
+# Not explain's defaults (patience 10, factor 0.1, lr 1e-3): a replay that ignored the run would cut elsewhere.
+RUN_PLATEAU = PlateauConfig(patience=2, factor=0.3)
+RUN_LR = 0.01
+VALUES = [1.0, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8]
+
+
+class _HparamsModel(ScriptedPlateauModel):
+    """The README's pattern: the plateau and the LR are init arguments kept by save_hyperparameters()."""
+
+    def __init__(self, plateau: PlateauConfig = RUN_PLATEAU, lr: float = RUN_LR) -> None:
+        super().__init__(VALUES, plateau=None, lr=lr)
+        self.save_hyperparameters()
+
+
+@pytest.fixture
+def logged_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Path, Path]]:
+    """One real fit logged to an offline W&B run and a CSVLogger: (the plateau callback, W&B run dir, metrics.csv)."""
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    csv_logger = CSVLogger(tmp_path, name="csv")
+    fit = trainer(tmp_path, max_epochs=len(VALUES), logger=[WandbLogger(offline=True, save_dir=tmp_path), csv_logger])
+    fit.fit(_HparamsModel())
+    wandb.finish()
+    wandb.teardown()
+    try:
+        yield plateau_of(fit), tmp_path / "wandb" / "latest-run", Path(csv_logger.log_dir) / "metrics.csv"
+    finally:
+        wandb.finish()
+        wandb.teardown()
+
+
+def explain(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["explain", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("source", ["wandb", "csv"])
+def test_explain_replays_a_run_with_its_own_settings(
+    logged_run: tuple[Any, Path, Path], capsys: pytest.CaptureFixture[str], source: str
+) -> None:
+    """No option given: the run's stored plateau and starting LR replay to the cuts the run made, and say so."""
+    callback, wandb_dir, metrics = logged_run
+    live = callback.scheduler.cuts
+    assert [cut.evaluation for cut in live] == [5, 9]
+    code, out, err = explain(capsys, wandb_dir if source == "wandb" else metrics, "--json")
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    assert report["config"]["patience"] == 2
+    assert report["config"]["factor"] == 0.3
+    assert report["initial_lrs"] == [RUN_LR]
+    assert [(cut["evaluation"], cut["lrs_after"]) for cut in report["cuts"]] == [
+        (cut.evaluation, list(cut.lrs_after)) for cut in live
+    ]
+    settings = report["settings"]
+    assert "patience 2" in settings
+    where = "the W&B run's config" if source == "wandb" else "hparams.yaml"
+    assert f"(from {where}" in settings or "hparams.yaml)" in settings
+    assert "lr 0.01 (from " in settings
+    assert "defaults assumed" not in settings
+
+
+def test_explain_options_override_the_run_settings(
+    logged_run: tuple[Any, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An option given wins over the stored setting, and the header says which came from where."""
+    _, _, metrics = logged_run
+    code, out, _ = explain(capsys, metrics, "--patience", "5", "--only-cuts")
+    assert code == 0
+    settings = out.splitlines()[1]
+    assert settings.startswith("settings: patience 5 (given); ")
+    assert "factor 0.3" in settings
+    assert "lr 0.01 (from " in settings
+
+
+def test_explain_says_defaults_are_assumed_when_nothing_is_stored(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bare list of values stores no policy: the header says the defaults and the LR are assumed, every time."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("1.0 0.9 0.8"))
+    code, out, _ = explain(capsys, "-")
+    assert code == 0
+    settings = out.splitlines()[1]
+    assert "(PlateauConfig's defaults assumed, none stored in <stdin>)" in settings
+    assert settings.endswith("lr 1e-3 (assumed: give --lr)")

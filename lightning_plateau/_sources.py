@@ -59,7 +59,9 @@ def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
     """Read SOURCE: ``-`` (stdin), a W&B run (``.wandb`` file or run directory), JSON, CSV, or text.
 
     Text holds one value per line, or all the values on a single line separated by commas, spaces or tabs
-    (``1.0 0.9 0.8``, ``1.0, 0.9, 0.8``). A first line of names is a CSV header.
+    (``1.0 0.9 0.8``, ``1.0, 0.9, 0.8``). A first line of names is a CSV header. A directory is a CSVLogger
+    version directory (its ``metrics.csv``), a logs directory (the latest ``version_N``'s, named in the history's
+    name) or a W&B run.
 
     Args:
         source: the path given on the command line, or ``-``.
@@ -77,7 +79,11 @@ def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
     if not path.exists():
         raise SourceError(f"{source}: no such file or directory")
     if path.is_dir():
-        return _read_wandb(path, monitor)
+        metrics = _csv_logger_metrics(path)
+        if metrics is None:
+            return _read_wandb(path, monitor)
+        path = metrics
+        source = str(metrics)
     with path.open("rb") as file:
         if file.read(4) == b":W&B":
             return _read_wandb(path, monitor)
@@ -93,6 +99,18 @@ def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
     history = _parse_text(text, source, monitor, policy)
     history.policy, history.policy_from = policy, policy_from
     return history
+
+
+def _csv_logger_metrics(directory: Path) -> Optional[Path]:
+    """The ``metrics.csv`` of a CSVLogger version directory, or of the latest ``version_N`` in a logs directory."""
+    if (directory / "metrics.csv").is_file():
+        return directory / "metrics.csv"
+    versions = [
+        (int(child.name.removeprefix("version_")), child / "metrics.csv")
+        for child in directory.glob("version_*")
+        if child.name.removeprefix("version_").isdigit() and (child / "metrics.csv").is_file()
+    ]
+    return max(versions)[1] if versions else None
 
 
 def _policy_beside(path: Path) -> tuple[dict[str, Any], Optional[str]]:

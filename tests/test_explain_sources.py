@@ -105,3 +105,20 @@ def test_explain_says_defaults_are_assumed_when_nothing_is_stored(
     settings = out.splitlines()[1]
     assert "(PlateauConfig's defaults assumed, none stored in <stdin>)" in settings
     assert settings.endswith("lr 1e-3 (assumed: give --lr)")
+
+
+def test_explain_reads_a_csv_logger_version_or_logs_directory(
+    logged_run: tuple[Any, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CSVLogger version directory, or its logs directory (the latest version, named), reads as its metrics.csv."""
+    callback, _, metrics = logged_run
+    newer = metrics.parent.parent / "version_10"
+    newer.mkdir()
+    (newer / "metrics.csv").write_text(metrics.read_text())
+    (newer / "hparams.yaml").write_text((metrics.parent / "hparams.yaml").read_text())
+    for source, read in ((metrics.parent, metrics), (metrics.parent.parent, newer / "metrics.csv")):
+        code, out, _ = explain(capsys, source, "--json")
+        assert code == 0
+        report = json.loads(out)
+        assert report["source"] == str(read)
+        assert [cut["evaluation"] for cut in report["cuts"]] == [cut.evaluation for cut in callback.scheduler.cuts]

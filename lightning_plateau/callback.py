@@ -64,8 +64,9 @@ class PlateauCallback(Callback):
             ``plateau/cooldown``, ``plateau/reductions``, ``plateau/evaluation`` and the LR after the decision
             (``plateau/lr``, or ``plateau/lr/pg0``, ... for several param groups) to every logger of the Trainer,
             on rank zero, at Lightning's step; at the end of fit write ``plateau.png`` beside the first logger's
-            files (needs matplotlib) and, with a ``WandbLogger``, add the best value, the final LRs and the
-            number of cuts to the run's summary, a table of cuts and the chart. ``False``: none of this.
+            files (needs matplotlib; no file without a logger) and, with a ``WandbLogger``, add the best value,
+            the final LRs and the number of cuts to the run's summary, a table of cuts and the chart. ``False``:
+            none of this.
 
     Raises:
         MisconfigurationException: at fit start, if the module already returns a plain ``ReduceLROnPlateau``

@@ -82,17 +82,19 @@ def _wandb_name(logger: WandbLogger, key: str) -> str:
     return f"{prefix}{logger.LOGGER_JOIN_CHAR}{key}" if prefix else key
 
 
-def _chart_dir(trainer: pl.Trainer) -> pathlib.Path:
-    """Where the chart goes: beside the first logger's files, else in ``trainer.default_root_dir``.
+def _chart_dir(trainer: pl.Trainer) -> Optional[pathlib.Path]:
+    """Where the chart goes: beside the first logger's files; ``None`` without a logger.
+
+    A logger without a directory of its own gets ``default_root_dir``; without any logger Lightning writes no
+    file of a run, and neither does the plateau.
 
     This is ``trainer.log_dir`` without its broadcast, so rank zero can call it alone.
     """
-    if trainer.loggers:
-        logger = trainer.loggers[0]
-        directory = logger.log_dir or logger.save_dir
-        if directory:
-            return pathlib.Path(directory)
-    return pathlib.Path(trainer.default_root_dir)
+    if not trainer.loggers:
+        return None
+    logger = trainer.loggers[0]
+    directory = logger.log_dir or logger.save_dir
+    return pathlib.Path(directory or trainer.default_root_dir)
 
 
 class _Traces:
@@ -161,7 +163,10 @@ class _Traces:
         path: Optional[pathlib.Path] = None
         try:
             # Inside the guard: a logger's own log_dir can fail too.
-            path = _chart_dir(trainer) / _CHART_NAME
+            directory = _chart_dir(trainer)
+            if directory is None:
+                return None  # logger=False: no file unless asked (plot_plateau(callback.history, ...))
+            path = directory / _CHART_NAME
             return plot_plateau(history, config, path, initial_lrs=_initial_lrs(history, scheduler))
         except ImportError as err:
             self._warn_once("chart", f"PlateauCallback wrote no chart: {err}")

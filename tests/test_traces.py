@@ -22,7 +22,7 @@ from helpers import ScriptedModel, ScriptedPlateauModel, plateau_of, trainer
 from lightning.pytorch.loggers import CSVLogger
 from test_chart import EXTREME_HISTORIES
 
-from lightning_plateau import PlateauCallback, PlateauConfig, PlateauEvaluation, PlateauScheduler
+from lightning_plateau import PlateauCallback, PlateauConfig, PlateauEvaluation, PlateauScheduler, plot_plateau
 from lightning_plateau._wandb_file import WandbRun, read_run
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -235,19 +235,23 @@ def test_traces_chart_beside_the_logger_and_named_in_final_message(
     assert f"chart: {chart}" in message
 
 
-def test_traces_without_a_logger_chart_goes_to_default_root_dir(tmp_path: Path) -> None:
-    """logger=False: nothing is logged, and the chart is written in default_root_dir."""
+def test_traces_without_a_logger_write_no_file(tmp_path: Path) -> None:
+    """logger=False: nothing is logged and no file written (Lightning writes none either); the history is there to
+    draw the chart on request."""
     fit = trainer(tmp_path / "root", max_epochs=3)
     fit.fit(ScriptedPlateauModel([1.0, 1.0, 1.0], plateau=PlateauConfig(patience=1)))
 
-    assert (tmp_path / "root" / "plateau.png").read_bytes()[:8] == PNG_MAGIC
+    assert not (tmp_path / "root").exists() or not list((tmp_path / "root").rglob("*"))
+    callback = plateau_of(fit)
+    assert callback.chart_path is None
+    assert plot_plateau(callback.history, callback.config, tmp_path / "asked.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_traces_unwritable_chart_dir_warns_and_fit_succeeds(tmp_path: Path) -> None:
-    """A chart that cannot be written (here: its directory is under a file) costs a warning, not the fit."""
-    blocker = tmp_path / "blocker"
-    blocker.write_text("")
-    fit = trainer(blocker / "root", max_epochs=3)
+    """A chart that cannot be written (here: a directory stands where the file goes) costs a warning, not the fit."""
+    logger = CSVLogger(tmp_path, name="run", version=0)
+    (Path(logger.log_dir) / "plateau.png").mkdir(parents=True)
+    fit = trainer(tmp_path, max_epochs=3, logger=logger)
 
     with pytest.warns(UserWarning, match="could not write its chart to .*plateau.png"):
         fit.fit(ScriptedPlateauModel([1.0, 1.0, 1.0], plateau=PlateauConfig(patience=1)))
@@ -278,7 +282,7 @@ def test_traces_extreme_history_fit_ends_with_a_chart(
 def test_traces_chart_that_cannot_be_drawn_warns_and_fit_succeeds(tmp_path: Path) -> None:
     """A chart matplotlib refuses (here: a monitor name that is broken mathtext) costs a warning naming why."""
     monitor = r"cost_$\x$"
-    fit = trainer(tmp_path, max_epochs=3)
+    fit = trainer(tmp_path, max_epochs=3, logger=CSVLogger(tmp_path))
 
     with pytest.warns(UserWarning, match=r"could not draw its chart .*plateau.png: ValueError: .*Unknown symbol"):
         fit.fit(

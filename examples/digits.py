@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, random_split
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_plateau import PlateauCallback, PlateauConfig, PlateauMixin, wandb_run_dir
+from lightning_plateau import PlateauConfig, PlateauMixin, wandb_run_dir
 
 
 class DigitsDataModule(pl.LightningDataModule):
@@ -110,48 +110,20 @@ class DigitsClassifier(PlateauMixin, pl.LightningModule):
 
 
 class PlateauReportCLI(LightningCLI):
-    """LightningCLI that ends ``fit`` with a table of the LR cuts and the path of the run."""
+    """LightningCLI that completes the offline W&B run when ``fit`` ends.
+
+    The PlateauCallback's end-of-fit message already says it all, once: the cuts, the LRs, the best value, the
+    chart and the W&B run with the command that uploads it (each cut was announced when it happened, and
+    PlateauEarlyStopping said why it stopped).
+    """
 
     def after_fit(self) -> None:
-        if not self.trainer.is_global_zero:
-            return  # under DDP every rank runs this; one report is enough
-        plateau = next(cb for cb in self.trainer.callbacks if isinstance(cb, PlateauCallback))
-        print_cuts(plateau)
-        stopper = self.trainer.early_stopping_callback
-        if stopper is not None and stopper.stopping_reason_message:
-            print(f"Stopped early: {stopper.stopping_reason_message}")
-        if plateau.chart_path is not None:
-            print(f"Chart: {plateau.chart_path}")
-        run_dir = wandb_run_dir(self.trainer)
-        if run_dir is not None:
+        if self.trainer.is_global_zero and wandb_run_dir(self.trainer) is not None:
             import wandb
 
             # Completes the offline run's .wandb file before the script exits.
             wandb.finish()
             wandb.teardown()
-            print(f"W&B offline run: {run_dir}")
-            print(f"Upload it with: wandb sync {run_dir}")
-
-
-def print_cuts(plateau: PlateauCallback) -> None:
-    """Print one row per learning-rate cut made by ``plateau``."""
-    if plateau.scheduler is None or plateau.config is None:
-        # ddp_spawn trains in worker processes: this process's callback never ran.
-        print("\nPlateau: the cuts were made in the worker processes; see the logged plateau/* traces.")
-        return
-    cuts = plateau.scheduler.cuts
-    print(f"\nPlateau: {plateau.config.describe()}; {len(plateau.history)} evaluations, {len(cuts)} cut(s)")
-    if not cuts:
-        return
-    print(f"{'epoch':>5}  {'eval':>4}  {'value':>8}  {'best':>8}  lr")
-    for cut in cuts:
-        epoch = "-" if cut.epoch is None else str(cut.epoch + 1)  # counted from 1, as people count epochs
-        lrs = f"{_lrs(cut.lrs_before)} -> {_lrs(cut.lrs_after)}"
-        print(f"{epoch:>5}  {cut.evaluation:>4}  {cut.value:>8.4f}  {cut.best:>8.4f}  {lrs}")
-
-
-def _lrs(lrs: tuple[float, ...]) -> str:
-    return ", ".join(f"{lr:.2g}" for lr in lrs)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -21,8 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.regression import MeanSquaredError
 
-from lightning_plateau import PlateauCallback, PlateauConfig, PlateauMixin
-from lightning_plateau._format import format_lrs, format_value
+from lightning_plateau import PlateauConfig, PlateauMixin
 
 
 class DiabetesDataModule(pl.LightningDataModule):
@@ -112,29 +111,12 @@ class DiabetesRegressor(PlateauMixin, pl.LightningModule):
 
 
 class PlateauReportCLI(LightningCLI):
-    """LightningCLI that ends ``fit`` with a table of the LR cuts and the log directory."""
+    """LightningCLI that names the log directory when ``fit`` ends (the PlateauCallback's message has the rest)."""
 
     def after_fit(self) -> None:
-        print_cuts(self.trainer)
         logger = self.trainer.logger
-        if logger is not None and logger.log_dir is not None:
+        if self.trainer.is_global_zero and logger is not None and logger.log_dir is not None:
             print(f"Logs: {logger.log_dir}")
-
-
-def print_cuts(trainer: pl.Trainer) -> None:
-    """Print one row per learning-rate cut made by the trainer's PlateauCallback."""
-    callback = next(cb for cb in trainer.callbacks if isinstance(cb, PlateauCallback))  # type: ignore[attr-defined]
-    assert callback.scheduler is not None
-    assert callback.config is not None
-    cuts = callback.scheduler.cuts
-    print(f"\nPlateau: {callback.config.describe()}; {len(callback.history)} evaluations, {len(cuts)} cut(s)")
-    if not cuts:
-        return
-    print(f"{'epoch':>5}  {'eval':>4}  {'value':>8}  {'best':>8}  lr")
-    for cut in cuts:
-        epoch = "-" if cut.epoch is None else str(cut.epoch + 1)
-        lrs = f"{format_lrs(cut.lrs_before)} -> {format_lrs(cut.lrs_after)}"
-        print(f"{epoch:>5}  {cut.evaluation:>4}  {format_value(cut.value):>8}  {format_value(cut.best):>8}  {lrs}")
 
 
 def main(args: list[str] | None = None) -> None:

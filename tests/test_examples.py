@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 import sys
 from pathlib import Path
@@ -77,43 +78,57 @@ def test_readme_setup_has_two_commands() -> None:
     assert re.search(r"^test:", makefile, flags=re.MULTILINE)
 
 
-def cut_rows(output: str) -> list[tuple[int, int, str]]:
-    """(epoch, evaluation, "lr before -> lr after") of each row of the printed cut table."""
-    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+\S+\s+\S+\s+(\S+ -> \S+)$", output, flags=re.MULTILINE)
-    return [(int(epoch), int(evaluation), lrs) for epoch, evaluation, lrs in rows]
+def plateau_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The PlateauCallback's rank-zero messages of a run: one per cut, then the end-of-fit summary."""
+    return [
+        r.getMessage() for r in caplog.records if re.match(r"(epoch \d+, eval \d+:|PlateauCallback \()", r.getMessage())
+    ]
 
 
-def test_digits_example_prints_cuts_and_wandb_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """digits.py with its YAML cuts at evaluations 2 and 3, prints them and the offline W&B run it wrote."""
+def test_digits_example_reports_once_and_writes_the_wandb_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """digits.py with its YAML cuts at evaluations 2 and 3; the cuts, the summary (once, one number format) and the
+    offline W&B run it wrote are said by the callback, and the example prints nothing on top."""
     wandb = pytest.importorskip("wandb")
     digits = load_example("digits")
     config = str(ROOT / "configs" / "digits.yaml")
     save_dir = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
     try:
-        digits.main(["fit", "--config", config, *TINY_TRAINER, *CUT_EVERY_EVALUATION, *save_dir])
+        with caplog.at_level(logging.INFO):
+            digits.main(["fit", "--config", config, *TINY_TRAINER, *CUT_EVERY_EVALUATION, *save_dir])
     finally:
         wandb.teardown()
-    output = capsys.readouterr().out
-    assert "Plateau: val_loss (min), patience 0, factor 0.3; 3 evaluations, 2 cut(s)" in output
-    assert cut_rows(output) == [(2, 2, "0.01 -> 0.003"), (3, 3, "0.003 -> 0.0009")]
-    match = re.search(r"^W&B offline run: (\S+)", output, flags=re.MULTILINE)
+    messages = plateau_messages(caplog)
+    assert [m.split(":")[0] for m in messages[:-1]] == ["epoch 2, eval 2", "epoch 3, eval 3"]
+    assert messages[0].endswith("lr 0.01 -> 3e-3")
+    summary = messages[-1]
+    assert summary.startswith("PlateauCallback (val_loss (min), patience 0, factor 0.3): 2 cuts in 3 evaluations")
+    assert "lr 0.01 -> 9e-4" in summary
+    assert sum(m.startswith("PlateauCallback (") for m in messages) == 1
+    match = re.search(r"W&B offline run: (\S+)", summary)
     assert match is not None
     run_dir = Path(match.group(1))
     assert run_dir.parent == tmp_path / "runs" / "wandb"
     assert run_dir.name.startswith("offline-run-")
     assert list(run_dir.glob("run-*.wandb"))
+    assert "cut(s)" not in capsys.readouterr().out
 
 
-def test_regression_example_prints_cuts_and_csv_logs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """regression.py with its YAML cuts at evaluations 2 and 3, prints them and the CSV log directory."""
+def test_regression_example_reports_cuts_and_csv_logs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """regression.py with its YAML cuts at evaluations 2 and 3, says them once and names the CSV log directory."""
     regression = load_example("regression")
     config = str(ROOT / "configs" / "regression.yaml")
     save_dir = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
-    regression.main(["fit", "--config", config, *TINY_TRAINER, *CUT_EVERY_EVALUATION, *save_dir])
-    output = capsys.readouterr().out
-    assert "Plateau: val_mse (min), patience 0, factor 0.5; 3 evaluations, 2 cut(s)" in output
-    assert cut_rows(output) == [(2, 2, "1e-3 -> 5e-4"), (3, 3, "5e-4 -> 2.5e-4")]
-    match = re.search(r"^Logs: (\S+)", output, flags=re.MULTILINE)
+    with caplog.at_level(logging.INFO):
+        regression.main(["fit", "--config", config, *TINY_TRAINER, *CUT_EVERY_EVALUATION, *save_dir])
+    messages = plateau_messages(caplog)
+    assert [m.split(":")[0] for m in messages[:-1]] == ["epoch 2, eval 2", "epoch 3, eval 3"]
+    assert messages[-1].startswith("PlateauCallback (val_mse (min), patience 0, factor 0.5): 2 cuts in 3 evaluations")
+    assert "lr 1e-3 -> 2.5e-4" in messages[-1]
+    match = re.search(r"^Logs: (\S+)", capsys.readouterr().out, flags=re.MULTILINE)
     assert match is not None
     log_dir = Path(match.group(1))
     assert log_dir == tmp_path / "runs" / "regression" / "version_0"

@@ -9,14 +9,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# Bound eagerly: `replay` is also the name of its module, and importing that module later (the explain command
-# does) would otherwise make `lightning_plateau.replay` the module instead of the function. It needs torch only.
+# Bound eagerly: `replay` and `compare` are also the names of their modules, and importing such a module later (the
+# explain command does) would otherwise make `lightning_plateau.replay` the module instead of the function. They need
+# torch only.
+from lightning_plateau.compare import PolicyOutcome, compare
 from lightning_plateau.replay import Replay, ReplayRow, replay
 
 if TYPE_CHECKING:
     from lightning_plateau._rule import PlateauCut, PlateauEvaluation
     from lightning_plateau.callback import PlateauCallback
-    from lightning_plateau.chart import plot_plateau
+    from lightning_plateau.chart import plot_comparison, plot_plateau
     from lightning_plateau.config import PlateauConfig
     from lightning_plateau.early_stopping import PlateauEarlyStopping
     from lightning_plateau.mixin import PlateauMixin
@@ -33,6 +35,7 @@ _WHERE = {
     "PlateauEvaluation": "_rule",
     "PlateauMixin": "mixin",
     "PlateauScheduler": "scheduler",
+    "plot_comparison": "chart",
     "plot_plateau": "chart",
     "wandb_run_dir": "traces",
 }
@@ -45,9 +48,12 @@ __all__ = [
     "PlateauEvaluation",
     "PlateauMixin",
     "PlateauScheduler",
+    "PolicyOutcome",
     "Replay",
     "ReplayRow",
     "__version__",
+    "compare",
+    "plot_comparison",
     "plot_plateau",
     "replay",
     "wandb_run_dir",

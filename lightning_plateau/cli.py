@@ -33,6 +33,8 @@ _JSON_CHUNK = 10_000
 # The fields of a ReplayRow and of a PlateauCut that can be NaN or infinite.
 _NON_FINITE_FIELDS = ("value", "best")
 # The PlateauConfig fields that are options (`--threshold-mode` sets threshold_mode); `strict` means nothing here.
+# The options that take several values, to compare the policies they make.
+_GRID_OPTIONS = ("factor", "patience", "threshold", "cooldown")
 _CONFIG_OPTIONS = ("monitor", "mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps")
 
 
@@ -103,7 +105,10 @@ def _parser() -> argparse.ArgumentParser:
             " text with one value per line or all on one line (1.0 0.9 0.8, or 1.0,0.9,0.8), or - for stdin"
         ),
     )
-    policy = explain.add_argument_group("plateau policy (the PlateauConfig fields; defaults as in the library)")
+    policy = explain.add_argument_group(
+        "plateau policy (the PlateauConfig fields; defaults as in the library). Give several values to --patience,"
+        " --factor, --threshold or --cooldown to compare the policies: one table, a row per combination"
+    )
     defaults = {field.name: field.default for field in dataclasses.fields(PlateauConfig)}
     policy.add_argument(
         "--monitor",
@@ -115,15 +120,25 @@ def _parser() -> argparse.ArgumentParser:
         help=f"min: lower is better; max: higher is better (default: {defaults['mode']})",
     )
     policy.add_argument(
-        "--factor", type=_number, help=f"LR multiplier at each cut, a float in (0, 1) (default: {defaults['factor']})"
+        "--factor",
+        type=_number,
+        nargs="+",
+        metavar="FACTOR",
+        help=f"LR multiplier at each cut, a float in (0, 1) (default: {defaults['factor']})",
     )
     policy.add_argument(
         "--patience",
         type=_number,
+        nargs="+",
+        metavar="PATIENCE",
         help=f"bad evaluations tolerated, an int >= 0; the next one cuts (default: {defaults['patience']})",
     )
     policy.add_argument(
-        "--threshold", type=_number, help=f"improvement needed, a float >= 0 (default: {defaults['threshold']})"
+        "--threshold",
+        type=_number,
+        nargs="+",
+        metavar="THRESHOLD",
+        help=f"improvement needed, a float >= 0 (default: {defaults['threshold']})",
     )
     policy.add_argument(
         "--threshold-mode",
@@ -133,6 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     policy.add_argument(
         "--cooldown",
         type=_number,
+        nargs="+",
+        metavar="COOLDOWN",
         help=f"evaluations not counted after a cut, an int >= 0 (default: {defaults['cooldown']})",
     )
     policy.add_argument(
@@ -185,6 +202,9 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     if not history.values:
         what = f": column {history.monitor!r}" if history.monitor else ""
         raise ValueError(f"{history.name}{what} holds no values to replay")
+    grid = {name: getattr(args, name) for name in _GRID_OPTIONS if getattr(args, name) and len(getattr(args, name)) > 1}
+    if grid:
+        return _compare(args, history, config, lr, lr_from, grid, out)
     result = replay(history.values, config, lr=lr, epochs=history.epochs, global_steps=history.global_steps)
     settings = _settings(args, history, config, f"lr {format_lrs(result.initial_lrs)} ({lr_from})")
     rows: Iterable[ReplayRow] = result.cut_rows() if args.only_cuts else result
@@ -201,13 +221,87 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _compare(
+    args: argparse.Namespace,
+    history: History,
+    config: PlateauConfig,
+    lr: Any,
+    lr_from: str,
+    grid: dict[str, list[Any]],
+    out: TextIO,
+) -> int:
+    """What if? One row per combination of the several values given: cuts, first cut, final LR, LR spans, stop."""
+    from lightning_plateau.compare import compare
+
+    if args.only_cuts:
+        raise ValueError("--only-cuts shows one policy's cuts; with several values per option the table compares them")
+    outcomes = compare(history.values, config, lr=lr, epochs=history.epochs, global_steps=history.global_steps, **grid)
+    settings = _settings(args, history, config, f"lr {format_lrs(outcomes[0].replay.initial_lrs)} ({lr_from})")
+    varied = " x ".join(grid)
+    if args.json:
+        policies = [
+            {
+                "varied": outcome.varied,
+                "config": dataclasses.asdict(outcome.config),
+                "cuts": [_finite_floats(cut.as_dict()) for cut in outcome.cuts],
+                "final_lrs": list(outcome.final_lrs),
+                "evaluations_per_lr": [[list(lrs), count] for lrs, count in outcome.evaluations_per_lr],
+                "early_stop": outcome.early_stop,
+                "early_stop_reason": outcome.early_stop_reason,
+            }
+            for outcome in outcomes
+        ]
+        report = {"source": history.name, "settings": settings, "varied": list(grid), "policies": policies}
+        out.write(json.dumps(report, allow_nan=False) + "\n")
+    else:
+        out.write(f"{history.name}: {plural(len(history.values), 'evaluation')} of {config.monitor} ({config.mode}),")
+        out.write(f" {len(outcomes)} {'policy' if len(outcomes) == 1 else 'policies'} ({varied})\n{settings}\n\n")
+        out.writelines(_comparison_table(outcomes))
+    if args.plot:
+        from lightning_plateau.chart import plot_comparison
+
+        path = plot_comparison(history.values, outcomes, args.plot)
+        print(f"{_PROG} explain: chart written to {path}", file=sys.stderr)
+    return 0
+
+
+def _comparison_table(outcomes: Sequence[Any]) -> Iterator[str]:
+    names = [", ".join(f"{key} {value:g}" for key, value in outcome.varied.items()) for outcome in outcomes]
+    width = max(len("policy"), *(len(name) for name in names))
+    yield f"{'policy':<{width}}  cuts  first cut  final lr  early stop  evaluations at each lr\n"
+    for name, outcome in zip(names, outcomes, strict=True):
+        first = outcome.first_cut
+        first_text = "-" if first is None else _where(first.evaluation, first.epoch)
+        stop = (
+            "-"
+            if outcome.early_stop is None
+            else _where(outcome.early_stop, outcome.replay[outcome.early_stop - 1].epoch)
+        )
+        spans = ", ".join(f"{format_lrs(lrs)} x{count}" for lrs, count in outcome.evaluations_per_lr)
+        yield (
+            f"{name:<{width}}  {len(outcome.cuts):>4}  {first_text:>9}  {format_lrs(outcome.final_lrs):>8}"
+            f"  {stop:>10}  {spans}\n"
+        )
+    yield (
+        "\nfirst cut, early stop: the evaluation (and epoch); early stop: where PlateauEarlyStopping() would end"
+        " the run\n"
+    )
+
+
+def _where(evaluation: int, epoch: Optional[int]) -> str:
+    return f"{evaluation}" if epoch is None else f"{evaluation} (ep {epoch + 1})"
+
+
 def _config(args: argparse.Namespace, stored: Mapping[str, Any]) -> PlateauConfig:
     """The policy to replay: the options given, else what the run stored (``stored``), else the defaults."""
     fields: dict[str, Any] = {name: value for name, value in stored.items() if name in _CONFIG_OPTIONS}
     for name in _CONFIG_OPTIONS:
         value = getattr(args, name)
-        if value is not None:
-            fields[name] = value[0] if name == "min_lr" and len(value) == 1 else value
+        if value is None:
+            continue
+        if name in _GRID_OPTIONS:
+            value = value[0]  # the first of several values: each is checked; compare() tries them all
+        fields[name] = value[0] if name == "min_lr" and len(value) == 1 else value
     return PlateauConfig(**fields)
 
 
@@ -219,7 +313,10 @@ def _settings(args: argparse.Namespace, history: History, config: PlateauConfig,
     defaults = [name for name in names if name not in given and name not in stored]
     parts = []
     if given:
-        parts.append(f"{_fields(config, given)} (given)")
+        several = [name for name in given if name in _GRID_OPTIONS and len(getattr(args, name)) > 1]
+        texts = [_fields(config, [name]) for name in given if name not in several]
+        texts += [f"{name} " + "/".join(f"{value:g}" for value in getattr(args, name)) for name in several]
+        parts.append(f"{', '.join(texts)} (given)")
     if stored:
         parts.append(f"{_fields(config, stored)} (from {history.policy_from})")
     if defaults:

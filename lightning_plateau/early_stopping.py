@@ -367,8 +367,12 @@ class PlateauEarlyStopping(EarlyStopping):
                     f" (PlateauCallback: {config.describe()}). PlateauEarlyStopping takes monitor and mode from"
                     f" the plateau: drop `{name}=` from PlateauEarlyStopping, or change the plateau's `{name}`."
                 )
-        self._check_improvement_rule(config)
         self._plateau = plateau_callback
+        self._use_config(config)
+
+    def _use_config(self, config: PlateauConfig) -> None:
+        """Take monitor, mode, strictness and default patience from ``config``; raise on a contradicting setting."""
+        self._check_improvement_rule(config)
         self._config = config
         self.monitor = config.monitor
         self.mode = config.mode

@@ -446,7 +446,7 @@ def test_explain_bad_input_is_one_line_and_exit_code_2(
     [
         (["explain"], "the following arguments are required: SOURCE"),
         (["explain", "x.csv", "--bogus"], "unrecognized arguments: --bogus"),
-        (["explain", "x.csv", "--patience"], "argument --patience: expected one argument"),
+        (["explain", "x.csv", "--patience"], "argument --patience: expected at least one argument"),
         (["unknown"], "argument COMMAND: invalid choice: 'unknown'"),
     ],
 )

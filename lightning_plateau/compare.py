@@ -1,0 +1,144 @@
+"""What if? Replay one history under several plateau policies and say what each would have done."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, SupportsFloat, Union
+
+import torch
+
+from lightning_plateau._rule import PlateauCut, _PlateauRule
+from lightning_plateau.config import PlateauConfig
+from lightning_plateau.replay import Replay, replay
+
+
+@dataclass(frozen=True)
+class PolicyOutcome:
+    """What one policy would have done on a history.
+
+    Attributes:
+        config: the policy.
+        varied: the settings that differ between the compared policies, with this policy's values.
+        replay: the full replay, row by row.
+        early_stop: the evaluation at which ``PlateauEarlyStopping()`` (its default rule: the LR exhausted, then
+            ``patience + 1 + cooldown`` evaluations without improvement) would have stopped the run; ``None``: never.
+        early_stop_reason: its message, ``None`` when it would not have stopped.
+    """
+
+    config: PlateauConfig
+    varied: dict[str, Any]
+    replay: Replay
+    early_stop: Optional[int]
+    early_stop_reason: Optional[str]
+
+    @property
+    def cuts(self) -> list[PlateauCut]:
+        """The cuts this policy makes (up to the end of the history, early stopping aside)."""
+        return self.replay.cuts
+
+    @property
+    def first_cut(self) -> Optional[PlateauCut]:
+        """The first cut, ``None`` if there is none."""
+        return self.replay.cuts[0] if self.replay.cuts else None
+
+    @property
+    def final_lrs(self) -> tuple[float, ...]:
+        """The LR of each param group after the last evaluation."""
+        return self.replay.final_lrs
+
+    @property
+    def evaluations_per_lr(self) -> list[tuple[tuple[float, ...], int]]:
+        """Each LR the run trains at, in order, with the number of evaluations judged at it."""
+        spans: list[tuple[tuple[float, ...], int]] = []
+        start = 0
+        lrs = self.replay.initial_lrs
+        for cut in self.replay.cuts:
+            spans.append((lrs, cut.evaluation - start))
+            start, lrs = cut.evaluation, cut.lrs_after
+        spans.append((lrs, len(self.replay) - start))
+        return [span for span in spans if span[1] > 0]
+
+
+def compare(
+    values: Iterable[SupportsFloat],
+    base: PlateauConfig | Mapping[str, Any] | None = None,
+    *,
+    lr: Union[float, Sequence[float]] = 1e-3,
+    epochs: Optional[Sequence[Optional[int]]] = None,
+    global_steps: Optional[Sequence[Optional[int]]] = None,
+    **grid: Sequence[Any],
+) -> list[PolicyOutcome]:
+    """Replay ``values`` under every combination of the settings in ``grid``, the rest taken from ``base``.
+
+    Each policy goes through the same rule training uses (:func:`~lightning_plateau.replay`), so the cuts are
+    the ones that policy would have made on this history; ``early_stop`` says where ``PlateauEarlyStopping()``
+    would have ended the run (the history itself continues past it, as it was recorded).
+
+    Args:
+        values: the monitored value at each evaluation, oldest first.
+        base: the policy the varied settings replace fields of (``None``: the defaults).
+        lr: the starting LR, or one per param group.
+        epochs: an epoch label (0-based) per value.
+        global_steps: a step label per value.
+        **grid: PlateauConfig fields and the values to try, e.g. ``patience=[2, 5, 10], factor=[0.1, 0.5]``.
+
+    Returns:
+        One :class:`PolicyOutcome` per combination, in the order of the grid.
+
+    Raises:
+        ValueError: if a grid key is not a PlateauConfig field, a grid holds no value, or a policy is invalid.
+
+    Example::
+
+        for outcome in compare(history, PlateauConfig(), lr=1e-3, patience=[2, 5, 10], factor=[0.1, 0.5]):
+            print(outcome.varied, len(outcome.cuts), outcome.final_lrs, outcome.early_stop)
+    """
+    base_config = PlateauConfig.coerce(base)
+    names = {field.name for field in dataclasses.fields(PlateauConfig)}
+    unknown = sorted(set(grid) - names)
+    if unknown:
+        raise ValueError(f"compare() varies PlateauConfig fields; {unknown} are not among them: {sorted(names)}")
+    empty = sorted(name for name, choices in grid.items() if not list(choices))
+    if empty:
+        raise ValueError(f"compare() got no value to try for {empty}")
+    floats = [float(value) for value in values]
+    keys = list(grid)
+    outcomes = []
+    for combination in itertools.product(*(list(grid[key]) for key in keys)):
+        varied = dict(zip(keys, combination, strict=True))
+        config = dataclasses.replace(base_config, **varied)
+        result = replay(floats, config, lr=lr, epochs=epochs, global_steps=global_steps)
+        stop, reason = _early_stop(floats, config, result.initial_lrs, epochs, global_steps)
+        outcomes.append(PolicyOutcome(config, varied, result, stop, reason))
+    return outcomes
+
+
+def _early_stop(
+    values: Sequence[float],
+    config: PlateauConfig,
+    initial_lrs: tuple[float, ...],
+    epochs: Optional[Sequence[Optional[int]]],
+    global_steps: Optional[Sequence[Optional[int]]],
+) -> tuple[Optional[int], Optional[str]]:
+    """Where ``PlateauEarlyStopping()`` would stop a run judging ``values`` under ``config``, and why."""
+    # The callback's own rule, on the scheduler's state after each evaluation, as in a live fit.
+    from lightning_plateau.early_stopping import PlateauEarlyStopping
+
+    stopper = PlateauEarlyStopping(verbose=False)
+    stopper._use_config(config)
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(()))], "lr": lr} for lr in initial_lrs]
+    rule = _PlateauRule(torch.optim.SGD(groups), config)
+    for index, value in enumerate(values):
+        # The labels the live callback gives each evaluation, so the reason reads as the live one would.
+        rule._context = (
+            None if epochs is None else epochs[index],
+            None if global_steps is None else global_steps[index],
+        )
+        rule._judge(value)
+        should_stop, reason = stopper._evaluate_plateau_criteria(rule.snapshot(), rule)  # type: ignore[arg-type]
+        if should_stop:
+            return rule.num_evaluations, reason
+    return None, None

@@ -61,7 +61,8 @@ def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
     Text holds one value per line, or all the values on a single line separated by commas, spaces or tabs
     (``1.0 0.9 0.8``, ``1.0, 0.9, 0.8``). A first line of names is a CSV header. A directory is a CSVLogger
     version directory (its ``metrics.csv``), a logs directory (the latest ``version_N``'s, named in the history's
-    name) or a W&B run.
+    name) or a W&B run; a ``.ckpt`` file is a Lightning checkpoint (its plateau history). The plateau settings and
+    starting LRs the run stored come along in the history's ``policy`` and ``lrs``.
 
     Args:
         source: the path given on the command line, or ``-``.
@@ -84,6 +85,8 @@ def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
             return _read_wandb(path, monitor)
         path = metrics
         source = str(metrics)
+    if path.suffix == ".ckpt":
+        return _read_checkpoint(path, monitor)
     with path.open("rb") as file:
         if file.read(4) == b":W&B":
             return _read_wandb(path, monitor)
@@ -114,18 +117,103 @@ def _csv_logger_metrics(directory: Path) -> Optional[Path]:
 
 
 def _policy_beside(path: Path) -> tuple[dict[str, Any], Optional[str]]:
-    """The plateau a CSVLogger run stored in the ``hparams.yaml`` beside its ``metrics.csv``; ``{}`` if none."""
-    hparams = path.with_name("hparams.yaml")
-    if path.name != "metrics.csv" or not hparams.is_file():
+    """The plateau a CSVLogger run stored beside its ``metrics.csv``; ``{}`` if none.
+
+    Read from ``hparams.yaml`` (a module's ``plateau`` init argument), else from LightningCLI's ``config.yaml``
+    (``model.plateau``, or the ``init_args`` of ``--lr_scheduler lightning_plateau.PlateauScheduler``).
+    """
+    if path.name != "metrics.csv":
         return {}, None
+    hparams = path.with_name("hparams.yaml")
+    if hparams.is_file():
+        policy = _stored_policy(_yaml(hparams))
+        if policy:
+            return policy, str(hparams)
+    cli_config = path.with_name("config.yaml")
+    if cli_config.is_file():
+        stored = _yaml(cli_config)
+        model = stored.get("model") if isinstance(stored, Mapping) else None
+        policy = _stored_policy(model if isinstance(model, Mapping) else {})
+        scheduler = stored.get("lr_scheduler") if isinstance(stored, Mapping) else None
+        if (
+            not policy
+            and isinstance(scheduler, Mapping)
+            and str(scheduler.get("class_path", "")).endswith("PlateauScheduler")
+        ):
+            policy = _stored_policy({"plateau": scheduler.get("init_args") or {}})
+        if policy:
+            return policy, str(cli_config)
+    return {}, None
+
+
+def _read_checkpoint(path: Path, monitor: Optional[str]) -> History:
+    """The plateau history, policy and starting LRs a Lightning checkpoint holds (loaded with ``weights_only``)."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several kinds for a file that is no checkpoint
+        raise SourceError(f"{path} is not a checkpoint torch loads with weights_only=True: {error}") from None
+    callbacks = checkpoint.get("callbacks") if isinstance(checkpoint, Mapping) else None
+    states = [
+        state
+        for key, state in (callbacks or {}).items()
+        if isinstance(key, str) and key.startswith("PlateauCallback") and isinstance(state, Mapping)
+    ]
+    if len(states) != 1 or not states[0].get("history"):
+        raise SourceError(
+            f"{path} holds {'no plateau history' if not states else f'{len(states)} plateau histories'}: explain"
+            " reads a checkpoint written by a fit with one PlateauCallback (the PlateauMixin adds one)"
+        )
+    rows = states[0]["history"]
+    scheduler = next(
+        (state for state in checkpoint.get("lr_schedulers") or [] if isinstance(state, Mapping) and "cuts" in state),
+        {},
+    )
+    stored = checkpoint.get("hyper_parameters") or {}
+    plateau = stored.get("plateau") if isinstance(stored, Mapping) else None
+    if isinstance(plateau, PlateauConfig):
+        stored = {"plateau": dataclasses.asdict(plateau)}
+    policy = _stored_policy(stored) or _scheduler_policy(scheduler)
+    watched = states[0].get("monitor") or policy.get("monitor")
+    if monitor is not None and watched is not None and monitor != watched:
+        raise SourceError(f"{path} holds the plateau history of {watched!r} only, not of {monitor!r}")
+    first = rows[0]
+    cuts = scheduler.get("cuts") or []
+    lrs = tuple(cuts[0]["lrs_before"]) if first.get("cut") and cuts else tuple(first["lrs"])
+    return History(
+        [float(row["value"]) for row in rows],
+        [row.get("epoch") for row in rows],
+        [row.get("global_step") for row in rows],
+        watched,
+        str(path),
+        policy=policy,
+        policy_from=f"the checkpoint ({path})" if policy else None,
+        lrs=lrs,
+        lrs_from=f"the checkpoint's plateau history ({path})",
+    )
+
+
+def _scheduler_policy(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The policy a PlateauScheduler's checkpointed state holds (what ``state_dict`` writes), ``{}`` if none."""
+    policy = {
+        key: state[key]
+        for key in ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "eps", "monitor")
+        if key in state
+    }
+    min_lrs = state.get("min_lrs")
+    if isinstance(min_lrs, list) and min_lrs:
+        policy["min_lr"] = min_lrs[0] if len(set(min_lrs)) == 1 else list(min_lrs)
+    return policy
+
+
+def _yaml(path: Path) -> Any:
     import yaml
 
     try:
-        stored = yaml.safe_load(hparams.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise SourceError(f"{hparams} is not valid YAML: {error}") from None
-    policy = _stored_policy(stored)
-    return policy, (str(hparams) if policy else None)
+        raise SourceError(f"{path} is not valid YAML: {error}") from None
 
 
 def _stored_policy(stored: Any) -> dict[str, Any]:
@@ -134,7 +222,7 @@ def _stored_policy(stored: Any) -> dict[str, Any]:
     if not isinstance(plateau, Mapping):
         return {}
     names = {f.name for f in dataclasses.fields(PlateauConfig)} - {"strict"}
-    return {key: value for key, value in plateau.items() if key in names}
+    return {key: value for key, value in plateau.items() if key in names and value is not None}
 
 
 def _trace_lrs(rows: Iterable[Mapping[str, Any]]) -> Optional[tuple[tuple[float, ...], bool]]:

@@ -101,8 +101,10 @@ def _parser() -> argparse.ArgumentParser:
         "source",
         metavar="SOURCE",
         help=(
-            "a Lightning CSVLogger metrics.csv, a W&B run (.wandb file or offline run directory), a JSON array,"
-            " text with one value per line or all on one line (1.0 0.9 0.8, or 1.0,0.9,0.8), or - for stdin"
+            "a Lightning CSVLogger metrics.csv (or its version directory, or a logs directory: the latest"
+            " version), a W&B run (.wandb file or offline run directory), a Lightning checkpoint (.ckpt), a JSON"
+            " array, text with one value per line or all on one line (1.0 0.9 0.8, or 1.0,0.9,0.8), or - for"
+            " stdin. A run's stored plateau settings and starting LR are used unless given below"
         ),
     )
     policy = explain.add_argument_group(

@@ -122,3 +122,51 @@ def test_explain_reads_a_csv_logger_version_or_logs_directory(
         report = json.loads(out)
         assert report["source"] == str(read)
         assert [cut["evaluation"] for cut in report["cuts"]] == [cut.evaluation for cut in callback.scheduler.cuts]
+
+
+def test_explain_reads_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Lightning checkpoint holds the plateau history, policy and LRs: explain replays the cuts the run made."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    fit = trainer(tmp_path, max_epochs=len(VALUES), callbacks=[checkpoint], enable_checkpointing=True)
+    fit.fit(_HparamsModel())
+    live = plateau_of(fit).scheduler.cuts
+    code, out, err = explain(capsys, tmp_path / "ckpt" / "last.ckpt", "--json")
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    assert [(cut["evaluation"], cut["epoch"], cut["lrs_after"]) for cut in report["cuts"]] == [
+        (cut.evaluation, cut.epoch, list(cut.lrs_after)) for cut in live
+    ]
+    assert report["initial_lrs"] == [RUN_LR]
+    assert "(from the checkpoint (" in report["settings"]
+    code, _, err = explain(capsys, tmp_path / "ckpt" / "last.ckpt", "--monitor", "val_mse")
+    assert code == 2
+    assert "holds the plateau history of 'val_loss' only, not of 'val_mse'" in err
+
+
+def test_explain_reads_lightning_cli_config_beside_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LightningCLI run with `--lr_scheduler lightning_plateau.PlateauScheduler`: config.yaml holds the plateau."""
+    from lightning.pytorch.cli import LightningCLI
+    from test_lightning_cli import FlatModel
+
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    args = [
+        "fit",
+        *("--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "5", "--trainer.logger", "CSVLogger"),
+        *("--trainer.logger.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"),
+        *("--trainer.num_sanity_val_steps", "0", "--trainer.enable_checkpointing", "false"),
+        *("--optimizer", "Adam", "--optimizer.lr", "0.01", "--lr_scheduler", "lightning_plateau.PlateauScheduler"),
+        *("--lr_scheduler.monitor", "val_loss", "--lr_scheduler.patience", "1", "--lr_scheduler.factor", "0.5"),
+    ]
+    result = LightningCLI(FlatModel, args=args, save_config_kwargs={"overwrite": True})
+    live = plateau_of(result.trainer).scheduler.cuts
+    metrics = Path(result.trainer.logger.log_dir) / "metrics.csv"  # type: ignore[union-attr]
+    code, out, _ = explain(capsys, metrics, "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert (report["config"]["patience"], report["config"]["factor"]) == (1, 0.5)
+    assert f"(from {metrics.with_name('config.yaml')})" in report["settings"]
+    assert [cut["evaluation"] for cut in report["cuts"]] == [cut.evaluation for cut in live]

@@ -20,6 +20,8 @@ _TRAILING = ",; \t"
 # Columns that label evaluations rather than being candidates for the monitor.
 _CSV_LABELS = ("epoch", "step")
 _WANDB_LABELS = ("epoch", "trainer/global_step")
+# The name TensorBoard's event files start with.
+_TB_EVENTS = "events.out.tfevents."
 # Between the values of a history given on one line: a comma (spaces or tabs around it allowed), or blanks alone.
 _ONE_LINE_SEPARATOR = re.compile(r"\s*,\s*|\s+")
 
@@ -79,9 +81,13 @@ def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
     path = Path(source)
     if not path.exists():
         raise SourceError(f"{source}: no such file or directory")
+    if path.name.startswith(_TB_EVENTS):
+        return _read_tensorboard(path.parent, monitor)
     if path.is_dir():
         metrics = _csv_logger_metrics(path)
         if metrics is None:
+            if any(path.glob(f"{_TB_EVENTS}*")):
+                return _read_tensorboard(path, monitor)
             return _read_wandb(path, monitor)
         path = metrics
         source = str(metrics)
@@ -117,13 +123,17 @@ def _csv_logger_metrics(directory: Path) -> Optional[Path]:
 
 
 def _policy_beside(path: Path) -> tuple[dict[str, Any], Optional[str]]:
-    """The plateau a CSVLogger run stored beside its ``metrics.csv``; ``{}`` if none.
+    """The plateau a CSVLogger run stored beside its ``metrics.csv``; ``{}`` if none."""
+    return _policy_in(path.parent) if path.name == "metrics.csv" else ({}, None)
+
+
+def _policy_in(directory: Path) -> tuple[dict[str, Any], Optional[str]]:
+    """The plateau a logger's version directory holds; ``{}`` if none.
 
     Read from ``hparams.yaml`` (a module's ``plateau`` init argument), else from LightningCLI's ``config.yaml``
     (``model.plateau``, or the ``init_args`` of ``--lr_scheduler lightning_plateau.PlateauScheduler``).
     """
-    if path.name != "metrics.csv":
-        return {}, None
+    path = directory / "metrics.csv"
     hparams = path.with_name("hparams.yaml")
     if hparams.is_file():
         policy = _stored_policy(_yaml(hparams))
@@ -144,6 +154,51 @@ def _policy_beside(path: Path) -> tuple[dict[str, Any], Optional[str]]:
         if policy:
             return policy, str(cli_config)
     return {}, None
+
+
+def _read_tensorboard(directory: Path, monitor: Optional[str]) -> History:
+    """The monitor's scalars from a TensorBoardLogger version directory's event files, with the policy beside them.
+
+    Read with the ``tensorboard`` package's own reader (no TensorFlow). TensorBoard stores float32: the starting LRs
+    of the ``plateau/lr`` trace are rounded to float32's 7 significant digits (``0.00999999977`` is ``0.01``).
+    """
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+    except ImportError as err:
+        raise ImportError(
+            f"{directory} holds TensorBoard event files; reading them needs the tensorboard package: pip install"
+            ' "lightning-plateau[tensorboard]"'
+        ) from err
+    accumulator = EventAccumulator(str(directory), size_guidance={SCALARS: 0})  # 0: every value, not a sample
+    accumulator.Reload()
+    tags = accumulator.Tags().get("scalars", [])
+    policy, policy_from = _policy_in(directory)
+    if policy and monitor is None:
+        monitor = policy.get("monitor")
+    name = str(directory)
+    candidates = [tag for tag in tags if not tag.startswith("plateau/") and tag != "hp_metric"]
+    column = _pick_column(candidates if monitor is None else tags, monitor, f"The TensorBoard run {name}", ("epoch",))
+    events = accumulator.Scalars(column)
+    epoch_at = {event.step: int(event.value) for event in accumulator.Scalars("epoch")} if "epoch" in tags else {}
+    rows: dict[int, dict[str, Any]] = {}
+    for tag in tags:
+        if tag.startswith("plateau/lr") or tag == "plateau/reductions":
+            for event in accumulator.Scalars(tag):
+                rows.setdefault(event.step, {})[tag] = event.value
+    trace = _trace_lrs(rows[step] for step in sorted(rows))
+    if trace is not None:
+        trace = (tuple(float(f"{lr:.7g}") for lr in trace[0]), trace[1])
+    return History(
+        [float(event.value) for event in events],
+        [epoch_at.get(event.step) for event in events] if epoch_at else None,
+        [int(event.step) for event in events],
+        column,
+        name,
+        policy=policy,
+        policy_from=policy_from,
+        lrs=_starting_lrs(trace, policy) if trace is not None else None,
+        lrs_from=f"the TensorBoard run's plateau/lr trace ({name})" if trace is not None else None,
+    )
 
 
 def _read_checkpoint(path: Path, monitor: Optional[str]) -> History:

@@ -170,3 +170,23 @@ def test_explain_reads_lightning_cli_config_beside_metrics(
     assert (report["config"]["patience"], report["config"]["factor"]) == (1, 0.5)
     assert f"(from {metrics.with_name('config.yaml')})" in report["settings"]
     assert [cut["evaluation"] for cut in report["cuts"]] == [cut.evaluation for cut in live]
+
+
+def test_explain_reads_a_tensorboard_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """TensorBoardLogger's event files (read with tensorboard's own reader) and hparams.yaml replay the run's cuts."""
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    fit = trainer(tmp_path, max_epochs=len(VALUES), logger=logger)
+    fit.fit(_HparamsModel())
+    live = plateau_of(fit).scheduler.cuts
+    events = next(Path(logger.log_dir).glob("events.out.tfevents.*"))
+    for source in (Path(logger.log_dir), events):
+        code, out, err = explain(capsys, source, "--json")
+        assert (code, err) == (0, "")
+        report = json.loads(out)
+        assert report["initial_lrs"] == [RUN_LR]
+        assert [(cut["evaluation"], cut["epoch"]) for cut in report["cuts"]] == [(c.evaluation, c.epoch) for c in live]
+        assert [cut["lrs_after"] for cut in report["cuts"]] == [pytest.approx(list(c.lrs_after)) for c in live]
+        assert "hparams.yaml)" in report["settings"]

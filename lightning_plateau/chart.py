@@ -52,6 +52,7 @@ def plot_plateau(
     *,
     initial_lrs: Sequence[float] | None = None,
     title: str | None = None,
+    stop: tuple[int, str] | None = None,
 ) -> pathlib.Path:
     """Draw a plateau history as a PNG: value, best so far, LR, cuts, cooldowns and patience windows.
 
@@ -60,7 +61,10 @@ def plot_plateau(
     on, so each cut shows as a drop at the evaluation that caused it, marked and labelled
     (``cut 2: 1e-4 -> 1e-5``). Shaded spans show each cut's patience window (the ``patience + 1``
     evaluations without improvement that triggered it), each cooldown, and the bad evaluations counted
-    since the last reset when the history ends inside a window.
+    since the last reset when the history ends inside a window. A panel below counts the evaluations without
+    improvement, climbing to ``patience + 1`` at each cut; a dotted line on the LR axis marks the ``min_lr``
+    floor, a cut that floor capped is labelled with the ratio it really applied, and ``stop`` marks where early
+    stopping ended the run.
 
     Any history is drawn: NaN and infinite values are left out (a history without a finite value says so),
     values of magnitude 1e100 or more are drawn divided by the power of ten named on the axis label, and an LR
@@ -76,6 +80,8 @@ def plot_plateau(
         initial_lrs: LR of each param group before the first evaluation. ``None``: taken from the first
             row (divided by ``factor`` when that row is a cut).
         title: the chart's title; ``None`` gives the monitor, the policy and the number of cuts.
+        stop: ``(evaluation, rule)`` where early stopping ended the run (``PlateauEarlyStopping.stop_rule``),
+            ``None``: it did not.
 
     Returns:
         The path written.
@@ -87,6 +93,22 @@ def plot_plateau(
 
         plot_plateau(callback.history, callback.config, "plateau.png")
     """
+    fig = _plateau_figure(history, config, initial_lrs=initial_lrs, title=title, stop=stop)
+    target = pathlib.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, format="png")
+    return target
+
+
+def _plateau_figure(
+    history: Sequence[PlateauEvaluation],
+    config: PlateauConfig,
+    *,
+    initial_lrs: Sequence[float] | None,
+    title: str | None,
+    stop: tuple[int, str] | None,
+) -> Any:
+    """The chart of :func:`plot_plateau` as a matplotlib Figure (on an Agg canvas), not yet written."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -95,25 +117,26 @@ def plot_plateau(
             'The plateau chart needs matplotlib: pip install "lightning-plateau[plot]" (or pip install matplotlib)'
         ) from err
 
-    target = pathlib.Path(path)
     rows = list(history)
     cuts = _cuts(rows, config, initial_lrs)
     # Fixed margins: constrained layout would measure every label again, about a third of the drawing time.
-    fig = Figure(figsize=(11, 6), dpi=110)
-    fig.subplots_adjust(left=0.08, right=0.91, top=0.92, bottom=0.16)
+    fig = Figure(figsize=(11, 7), dpi=110)
+    fig.subplots_adjust(left=0.08, right=0.91, top=0.93, bottom=0.14, hspace=0.08)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax, count_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
     heading = title if title is not None else _default_title(rows, config, len(cuts))
-    fig.suptitle(heading, x=0.08, y=0.97, ha="left", fontsize=11)
+    fig.suptitle(heading, x=0.08, y=0.975, ha="left", fontsize=11)
     if rows:
-        _draw(fig, ax, rows, config, cuts, initial_lrs)
+        _draw(fig, ax, rows, config, cuts, initial_lrs, stop)
+        _draw_counts(count_ax, rows, config)
+        count_ax.set_xlabel(ax.get_xlabel())  # the panels share the x axis; its label goes under the lower one
+        ax.set_xlabel("")
     else:
+        count_ax.set_visible(False)
         ax.text(0.5, 0.5, "no evaluation was judged", ha="center", va="center", transform=ax.transAxes)
         ax.set_xticks([])
         ax.set_yticks([])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, format="png")
-    return target
+    return fig
 
 
 def _default_title(rows: Sequence[PlateauEvaluation], config: PlateauConfig, num_cuts: int) -> str:
@@ -200,6 +223,7 @@ def _draw(
     config: PlateauConfig,
     cuts: Sequence[_Cut],
     initial_lrs: Sequence[float] | None,
+    stop: tuple[int, str] | None = None,
 ) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -240,7 +264,18 @@ def _draw(
             transform=ax.transAxes,
         )
     else:
-        ax.set_ylim(*limits)
+        robust = None if log else _robust_limits(values, headroom=_HEADROOM if cuts else 0.0)
+        ax.set_ylim(*(robust or limits))
+        if robust is not None:
+            # The early values the robust axis leaves out are still drawn, as markers on its edge.
+            low, high = robust
+            for x, value in zip(xs, values, strict=True):
+                if value > high or value < low:
+                    edge = high if value > high else low
+                    ax.plot(x, edge, marker="^" if value > high else "v", color=_VALUE, clip_on=False, zorder=3)
+            handles.append(
+                Line2D([], [], color=_VALUE, marker="^", linestyle="none", label="off the axis (early values)")
+            )
 
     windows = _patience_windows(rows, config, cuts)
     for start, end in windows:
@@ -252,7 +287,8 @@ def _draw(
             Patch(
                 color=_PATIENCE,
                 alpha=0.3,
-                label=f"patience: {plural(config.patience + 1, 'evaluation')} without improvement",
+                label=f"patience {config.patience}: the {_ordinal(config.patience + 1)} evaluation without"
+                " improvement cuts",
             )
         )
     open_window = _open_window(rows)
@@ -287,11 +323,19 @@ def _draw(
     lr_ax.set_ylabel("learning rate (log scale)", color=_LR)
     lr_ax.set_ylim(bottom, top)
     _set_lr_ticks(lr_ax, drawable, zero=any(not _drawable_lr(lr) for lr in every_lr), bottom=bottom)
+    floor = config.min_lr[0] if isinstance(config.min_lr, list) else config.min_lr
+    if _drawable_lr(floor) and bottom <= floor <= top:
+        handles.append(
+            lr_ax.axhline(floor, color=_LR, linestyle=":", linewidth=1.0, label=f"min_lr {format_lr(floor)}")
+        )
 
     label_all = len(cuts) <= _MAX_LABELLED_CUTS
     for cut in cuts:
         ax.axvline(cut.evaluation, color=_CUT, linestyle=":", linewidth=1.2, zorder=1)
         text = f"cut {cut.number}: {format_lrs(cut.lrs_before)} -> {format_lrs(cut.lrs_after)}"
+        ratio = _applied_ratio(cut)
+        if ratio is not None and not math.isclose(ratio, config.factor, rel_tol=1e-6):
+            text += f" (x{ratio:.2g}: min_lr)"
         ax.annotate(
             text if label_all else str(cut.number),
             xy=(cut.evaluation, 0.985),
@@ -310,8 +354,15 @@ def _draw(
         cut_values = _scaled(_finite([cut.value for cut in cuts]), exponent)
         ax.plot([c.evaluation for c in cuts], cut_values, linestyle="none", marker="v", markersize=8, color=_CUT)
         handles.append(
-            Line2D([], [], color=_CUT, marker="v", linestyle=":", markersize=7, label=f"cut (x{config.factor:g})")
+            Line2D(
+                [], [], color=_CUT, marker="v", linestyle=":", markersize=7, label=f"cut (x factor {config.factor:g})"
+            )
         )
+
+    if stop is not None:
+        evaluation, rule = stop
+        ax.axvline(evaluation, color="black", linestyle="-", linewidth=1.4, zorder=4)
+        handles.append(Line2D([], [], color="black", linewidth=1.4, label=f"early stop: {rule.replace('_', ' ')}"))
 
     ax.set_xlim(left, last + 0.5)
     ax.set_zorder(lr_ax.get_zorder() + 1)
@@ -319,6 +370,52 @@ def _draw(
     ax.grid(True, alpha=0.25)
     _label_x(ax, rows)
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=9, frameon=False)
+
+
+def _robust_limits(values: Sequence[float], *, headroom: float) -> Optional[tuple[float, float]]:
+    """Limits fitted to the values after the first quarter, when the early ones would squash them flat.
+
+    A falling loss starts far above its plateau: an axis set by its first values draws the plateau, and the gap
+    between the value and the best that makes each cut, as one flat line. ``None``: every value fits well anyway.
+    """
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < 8:
+        return None
+    tail = [v for v in values[len(values) // 4 :] if math.isfinite(v)]
+    if not tail:
+        return None
+    low, high = min(tail), max(tail)
+    span = high - low or abs(high) * 0.05 or 1.0
+    bottom, top = low - 0.6 * span, high + (0.6 + headroom) * span
+    # Worth it only when the early values stretch the axis to more than three times the tail's room.
+    if (min(finite) >= bottom and max(finite) <= top) or (max(finite) - min(finite)) < 3 * (top - bottom):
+        return None
+    return bottom, top
+
+
+def _draw_counts(ax: Any, rows: Sequence[PlateauEvaluation], config: PlateauConfig) -> None:
+    """The evaluations without improvement, climbing to ``patience + 1`` (the line a cut needs) at each cut.
+
+    torch's count restarts at 0 right after a cut; the panel shows the count that called for it.
+    """
+    counts = [config.patience + 1 if row.cut or row.withheld else row.num_bad for row in rows]
+    ax.step([row.evaluation for row in rows], counts, where="mid", color=_PATIENCE, linewidth=1.4)
+    ax.axhline(config.patience + 1, color=_CUT, linestyle=":", linewidth=1.0)
+    ax.set_ylim(0, config.patience + 1.8)
+    ax.set_yticks([0, config.patience + 1])
+    ax.set_ylabel("bad", fontsize=9)
+    ax.grid(True, alpha=0.25)
+
+
+def _ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def _applied_ratio(cut: _Cut) -> Optional[float]:
+    """The ratio the cut applied to the first param group, ``None`` when it cannot be told (an LR of 0)."""
+    before, after = cut.lrs_before[0], cut.lrs_after[0]
+    return after / before if before > 0 and math.isfinite(after / before) else None
 
 
 def _group_lr(lrs: Sequence[float], group: int) -> float:

@@ -167,7 +167,9 @@ class _Traces:
             if directory is None:
                 return None  # logger=False: no file unless asked (plot_plateau(callback.history, ...))
             path = directory / _CHART_NAME
-            return plot_plateau(history, config, path, initial_lrs=_initial_lrs(history, scheduler))
+            return plot_plateau(
+                history, config, path, initial_lrs=_initial_lrs(history, scheduler), stop=_early_stop(trainer, history)
+            )
         except ImportError as err:
             self._warn_once("chart", f"PlateauCallback wrote no chart: {err}")
         except OSError as err:
@@ -250,6 +252,15 @@ def _describe(error: Exception) -> str:
     """An exception on one line, with its type: ``ValueError: Axis limits cannot be NaN or Inf``."""
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _early_stop(trainer: pl.Trainer, history: Sequence[PlateauEvaluation]) -> Optional[tuple[int, str]]:
+    """``(evaluation, rule)`` where a callback following the plateau (PlateauEarlyStopping) stopped the run."""
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        rule = getattr(callback, "stop_rule", None)
+        if hasattr(callback, "on_plateau_evaluation") and isinstance(rule, str) and history:
+            return history[-1].evaluation, rule
+    return None
 
 
 def _initial_lrs(history: Sequence[PlateauEvaluation], scheduler: PlateauScheduler) -> Optional[tuple[float, ...]]:

@@ -8,12 +8,12 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 import torch
 
-from lightning_plateau import PlateauConfig, PlateauEvaluation, PlateauScheduler
+from lightning_plateau import PlateauConfig, PlateauEvaluation, PlateauScheduler, replay
 from lightning_plateau.chart import (
     _cooldown_spans,
     _cuts,
@@ -100,7 +100,7 @@ def test_plot_plateau_writes_a_png(
 
     assert path == tmp_path / "deep" / "er" / "plateau.png"
     width, height = png_size(path)
-    assert (width, height) == (1210, 660)
+    assert (width, height) == (1210, 770)
     assert 20_000 < path.stat().st_size < 1_000_000
 
 
@@ -108,7 +108,7 @@ def test_plot_plateau_empty_history_still_writes_a_png(tmp_path: Path) -> None:
     """No evaluation at all (a fit stopped early, an empty replay) gives a labelled, empty chart."""
     path = plot_plateau([], PlateauConfig(), str(tmp_path / "empty.png"), title="nothing yet")
 
-    assert png_size(path) == (1210, 660)
+    assert png_size(path) == (1210, 770)
 
 
 @pytest.mark.parametrize(("values", "config"), EXTREME_HISTORIES)
@@ -122,7 +122,7 @@ def test_plot_plateau_draws_extreme_histories(tmp_path: Path, values: list[float
         warnings.simplefilter("error", UserWarning)
         path = plot_plateau(rows, config, tmp_path / "plateau.png")
 
-    assert png_size(path) == (1210, 660)
+    assert png_size(path) == (1210, 770)
 
 
 @pytest.mark.parametrize(
@@ -244,3 +244,73 @@ def test_chart_spans_follow_the_rule(
     assert _patience_windows(rows, config, cuts) == windows
     assert _cooldown_spans(rows) == cooldowns
     assert _open_window(rows) == open_window
+
+
+def _texts(fig: Any) -> list[str]:
+    """Every text the figure shows: title, axis labels, annotations, legend entries."""
+    from matplotlib.text import Text
+
+    return [artist.get_text() for artist in fig.findobj(Text) if artist.get_text()]
+
+
+@pytest.mark.parametrize(
+    ("values", "config", "expected_cuts"),
+    [
+        ([1.0, 0.9, 0.8, 0.7], PlateauConfig(patience=2), 0),
+        ([1.0, 0.9, 0.9, 0.9, 0.9], PlateauConfig(patience=2, factor=0.5), 1),
+        ([1.0] + [1.0] * 12, PlateauConfig(patience=1, factor=0.5, cooldown=1), 4),
+    ],
+    ids=["no-cut", "one-cut", "several-cuts"],
+)
+def test_chart_shows_why_the_title_legend_and_count_panel_agree(
+    values: list[float], config: PlateauConfig, expected_cuts: int
+) -> None:
+    """The legend names the same patience as the title; a lower panel counts bad evaluations up to patience + 1."""
+    from lightning_plateau.chart import _plateau_figure
+
+    result = replay(values, config, lr=0.1)
+    assert len(result.cuts) == expected_cuts
+    fig = _plateau_figure(result.evaluations(), config, initial_lrs=result.initial_lrs, title=None, stop=None)
+    texts = _texts(fig)
+    assert any(f"patience {config.patience}," in text for text in texts)  # title
+    if expected_cuts:
+        assert f"patience {config.patience}: the {config.patience + 1}" in " ".join(texts)
+    main_ax, count_ax = fig.axes[0], fig.axes[1]
+    assert count_ax.get_ylabel() == "bad"
+    (steps, *_) = count_ax.get_lines()
+    counts = list(steps.get_ydata())
+    assert counts.count(config.patience + 1) == expected_cuts
+    assert max(counts) <= config.patience + 1
+    assert main_ax.get_ylim()[0] <= min(values)
+
+
+def test_chart_marks_min_lr_floor_capped_cut_and_early_stop() -> None:
+    """The min_lr floor is drawn, a cut it capped says the ratio it applied, and the early stop is marked by rule."""
+    from lightning_plateau.chart import _plateau_figure
+
+    config = PlateauConfig(patience=0, factor=0.1, min_lr=3e-3)
+    result = replay([1.0, 1.0, 1.0, 1.0], config, lr=0.1)
+    assert [cut.lrs_after for cut in result.cuts] == [(pytest.approx(0.01),), (3e-3,)]
+    fig = _plateau_figure(
+        result.evaluations(), config, initial_lrs=result.initial_lrs, title=None, stop=(4, "lr_exhausted")
+    )
+    texts = " ".join(_texts(fig))
+    assert "min_lr 3e-3" in texts
+    assert "cut 2: 0.01 -> 3e-3 (x0.3: min_lr)" in texts
+    assert "cut 1: 0.1 -> 0.01" in texts
+    assert "cut 1: 0.1 -> 0.01 (x" not in texts  # a full cut keeps the nominal factor of the legend
+    assert "early stop: lr exhausted" in texts
+
+
+def test_chart_robust_axis_keeps_the_plateau_readable() -> None:
+    """A loss falling from 2.3 to a plateau near 0.27: the axis fits the plateau, the early values sit on its edge."""
+    from lightning_plateau.chart import _plateau_figure
+
+    values = [2.3, 1.2, 0.8, 0.5, 0.35, 0.3, 0.28] + [0.27] * 8 + [0.26] * 8
+    config = PlateauConfig(patience=2)
+    result = replay(values, config, lr=0.1)
+    fig = _plateau_figure(result.evaluations(), config, initial_lrs=result.initial_lrs, title=None, stop=None)
+    low, high = fig.axes[0].get_ylim()
+    assert high < 0.5
+    assert low < 0.26
+    assert "off the axis (early values)" in _texts(fig)

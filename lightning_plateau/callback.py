@@ -26,7 +26,6 @@ from lightning_plateau.traces import _summary_message, _Traces
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from lightning_plateau.scheduler import PlateauCut
 
 # Where a monitor's fresh values come from, learned from the first one.
 _VALIDATION = "validation"
@@ -273,6 +272,7 @@ class PlateauCallback(Callback):
         # Rank zero only, and no collective: this runs after the strategy's teardown.
         written = self._traces.finish(trainer, self.scheduler, self.history, self.config) if self.log_traces else []
         if self.verbose:
+            # The bars are closed by now (Lightning's print would drop the text): a plain message.
             rank_zero_info(_summary_message(self.config, self.scheduler, self.history, written))
 
     @override
@@ -408,11 +408,8 @@ class PlateauCallback(Callback):
         # The raw step: `step()` itself refuses values while this callback drives the scheduler.
         scheduler._judge(value)
         if self.verbose and scheduler.num_reductions > cuts_before:
-            self._announce(scheduler.cuts[-1])
+            _say(trainer, format_cut(scheduler.cuts[-1], self._require_config()))
         return scheduler.snapshot()
-
-    def _announce(self, cut: PlateauCut) -> None:
-        rank_zero_info(format_cut(cut, self._require_config()))
 
     def _own_scheduler(self, trainer: pl.Trainer) -> PlateauScheduler:
         configs = [c for c in trainer.lr_scheduler_configs if isinstance(c.scheduler, ReduceLROnPlateau)]
@@ -545,6 +542,16 @@ class PlateauCallback(Callback):
                 " PlateauMixin in the LightningModule, or return a PlateauScheduler from `configure_optimizers`."
             )
         return self.config
+
+
+def _say(trainer: pl.Trainer, message: str) -> None:
+    """A rank-zero message, during training, that does not tear the progress bar: written through the bar if shown."""
+    bar = trainer.progress_bar_callback
+    if bar is not None and getattr(bar, "is_enabled", False):
+        if trainer.is_global_zero:
+            bar.print(message)
+    else:
+        rank_zero_info(message)
 
 
 def _lrs(scheduler: PlateauScheduler) -> tuple[float, ...]:

@@ -8,14 +8,14 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.early_stopping import EarlyStopping
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException  # type: ignore[attr-defined]
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
 from lightning_plateau._format import format_lr, format_lrs, format_value
 from lightning_plateau._lightning import EarlyStoppingReason, can_stop_early
-from lightning_plateau.callback import PlateauCallback
+from lightning_plateau.callback import PlateauCallback, _say
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
 
@@ -308,7 +308,7 @@ class PlateauEarlyStopping(EarlyStopping):
             self.stopping_reason_message = reason
         if should_stop and self.verbose and reason:
             if self.log_rank_zero_only:
-                rank_zero_info(reason)
+                _say(trainer, reason)
             else:
                 self._log_info(trainer, reason, log_rank_zero_only=False)
 

@@ -531,3 +531,21 @@ def test_traces_scheduler_state_matches_trace_row() -> None:
     }
     assert set(_trace_metrics(scheduler.snapshot(), 1)) >= TRACE_KEYS
     assert asdict(scheduler.snapshot())["cut"] is True
+
+
+def test_traces_messages_do_not_tear_the_progress_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Lightning's TQDM bar shown, a cut message starts a line of its own (written through the bar, which clears
+    itself first), never after the bar's text; the summary comes once the bars are closed."""
+    fit = trainer(tmp_path, max_epochs=4, enable_progress_bar=True, logger=False)
+    with caplog.at_level(logging.INFO):
+        fit.fit(ScriptedPlateauModel([1.0] * 4, plateau=PlateauConfig(patience=1)))
+    captured = capsys.readouterr()
+    cut_lines = [line for line in (captured.out + captured.err).splitlines() if "eval 3:" in line]
+    assert len(cut_lines) == 1
+    assert cut_lines[0].split("\r")[-1].startswith("epoch 3, eval 3: val_loss has not improved")
+    assert not [r for r in caplog.records if "eval 3:" in r.getMessage()]  # not also logged beside the bar
+    assert [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("PlateauCallback (")] == [
+        "PlateauCallback (val_loss (min), patience 1, factor 0.1)"
+    ]

@@ -44,6 +44,7 @@ class History:
         policy_from: where ``policy`` was read, ``None`` if nowhere.
         lrs: the starting LR of each param group, from the run's ``plateau/lr`` trace; ``None`` if none.
         lrs_from: where ``lrs`` was read, ``None`` if nowhere.
+        traced_lrs: the LRs the run had after each evaluation (its trace or checkpoint), ``None`` if unknown.
     """
 
     values: list[float]
@@ -55,6 +56,7 @@ class History:
     policy_from: Optional[str] = None
     lrs: Optional[tuple[float, ...]] = None
     lrs_from: Optional[str] = None
+    traced_lrs: Optional[list[tuple[float, ...]]] = None
 
 
 def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
@@ -182,12 +184,10 @@ def _read_tensorboard(directory: Path, monitor: Optional[str]) -> History:
     epoch_at = {event.step: int(event.value) for event in accumulator.Scalars("epoch")} if "epoch" in tags else {}
     rows: dict[int, dict[str, Any]] = {}
     for tag in tags:
-        if tag.startswith("plateau/lr") or tag == "plateau/reductions":
+        if tag.startswith("plateau/lr") or tag in ("plateau/reductions", "plateau/evaluation"):
             for event in accumulator.Scalars(tag):
                 rows.setdefault(event.step, {})[tag] = event.value
-    trace = _trace_lrs(rows[step] for step in sorted(rows))
-    if trace is not None:
-        trace = (tuple(float(f"{lr:.7g}") for lr in trace[0]), trace[1])
+    trace = _read_trace((rows[step] for step in sorted(rows)), float32=True)
     return History(
         [float(event.value) for event in events],
         [epoch_at.get(event.step) for event in events] if epoch_at else None,
@@ -196,8 +196,9 @@ def _read_tensorboard(directory: Path, monitor: Optional[str]) -> History:
         name,
         policy=policy,
         policy_from=policy_from,
-        lrs=_starting_lrs(trace, policy) if trace is not None else None,
+        lrs=_starting_lrs(trace, policy, name) if trace is not None else None,
         lrs_from=f"the TensorBoard run's plateau/lr trace ({name})" if trace is not None else None,
+        traced_lrs=trace.lrs if trace is not None else None,
     )
 
 
@@ -246,6 +247,7 @@ def _read_checkpoint(path: Path, monitor: Optional[str]) -> History:
         policy_from=f"the checkpoint ({path})" if policy else None,
         lrs=lrs,
         lrs_from=f"the checkpoint's plateau history ({path})",
+        traced_lrs=[tuple(row["lrs"]) for row in rows],
     )
 
 
@@ -280,30 +282,52 @@ def _stored_policy(stored: Any) -> dict[str, Any]:
     return {key: value for key, value in plateau.items() if key in names and value is not None}
 
 
-def _trace_lrs(rows: Iterable[Mapping[str, Any]]) -> Optional[tuple[tuple[float, ...], bool]]:
-    """The LRs after the first evaluation in the plateau traces, and whether that evaluation cut; ``None`` if none."""
+@dataclass(frozen=True)
+class _Trace:
+    """The run's ``plateau/lr`` trace: the LRs after each traced evaluation, oldest first."""
+
+    lrs: list[tuple[float, ...]]
+    first_evaluation: int
+    first_cut: bool
+
+
+def _read_trace(rows: Iterable[Mapping[str, Any]], *, float32: bool = False) -> Optional[_Trace]:
+    """The plateau/lr trace of ``rows`` (rows without it are skipped), ``None`` if there is none."""
+    lrs: list[tuple[float, ...]] = []
+    first_evaluation, first_cut = 1, False
     for row in rows:
         # One param group: `plateau/lr`; several: `plateau/lr/pg0`, `plateau/lr/pg1`, ...
         keys = ["plateau/lr"] if _filled(row.get("plateau/lr")) else []
         while keys[:1] != ["plateau/lr"] and _filled(row.get(f"plateau/lr/pg{len(keys)}")):
             keys.append(f"plateau/lr/pg{len(keys)}")
-        if keys:
-            reductions = row.get("plateau/reductions")
-            cut = _filled(reductions) and float(str(reductions)) > 0
-            return tuple(float(row[key]) for key in keys), cut
-    return None
+        if not keys:
+            continue
+        # TensorBoard stores float32: 0.00999999977 is 0.01 (float32 holds 7 significant digits).
+        lrs.append(tuple(float(f"{float(row[key]):.7g}") if float32 else float(row[key]) for key in keys))
+        if len(lrs) == 1:
+            evaluation, reductions = row.get("plateau/evaluation"), row.get("plateau/reductions")
+            first_evaluation = int(float(str(evaluation))) if _filled(evaluation) else 1
+            first_cut = _filled(reductions) and float(str(reductions)) > 0
+    return _Trace(lrs, first_evaluation, first_cut) if lrs else None
 
 
 def _filled(cell: Any) -> bool:
     return cell is not None and cell != ""
 
 
-def _starting_lrs(trace: tuple[tuple[float, ...], bool], policy: Mapping[str, Any]) -> tuple[float, ...]:
-    lrs, first_cut = trace
+def _starting_lrs(trace: _Trace, policy: Mapping[str, Any], name: str) -> tuple[float, ...]:
+    """The LRs before the trace's first evaluation; refused for a log that starts in the middle of a run."""
+    if trace.first_evaluation != 1:
+        raise SourceError(
+            f"{name}: its plateau traces start at evaluation {trace.first_evaluation}, so this log continues a"
+            " resumed run: a replay of it would start without the evaluations before it (and their best value)."
+            " Explain the run's checkpoint, which holds the whole plateau history, or the log of the run's start."
+        )
     # A cut at the very first evaluation (patience 0) left no row with the LR before it: undo the run's own factor
     # (exact unless min_lr capped that cut).
     factor = float(policy.get("factor", PlateauConfig().factor))
-    return tuple(lr / factor for lr in lrs) if first_cut else tuple(lrs)
+    first = trace.lrs[0]
+    return tuple(lr / factor for lr in first) if trace.first_cut else first
 
 
 def _parse_text(text: str, name: str, monitor: Optional[str], policy: Mapping[str, Any]) -> History:
@@ -395,15 +419,16 @@ def _parse_csv(lines: list[str], name: str, monitor: Optional[str], policy: Mapp
         steps.append(_csv_label(row, step_index, "step", name, line))
     trace = None
     if any(column.startswith("plateau/lr") for column in header):
-        trace = _trace_lrs(csv.DictReader(lines[skipped:]))
+        trace = _read_trace(csv.DictReader(lines[skipped:]))
     return History(
         values,
         epochs if epoch_index is not None else None,
         steps if step_index is not None else None,
         column,
         name,
-        lrs=_starting_lrs(trace, policy) if trace is not None else None,
+        lrs=_starting_lrs(trace, policy, name) if trace is not None else None,
         lrs_from=f"{name}'s plateau/lr trace" if trace is not None else None,
+        traced_lrs=trace.lrs if trace is not None else None,
     )
 
 
@@ -448,7 +473,7 @@ def _read_wandb(path: Path, monitor: Optional[str]) -> History:
         values.append(float(value))
         epochs.append(_wandb_label(row.get("epoch")))
         steps.append(_wandb_label(row.get("trainer/global_step")))
-    trace = _trace_lrs(run.history)
+    trace = _read_trace(run.history)
     return History(
         values,
         epochs if any(epoch is not None for epoch in epochs) else None,
@@ -457,8 +482,9 @@ def _read_wandb(path: Path, monitor: Optional[str]) -> History:
         name,
         policy=policy,
         policy_from=f"the W&B run's config ({name})" if policy else None,
-        lrs=_starting_lrs(trace, policy) if trace is not None else None,
+        lrs=_starting_lrs(trace, policy, name) if trace is not None else None,
         lrs_from=f"the W&B run's plateau/lr trace ({name})" if trace is not None else None,
+        traced_lrs=trace.lrs if trace is not None else None,
     )
 
 

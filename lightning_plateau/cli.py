@@ -204,14 +204,19 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     if not history.values:
         what = f": column {history.monitor!r}" if history.monitor else ""
         raise ValueError(f"{history.name}{what} holds no values to replay")
-    grid = {name: getattr(args, name) for name in _GRID_OPTIONS if getattr(args, name) and len(getattr(args, name)) > 1}
+    # Each value once, in the order given: `--patience 1 1` is one policy.
+    grid = {name: list(dict.fromkeys(getattr(args, name) or [])) for name in _GRID_OPTIONS}
+    grid = {name: values for name, values in grid.items() if len(values) > 1}
     if grid:
         return _compare(args, history, config, lr, lr_from, grid, out)
     result = replay(history.values, config, lr=lr, epochs=history.epochs, global_steps=history.global_steps)
     settings = _settings(args, history, config, f"lr {format_lrs(result.initial_lrs)} ({lr_from})")
+    departure = _departure(history, result)
+    if departure:
+        print(f"{_PROG} explain: warning: {departure}", file=sys.stderr)
     rows: Iterable[ReplayRow] = result.cut_rows() if args.only_cuts else result
     if args.json:
-        out.writelines(_json(result, rows, history, settings))
+        out.writelines(_json(result, rows, history, settings, departure))
     else:
         colour = out.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
         out.writelines(_table(result, rows, history, settings, colour=colour))
@@ -221,6 +226,24 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
         path = plot_plateau(result.evaluations(), config, args.plot, initial_lrs=result.initial_lrs)
         print(f"{_PROG} explain: chart written to {path}", file=sys.stderr)
     return 0
+
+
+def _departure(history: History, result: Replay) -> Optional[str]:
+    """Where the run's own LRs (its trace) part from this replay's, ``None`` when they agree or are unknown."""
+    traced = history.traced_lrs
+    if traced is None or len(traced) != len(result):
+        return None
+    for row, lrs in zip(result, traced, strict=True):
+        same = len(lrs) == len(row.lrs) and all(
+            math.isclose(a, b, rel_tol=1e-5) for a, b in zip(lrs, row.lrs, strict=True)
+        )
+        if not same:
+            return (
+                f"from evaluation {row.evaluation} on, the run's LR ({format_lrs(lrs)}) is not this replay's"
+                f" ({format_lrs(row.lrs)}): the LR was changed outside the plateau, or the run used other settings"
+                " than these. The rows from there on show what these settings would do, not what the run did."
+            )
+    return None
 
 
 def _compare(
@@ -405,12 +428,15 @@ def _summary(result: Replay) -> str:
     return text
 
 
-def _json(result: Replay, rows: Iterable[ReplayRow], history: History, settings: str) -> Iterator[str]:
+def _json(
+    result: Replay, rows: Iterable[ReplayRow], history: History, settings: str, warning: Optional[str] = None
+) -> Iterator[str]:
     """One JSON object, written in pieces: a long history is encoded a chunk of rows at a time, never held whole."""
     head = {
         "source": history.name,
         "config": dataclasses.asdict(result.config),
         "settings": settings,
+        "warning": warning,
         "num_evaluations": len(result),
         "initial_lrs": list(result.initial_lrs),
         "final_lrs": list(result.final_lrs),

@@ -97,6 +97,11 @@ def compare(
             print(outcome.varied, len(outcome.cuts), outcome.final_lrs, outcome.early_stop)
     """
     base_config = PlateauConfig.coerce(base)
+    # A single value stands for a list of one (`patience=2` as `patience=[2]`).
+    grid = {
+        name: [choices] if isinstance(choices, (str, bytes)) or not isinstance(choices, Iterable) else list(choices)
+        for name, choices in grid.items()
+    }
     names = {field.name for field in dataclasses.fields(PlateauConfig)}
     unknown = sorted(set(grid) - names)
     if unknown:

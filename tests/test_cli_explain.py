@@ -244,6 +244,7 @@ def test_explain_json_is_strict_json(tmp_path: Path, capsys: pytest.CaptureFixtu
         "source",
         "config",
         "settings",
+        "warning",
         "num_evaluations",
         "initial_lrs",
         "final_lrs",

@@ -190,3 +190,65 @@ def test_explain_reads_a_tensorboard_run(tmp_path: Path, capsys: pytest.CaptureF
         assert [(cut["evaluation"], cut["epoch"]) for cut in report["cuts"]] == [(c.evaluation, c.epoch) for c in live]
         assert [cut["lrs_after"] for cut in report["cuts"]] == [pytest.approx(list(c.lrs_after)) for c in live]
         assert "hparams.yaml)" in report["settings"]
+
+
+class _HandChanged(_HparamsModel):
+    """Sets the LR by hand at the start of epoch 3: the run's LRs are no longer the plateau's alone."""
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        if self.current_epoch == 3:
+            for group in self.trainer.optimizers[0].param_groups:
+                group["lr"] = 0.7
+
+
+def test_explain_warns_where_the_run_lr_departs_from_the_replay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose LR was set by hand: the replay cannot follow it, and explain says from which evaluation."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    logger = CSVLogger(tmp_path, name="csv")
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    fit = trainer(tmp_path, max_epochs=6, logger=logger, callbacks=[checkpoint], enable_checkpointing=True)
+    with pytest.warns(UserWarning, match="not by the plateau"):
+        fit.fit(_HandChanged())
+    for source in (Path(logger.log_dir), tmp_path / "ckpt" / "last.ckpt"):
+        code, out, err = explain(capsys, source, "--json")
+        assert code == 0
+        assert "warning: from evaluation 4 on, the run's LR (0.7) is not this replay's" in err
+        assert json.loads(out)["warning"].startswith("from evaluation 4 on")
+    code, _, err = explain(capsys, tmp_path / "ckpt" / "last.ckpt", "--only-cuts", "--patience", "2")
+    assert "warning" in err  # other settings than the run's: the same honest note
+
+
+def test_explain_refuses_a_log_that_starts_mid_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A resumed run logged into a new version: its traces start at evaluation 5, so a replay would be wrong."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = trainer(tmp_path, max_epochs=4, callbacks=[checkpoint], enable_checkpointing=True)
+    first.fit(_HparamsModel())
+    logger = CSVLogger(tmp_path, name="resumed")
+    resumed = trainer(tmp_path, max_epochs=8, logger=logger)
+    resumed.fit(_HparamsModel(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    code, out, err = explain(capsys, Path(logger.log_dir))
+    assert (code, out) == (2, "")
+    assert "its plateau traces start at evaluation 5, so this log continues a resumed run" in err
+
+
+def test_compare_takes_a_single_value_and_explain_each_value_once(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`compare(values, patience=2)` is `patience=[2]`; `--patience 1 1` is one policy: a replay, not a comparison."""
+    from lightning_plateau import compare
+
+    (outcome,) = compare([1.0, 0.9, 0.9, 0.9], patience=2)
+    assert outcome.varied == {"patience": 2}
+    monkeypatch.setattr(sys, "stdin", io.StringIO("1 0.9 0.8 0.8 0.8"))
+    code, out, _ = explain(capsys, "-", "--patience", "1", "1", "--factor", "0.5", "0.5")
+    assert code == 0
+    assert (
+        out.splitlines()[0]
+        == "<stdin>: 5 evaluations of val_loss (min), patience 1, factor 0.5, threshold 0.0001 rel, lr 1e-3"
+    )

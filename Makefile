@@ -13,7 +13,7 @@ OLDEST_CONSTRAINTS ?= constraints/lightning-2.4.txt
 OLDEST_TESTS ?= tests/test_stepping.py tests/test_resume.py tests/test_early_stopping.py tests/test_wiring.py \
 	tests/test_mixin.py tests/test_scheduler.py tests/test_dropin.py
 
-.PHONY: install demo test lint pytest test-oldest bench constraints clean
+.PHONY: install demo test lint pytest test-oldest docs bench constraints clean
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,10 @@ $(OLDEST_VENV)/.installed: pyproject.toml Makefile $(OLDEST_CONSTRAINTS)
 test-oldest: $(OLDEST_VENV)/.installed
 	$(OLDEST_VENV)/bin/python -m pytest -m "not distributed" $(OLDEST_TESTS)
 
+# The site: the README as the guide, an API reference from the docstrings, the Vietnamese pages. Warnings fail it.
+docs: install
+	$(BIN)/mkdocs build --strict
+
 bench: install
 	$(BIN)/python benchmarks/bench.py
 
@@ -70,4 +74,4 @@ constraints:
 	rm -rf .venv-constraints
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) .venv-constraints lightning_logs wandb demo_runs *.egg-info
+	rm -rf $(VENV) $(OLDEST_VENV) .venv-constraints lightning_logs wandb demo_runs site *.egg-info

@@ -45,16 +45,18 @@ def cuts_in_evaluations(num_cuts: int, num_evaluations: int) -> str:
 
 
 def format_cut(cut: PlateauCut, config: PlateauConfig) -> str:
-    """Why a cut happened, in one line. Epochs and evaluations are counted from 1, as people count them.
+    """Why a cut happened, in one line.
 
-    Example: ``epoch 16, eval 16: val_loss has not improved on 0.4120 (epoch 5) for 11 evaluations
-    (> patience 10): lr 1e-3 -> 1e-4``.
+    Epochs are Lightning's (counted from 0, as its progress bar, checkpoint names and ``epoch`` column count
+    them); evaluations are counted from 1. Example, the 16th epoch cutting after a best in the 5th:
+    ``epoch 15, eval 16: val_loss has not improved on 0.4120 (epoch 4) for 11 evaluations (> patience 10):
+    lr 1e-3 -> 1e-4``.
     """
-    where = f"eval {cut.evaluation}" if cut.epoch is None else f"epoch {cut.epoch + 1}, eval {cut.evaluation}"
+    where = f"eval {cut.evaluation}" if cut.epoch is None else f"epoch {cut.epoch}, eval {cut.evaluation}"
     if math.isfinite(cut.best):
         since = ""
         if cut.best_epoch is not None:
-            since = f" (epoch {cut.best_epoch + 1})"
+            since = f" (epoch {cut.best_epoch})"
         elif cut.best_evaluation is not None:
             since = f" (eval {cut.best_evaluation})"
         judged = f"has not improved on {format_value(cut.best)}{since}"

@@ -488,7 +488,7 @@ def _label_x(ax: Any, rows: Sequence[PlateauEvaluation]) -> None:
         ax.set_xlabel("evaluation")
         return
     if all(epoch == row.evaluation - 1 for epoch, row in zip(epochs, rows, strict=True)):
-        ax.set_xlabel("epoch (one evaluation per epoch)")
+        ax.set_xlabel("evaluation (one per epoch: epoch N is evaluation N + 1)")
         return
     ax.set_xlabel("evaluation")
     ax.get_figure().subplots_adjust(top=0.87)
@@ -499,7 +499,7 @@ def _label_x(ax: Any, rows: Sequence[PlateauEvaluation]) -> None:
         firsts.setdefault(row.epoch, row.evaluation)
     every = max(1, math.ceil(len(firsts) / 15))
     shown = list(firsts.items())[::every]
-    top.set_xticks([evaluation for _, evaluation in shown], [str(epoch + 1) for epoch, _ in shown])
+    top.set_xticks([evaluation for _, evaluation in shown], [str(epoch) for epoch, _ in shown])
     top.set_xlabel("epoch (first evaluation of each)")
 
 

@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Replay a history of the monitored metric through the same PlateauScheduler that training uses and"
             " show every evaluation: its value, the best so far, the bad count, the cooldown, the LR, and each"
-            " cut with its reason. Epochs and evaluations are counted from 1."
+            " cut with its reason. Epochs are Lightning's, counted from 0; evaluations are counted from 1."
         ),
         epilog=(
             "examples:\n"
@@ -314,7 +314,7 @@ def _comparison_table(outcomes: Sequence[Any]) -> Iterator[str]:
 
 
 def _where(evaluation: int, epoch: Optional[int]) -> str:
-    return f"{evaluation}" if epoch is None else f"{evaluation} (ep {epoch + 1})"
+    return f"{evaluation}" if epoch is None else f"{evaluation} (ep {epoch})"
 
 
 def _config(args: argparse.Namespace, stored: Mapping[str, Any]) -> PlateauConfig:
@@ -389,7 +389,7 @@ def _table(
             last_best, best_text = best, format_value(best)
         labels = ""
         if with_epoch:
-            labels += f"  {'-' if epoch is None else epoch + 1:>5}"
+            labels += f"  {'-' if epoch is None else epoch:>5}"
         if with_step:
             labels += f"  {'-' if step is None else step:>8}"
         line = (
@@ -409,7 +409,7 @@ def _summary(result: Replay) -> str:
     config = result.config
     if result.cuts:
         if all(cut.epoch is not None for cut in result.cuts):
-            noun, labels = "epoch", [cut.epoch + 1 for cut in result.cuts if cut.epoch is not None]
+            noun, labels = "epoch", [cut.epoch for cut in result.cuts if cut.epoch is not None]
         else:
             noun, labels = "evaluation", [cut.evaluation for cut in result.cuts]
         where = f"{noun}{'s' if len(labels) > 1 else ''} {', '.join(map(str, labels))}"

@@ -74,17 +74,18 @@ class PlateauEarlyStopping(EarlyStopping):
     ``PlateauConfig(threshold=..., threshold_mode="abs")``) must agree with the plateau, or fit fails naming
     where to set them. ``check_on_train_epoch_end`` is refused: the decision follows the fresh values.
 
-    Worked example (one validation per epoch, epochs counted from 1): ``PlateauConfig(patience=2, cooldown=1,
-    factor=0.1, min_lr=1e-3)``, LR 0.1, ``val_loss`` improves until epoch 3 and is flat after it.
+    Worked example (one validation per epoch; epochs are Lightning's, counted from 0):
+    ``PlateauConfig(patience=2, cooldown=1, factor=0.1, min_lr=1e-3)``, LR 0.1, ``val_loss`` improves until
+    epoch 2 and is flat after it.
 
-    - epochs 4, 5, 6: 1, 2, 3 evaluations without improvement; 3 > patience 2, so epoch 6 cuts 0.1 -> 0.01;
-    - epoch 7 is the cooldown; epochs 8, 9, 10 are bad again and epoch 10 cuts 0.01 -> 1e-3 = min_lr. The LR
+    - epochs 3, 4, 5: 1, 2, 3 evaluations without improvement; 3 > patience 2, so epoch 5 cuts 0.1 -> 0.01;
+    - epoch 6 is the cooldown; epochs 7, 8, 9 are bad again and epoch 9 cuts 0.01 -> 1e-3 = min_lr. The LR
       is exhausted: a cut would give ``max(1e-4, 1e-3) = 1e-3``, no change;
-    - default patience 2 + 1 + 1 = 4: epochs 11, 12, 13, 14 are 4 evaluations without improvement after the
-      exhaustion, so training stops at epoch 14, exactly when the scheduler would have cut a third time.
-      ``stopped_epoch == 13`` and the message reads "lr exhausted: lr reached min_lr 1e-3 at epoch 10 and
-      val_loss did not improve on 0.5000 for 4 evaluations". An improvement at epoch 12 would restart the
-      count: the run would then stop at epoch 16.
+    - default patience 2 + 1 + 1 = 4: epochs 10, 11, 12, 13 are 4 evaluations without improvement after the
+      exhaustion, so training stops at epoch 13, exactly when the scheduler would have cut a third time.
+      ``stopped_epoch == 13`` and the message reads "lr exhausted: lr reached min_lr 1e-3 at epoch 9 and
+      val_loss did not improve on 0.5000 for 4 evaluations". An improvement at epoch 11 would restart the
+      count: the run would then stop at epoch 15.
 
     Args:
         patience: evaluations without improvement tolerated, counted as the rule says. ``None``: the plateau's
@@ -253,7 +254,7 @@ class PlateauEarlyStopping(EarlyStopping):
         if can_stop_early(trainer):
             rank_zero_warn(
                 f"PlateauEarlyStopping: the checkpoint was written after this run had stopped at epoch"
-                f" {self.stopped_epoch + 1} ({self.stopping_reason_message}); not training further. To train on,"
+                f" {self.stopped_epoch} ({self.stopping_reason_message}); not training further. To train on,"
                 " resume without PlateauEarlyStopping in the Trainer, or from a checkpoint written before the stop.",
                 category=UserWarning,
             )
@@ -499,14 +500,14 @@ class PlateauEarlyStopping(EarlyStopping):
         else:
             reached = f"lr {format_lrs(row.lrs)} cannot be cut by more than eps {format_lr(scheduler.eps)}"
         if self._exhausted_epoch is not None:
-            return f"{reached} at epoch {self._exhausted_epoch + 1}"
+            return f"{reached} at epoch {self._exhausted_epoch}"
         if self._exhausted_at == 0:
             return f"{reached} from the start"
         return f"{reached} by evaluation {self._exhausted_at}"
 
 
 def _where(row: PlateauEvaluation) -> str:
-    return f"evaluation {row.evaluation}" if row.epoch is None else f"epoch {row.epoch + 1}"
+    return f"evaluation {row.evaluation}" if row.epoch is None else f"epoch {row.epoch}"
 
 
 def _is_number(value: Any) -> bool:

@@ -198,7 +198,7 @@ def replay(
             defaults). ``monitor`` only names the values in the reasons.
         lr: the starting LR, or one per param group (``min_lr`` may then be a list of the same length).
         epochs: an epoch label (0-based) per value, e.g. the ``epoch`` column of a ``metrics.csv``; it appears
-            in the rows and in the reasons ("epoch 16"), as in a live fit.
+            in the rows and in the reasons ("epoch 15" for the 16th epoch), as in a live fit.
         global_steps: a step label per value, likewise.
 
     Returns:
@@ -211,7 +211,7 @@ def replay(
 
     Example::
 
-        # best at epoch 5, then no improvement: with patience 10 the cut comes at the end of epoch 16
+        # best in the 5th epoch (epoch 4), then no improvement: patience 10 cuts at the end of the 16th (epoch 15)
         rows = replay([1.0, 0.9, 0.8, 0.7, 0.6] + [0.65] * 15, PlateauConfig(patience=10))
         [row.evaluation for row in rows if row.cut]  # [16]
     """

@@ -297,7 +297,7 @@ def _summary_message(
         parts.append(lr)
         best = float(scheduler.best)
         if math.isfinite(best):
-            where = "" if scheduler.best_epoch is None else f" at epoch {scheduler.best_epoch + 1}"
+            where = "" if scheduler.best_epoch is None else f" at epoch {scheduler.best_epoch}"
             parts.append(f"best {config.monitor} {format_value(best)}{where}")
     return "\n  ".join([", ".join(parts), *lines])
 

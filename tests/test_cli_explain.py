@@ -143,10 +143,10 @@ def test_explain_table_shows_every_evaluation_and_the_cut(tmp_path: Path, capsys
     assert len(rows) == 20
     assert [line.split()[1] for line in rows if line.startswith("CUT")] == ["16"]
     cut = lines.index(next(line for line in rows if line.startswith("CUT")))
-    assert lines[cut].split() == ["CUT", "16", "16", "63", "0.6500", "0.6000", "0", "0", "1e-4"]
-    assert lines[cut + 1] == f"     -> epoch 16, eval 16: {CLASSIC_REASON}"
-    assert lines[cut - 1].split() == ["15", "15", "59", "0.6500", "0.6000", "10", "0", "1e-3"]
-    assert lines[-1].startswith("1 cut in 20 evaluations, at epoch 16: lr 1e-3 -> 1e-4.")
+    assert lines[cut].split() == ["CUT", "16", "15", "63", "0.6500", "0.6000", "0", "0", "1e-4"]
+    assert lines[cut + 1] == f"     -> epoch 15, eval 16: {CLASSIC_REASON.replace('(epoch 5)', '(epoch 4)')}"
+    assert lines[cut - 1].split() == ["15", "14", "59", "0.6500", "0.6000", "10", "0", "1e-3"]
+    assert lines[-1].startswith("1 cut in 20 evaluations, at epoch 15: lr 1e-3 -> 1e-4.")
     assert "\033[" not in out  # not a terminal: no colour
 
 
@@ -314,8 +314,8 @@ def test_explain_real_offline_wandb_run(
         code, out, err = explain(capsys, source, "--patience", "1", "--lr", "0.1", "--only-cuts")
         assert (code, err) == (0, "")
         (cut,) = [line for line in out.splitlines() if line.startswith("CUT")]
-        assert cut.split()[:3] == ["CUT", "4", "4"]
-        assert "-> epoch 4, eval 4: val_loss has not improved on 0.5000 (epoch 2) for 2 evaluations" in out
+        assert cut.split()[:3] == ["CUT", "4", "3"]
+        assert "-> epoch 3, eval 4: val_loss has not improved on 0.5000 (epoch 1) for 2 evaluations" in out
     code, out, err = explain(capsys, file, "--monitor", "val_mse", "--json")
     assert code == 0
     assert json.loads(out)["config"]["monitor"] == "val_mse"

@@ -247,7 +247,7 @@ def test_early_stopping_reason_message(tmp_path: Any) -> None:
     early_stopping = PlateauEarlyStopping()
     _fit(tmp_path, WORKED_VALUES, WORKED, early_stopping, quiet=False)  # with the PlateauCallback the mixin adds
     assert early_stopping.stopping_reason_message == (
-        "lr exhausted: lr reached min_lr 1e-3 at epoch 10 and val_loss did not improve on 0.5000 for 4 evaluations"
+        "lr exhausted: lr reached min_lr 1e-3 at epoch 9 and val_loss did not improve on 0.5000 for 4 evaluations"
     )
     assert early_stopping.state_dict()["stopping_reason"] == EarlyStoppingReason.PATIENCE_EXHAUSTED.value
 
@@ -500,7 +500,7 @@ def test_early_stopping_reused_in_a_new_trainer_counts_from_scratch(tmp_path: An
     # best at epoch 2: cuts at 5 and 9 (0-based epochs 4 and 8), four bad evaluations after: stop at epoch 13 (12)
     assert _cut_epochs(second) == [4, 8]
     assert (early_stopping.stopped_epoch, early_stopping.stop_rule) == (12, "lr_exhausted")
-    assert early_stopping.stopping_reason_message == message.replace("epoch 10", "epoch 9").replace("0.5000", "1.0000")
+    assert early_stopping.stopping_reason_message == message.replace("epoch 9", "epoch 8").replace("0.5000", "1.0000")
     assert second.early_stopping_callback is early_stopping
 
 
@@ -554,7 +554,7 @@ def test_early_stopping_max_reductions_never_applies_the_cut_over_the_limit(tmp_
     )
     assert [row.withheld for row in plateau.history].count(True) == 1
     assert early_stopping.stopping_reason_message == (
-        "max reductions: val_loss did not improve on 1.0000 for 2 evaluations at epoch 7, which calls for cut 3;"
+        "max reductions: val_loss did not improve on 1.0000 for 2 evaluations at epoch 6, which calls for cut 3;"
         " max_reductions=2, so that cut was not applied: lr stays 0.025"
     )
 
@@ -624,7 +624,7 @@ def test_early_stopping_resume_from_the_stopping_checkpoint_stops_at_once(
     refit = trainer(tmp_path / "resumed", max_epochs=30, limit_val_batches=1, callbacks=[resumed, resumed_plateau])
     message = (
         r"PlateauEarlyStopping: the checkpoint was written after this run had stopped at epoch"
-        rf" {expected_stop + 1} \({expected_rule.replace('_', ' ')}: .*\); not training further\. To train on,"
+        rf" {expected_stop} \({expected_rule.replace('_', ' ')}: .*\); not training further\. To train on,"
     )
     with pytest.warns(UserWarning, match=message):
         refit.fit(resumed_model, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
@@ -648,7 +648,7 @@ def test_early_stopping_resume_from_the_stopping_checkpoint_stops_at_once(
             3,
             EarlyStoppingReason.STOPPING_THRESHOLD,
             "stopping_threshold",
-            "Stopping threshold reached: val_loss = 0.4000 < 0.5 at epoch 3",
+            "Stopping threshold reached: val_loss = 0.4000 < 0.5 at epoch 2",
             id="stopping-min",
         ),
         pytest.param(
@@ -658,7 +658,7 @@ def test_early_stopping_resume_from_the_stopping_checkpoint_stops_at_once(
             3,
             EarlyStoppingReason.STOPPING_THRESHOLD,
             "stopping_threshold",
-            "Stopping threshold reached: val_acc = 0.9500 > 0.9 at epoch 3",
+            "Stopping threshold reached: val_acc = 0.9500 > 0.9 at epoch 2",
             id="stopping-max",
         ),
         pytest.param(
@@ -668,7 +668,7 @@ def test_early_stopping_resume_from_the_stopping_checkpoint_stops_at_once(
             3,
             EarlyStoppingReason.DIVERGENCE_THRESHOLD,
             "divergence_threshold",
-            "Divergence threshold reached: val_loss = 4.0000 > 3 at epoch 3",
+            "Divergence threshold reached: val_loss = 4.0000 > 3 at epoch 2",
             id="divergence-min",
         ),
         pytest.param(
@@ -678,7 +678,7 @@ def test_early_stopping_resume_from_the_stopping_checkpoint_stops_at_once(
             3,
             EarlyStoppingReason.DIVERGENCE_THRESHOLD,
             "divergence_threshold",
-            "Divergence threshold reached: val_acc = 0.1000 < 0.2 at epoch 3",
+            "Divergence threshold reached: val_acc = 0.1000 < 0.2 at epoch 2",
             id="divergence-max",
         ),
         pytest.param(
@@ -688,7 +688,7 @@ def test_early_stopping_resume_from_the_stopping_checkpoint_stops_at_once(
             2,
             EarlyStoppingReason.NON_FINITE_METRIC,
             "non_finite",
-            "non-finite metric: val_loss = inf is not finite, at epoch 2",
+            "non-finite metric: val_loss = inf is not finite, at epoch 1",
             id="non-finite-first",
         ),
     ],

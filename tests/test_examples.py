@@ -100,7 +100,7 @@ def test_digits_example_reports_once_and_writes_the_wandb_run(
     finally:
         wandb.teardown()
     messages = plateau_messages(caplog)
-    assert [m.split(":")[0] for m in messages[:-1]] == ["epoch 2, eval 2", "epoch 3, eval 3"]
+    assert [m.split(":")[0] for m in messages[:-1]] == ["epoch 1, eval 2", "epoch 2, eval 3"]
     assert messages[0].endswith("lr 0.01 -> 3e-3")
     summary = messages[-1]
     assert summary.startswith("PlateauCallback (val_loss (min), patience 0, factor 0.3): 2 cuts in 3 evaluations")
@@ -125,7 +125,7 @@ def test_regression_example_reports_cuts_and_csv_logs(
     with caplog.at_level(logging.INFO):
         regression.main(["fit", "--config", config, *TINY_TRAINER, *CUT_EVERY_EVALUATION, *save_dir])
     messages = plateau_messages(caplog)
-    assert [m.split(":")[0] for m in messages[:-1]] == ["epoch 2, eval 2", "epoch 3, eval 3"]
+    assert [m.split(":")[0] for m in messages[:-1]] == ["epoch 1, eval 2", "epoch 2, eval 3"]
     assert messages[-1].startswith("PlateauCallback (val_mse (min), patience 0, factor 0.5): 2 cuts in 3 evaluations")
     assert "lr 1e-3 -> 2.5e-4" in messages[-1]
     match = re.search(r"^Logs: (\S+)", capsys.readouterr().out, flags=re.MULTILINE)

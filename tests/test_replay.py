@@ -37,7 +37,7 @@ def test_replay_classic_example_cuts_at_the_end_of_epoch_16(tmp_path: Path) -> N
     assert cut.epoch == 15
     assert cut.lrs == (1e-4,)
     assert cut.reason == (
-        "epoch 16, eval 16: val_loss has not improved on 0.6000 (epoch 5) for 11 evaluations (> patience 10):"
+        "epoch 15, eval 16: val_loss has not improved on 0.6000 (epoch 4) for 11 evaluations (> patience 10):"
         " lr 1e-3 -> 1e-4"
     )
     assert rows[14].lrs == (1e-3,)
@@ -112,7 +112,7 @@ def test_replay_labels_flow_into_rows_and_reasons() -> None:
     (cut,) = result.cuts
     assert (cut.evaluation, cut.epoch, cut.global_step, cut.best_epoch) == (5, 2, 25, 0)
     assert result[4].reason is not None
-    assert result[4].reason.startswith("epoch 3, eval 5: val_loss has not improved on 0.8000 (epoch 1) for 3")
+    assert result[4].reason.startswith("epoch 2, eval 5: val_loss has not improved on 0.8000 (epoch 0) for 3")
 
 
 def test_replay_is_a_sequence_of_rows() -> None:

@@ -270,7 +270,7 @@ def test_callback_non_strict_missing_monitor_warns_once(tmp_path: Any) -> None:
 
 
 def test_callback_logs_a_message_at_each_cut(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
-    """The worked example: best at epoch 5, patience 10 -> cut at the end of epoch 16 (1-based), eval 16."""
+    """The worked example: best in the 5th epoch, patience 10 -> cut at the end of the 16th: Lightning's epoch 15."""
     values = [1.0, 0.9, 0.8, 0.7, 0.412] + [0.5] * 12
     model = _Model(values, lr=1e-3, train_batches=1)
     with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
@@ -279,7 +279,7 @@ def test_callback_logs_a_message_at_each_cut(tmp_path: Any, caplog: pytest.LogCa
     assert (cut.epoch, cut.evaluation, cut.best_epoch, cut.num_bad) == (15, 16, 4, 11)
     messages = [r.getMessage() for r in caplog.records if "has not improved" in r.getMessage()]
     assert messages == [
-        "epoch 16, eval 16: val_loss has not improved on 0.4120 (epoch 5) for 11 evaluations (> patience 10):"
+        "epoch 15, eval 16: val_loss has not improved on 0.4120 (epoch 4) for 11 evaluations (> patience 10):"
         " lr 1e-3 -> 1e-4"
     ]
     assert model.lr_at_train_start[15:] == pytest.approx([1e-3, 1e-4])

@@ -231,7 +231,7 @@ def test_traces_chart_beside_the_logger_and_named_in_final_message(
     assert chart.read_bytes()[:8] == PNG_MAGIC
     assert plateau_callback(fit).chart_path == chart
     (message,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("PlateauCallback (")]
-    assert "2 cuts in 9 evaluations, lr 0.1 -> 1e-3, best val_loss 0.8000 at epoch 6" in message
+    assert "2 cuts in 9 evaluations, lr 0.1 -> 1e-3, best val_loss 0.8000 at epoch 5" in message
     assert f"chart: {chart}" in message
 
 
@@ -544,7 +544,7 @@ def test_traces_messages_do_not_tear_the_progress_bar(
     captured = capsys.readouterr()
     cut_lines = [line for line in (captured.out + captured.err).splitlines() if "eval 3:" in line]
     assert len(cut_lines) == 1
-    assert cut_lines[0].split("\r")[-1].startswith("epoch 3, eval 3: val_loss has not improved")
+    assert cut_lines[0].split("\r")[-1].startswith("epoch 2, eval 3: val_loss has not improved")
     assert not [r for r in caplog.records if "eval 3:" in r.getMessage()]  # not also logged beside the bar
     assert [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("PlateauCallback (")] == [
         "PlateauCallback (val_loss (min), patience 1, factor 0.1)"

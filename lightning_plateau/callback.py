@@ -58,7 +58,8 @@ class PlateauCallback(Callback):
             likewise ``mode``, ``factor``, ``patience``, ``threshold``, ``threshold_mode``, ``cooldown``,
             ``min_lr``, ``eps`` and ``strict``. Fields not given take PlateauConfig's defaults. Give these or
             ``config``, not both.
-        verbose: log a rank-zero message at each cut, and one at the end of fit naming the chart.
+        verbose: log a rank-zero message at each cut, and one at the end of fit naming the chart; show the
+            plateau's state in Lightning's progress bar (``plateau=lr 1e-3 · bad 2/3``).
         log_traces: at each evaluation, log ``plateau/value``, ``plateau/best``, ``plateau/num_bad``,
             ``plateau/cooldown``, ``plateau/reductions``, ``plateau/evaluation`` and the LR after the decision
             (``plateau/lr``, or ``plateau/lr/pg0``, ... for several param groups) to every logger of the Trainer,
@@ -318,8 +319,21 @@ class PlateauCallback(Callback):
         self.history.append(row)
         if self.log_traces:
             self._traces.log_evaluation(trainer, self.scheduler, row)
+        self._show_in_progress_bar(trainer, row)
         # Callbacks that decide on the same evaluation (PlateauEarlyStopping) do so after the scheduler.
         self._notify(trainer, "on_plateau_evaluation", pl_module, self, row)
+
+    def _show_in_progress_bar(self, trainer: pl.Trainer, row: PlateauEvaluation) -> None:
+        """The plateau's state at a glance beside the bar's metrics: ``plateau=lr 1e-3 · bad 2/3``.
+
+        Written once per evaluation into the metrics the bar shows (``trainer.progress_bar_metrics``), so the bar
+        keeps showing it until the next evaluation, with no work at each step.
+        """
+        if not self.verbose or trainer.progress_bar_callback is None:
+            return
+        needed = self._require_config().patience + 1
+        state = f"lr {format_lrs(row.lrs)} · bad {needed if row.cut else row.num_bad}/{needed}"
+        trainer.progress_bar_metrics["plateau"] = state  # type: ignore[index,assignment]
 
     def _notify(self, trainer: pl.Trainer, hook_name: str, *args: Any) -> None:
         """Call ``hook_name(trainer, *args)`` on every other callback that defines it."""

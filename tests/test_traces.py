@@ -545,6 +545,11 @@ def test_traces_messages_do_not_tear_the_progress_bar(
     cut_lines = [line for line in (captured.out + captured.err).splitlines() if "eval 3:" in line]
     assert len(cut_lines) == 1
     assert cut_lines[0].split("\r")[-1].startswith("epoch 2, eval 3: val_loss has not improved")
+    # the bar itself shows the plateau's state after each evaluation: the cut (2 of 2), then the next one's count
+    bar_text = captured.out + captured.err
+    assert "plateau=lr 0.1 · bad 1/2" in bar_text
+    assert "plateau=lr 0.01 · bad 2/2" in bar_text
+    assert "plateau=lr 0.01 · bad 1/2" in bar_text
     assert not [r for r in caplog.records if "eval 3:" in r.getMessage()]  # not also logged beside the bar
     assert [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("PlateauCallback (")] == [
         "PlateauCallback (val_loss (min), patience 1, factor 0.1)"

@@ -231,7 +231,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         logger=False,
         callbacks=callbacks,
     )
-    trainer.fit(model, ckpt_path=args.resume)
+    try:
+        trainer.fit(model, ckpt_path=args.resume)
+    finally:
+        # Lightning leaves the process group to interpreter exit, where gloo's threads are sometimes torn down in
+        # an order that aborts the process ("terminate called without an active exception") after a clean fit.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -462,6 +462,9 @@ if trainer.is_global_zero:
     wandb.teardown()
     callback = plateau_of(trainer)
     (out / "history.json").write_text(json.dumps([asdict(row) for row in callback.history]))
+import torch.distributed as dist
+if dist.is_initialized():
+    dist.destroy_process_group()  # not left to interpreter exit, where gloo's threads can abort the process
 """
 
 
@@ -538,7 +541,10 @@ def test_traces_messages_do_not_tear_the_progress_bar(
 ) -> None:
     """With Lightning's TQDM bar shown, a cut message starts a line of its own (written through the bar, which clears
     itself first), never after the bar's text; the summary comes once the bars are closed."""
-    fit = trainer(tmp_path, max_epochs=4, enable_progress_bar=True, logger=False)
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    # Named: with rich installed, Lightning's default bar is the Rich one (tested below).
+    fit = trainer(tmp_path, max_epochs=4, enable_progress_bar=True, logger=False, callbacks=[TQDMProgressBar()])
     with caplog.at_level(logging.INFO):
         fit.fit(ScriptedPlateauModel([1.0] * 4, plateau=PlateauConfig(patience=1)))
     captured = capsys.readouterr()
@@ -554,3 +560,22 @@ def test_traces_messages_do_not_tear_the_progress_bar(
     assert [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("PlateauCallback (")] == [
         "PlateauCallback (val_loss (min), patience 1, factor 0.1)"
     ]
+
+
+def test_traces_messages_and_state_with_the_rich_progress_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lightning's Rich bar too: the cut message is a line of its own, and the bar shows the plateau's state."""
+    pytest.importorskip("rich")
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    fit = trainer(tmp_path, max_epochs=4, enable_progress_bar=True, logger=False, callbacks=[RichProgressBar()])
+    with caplog.at_level(logging.INFO):
+        fit.fit(ScriptedPlateauModel([1.0] * 4, plateau=PlateauConfig(patience=1)))
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    cut_lines = [line for line in text.splitlines() if "eval 3:" in line]
+    assert len(cut_lines) == 1
+    assert cut_lines[0].split("\r")[-1].strip().startswith("epoch 2, eval 3: val_loss has not improved")
+    assert "plateau: lr 0.01" in text
+    assert not [r for r in caplog.records if "eval 3:" in r.getMessage()]

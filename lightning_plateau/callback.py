@@ -64,7 +64,8 @@ class PlateauCallback(Callback):
             ``plateau/cooldown``, ``plateau/reductions``, ``plateau/evaluation`` and the LR after the decision
             (``plateau/lr``, or ``plateau/lr/pg0``, ... for several param groups) to every logger of the Trainer,
             on rank zero, at Lightning's step; at the end of fit write ``plateau.png`` beside the first logger's
-            files (needs matplotlib; no file without a logger) and, with a ``WandbLogger``, add the best value,
+            files (needs matplotlib; no file without a logger; drawn on a background thread, see :attr:`chart_path`)
+            and, with a ``WandbLogger``, add the best value,
             the final LRs and the number of cuts to the run's summary, a table of cuts and the chart. ``False``:
             none of this.
 
@@ -170,7 +171,10 @@ class PlateauCallback(Callback):
 
     @property
     def chart_path(self) -> Optional[Path]:
-        """The plateau chart written at the end of the last fit (rank zero), ``None`` before or without one."""
+        """The plateau chart written at the end of the last fit (rank zero), ``None`` before or without one.
+
+        Without a ``WandbLogger`` the chart is drawn on a background thread after ``fit`` returns: this waits for it.
+        """
         return self._traces.chart_path
 
     @override

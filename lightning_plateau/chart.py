@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -34,6 +35,8 @@ _MARGIN = 0.05
 _MAX_PLAIN_EXPONENT = 100
 # Log-axis limits stay within 10**-307 .. 10**307 (normal floats); an LR of 0 or below is drawn on the bottom edge.
 _MAX_LOG_EXPONENT = 307
+# matplotlib is not thread-safe: the package's charts are drawn one at a time, whichever thread asks.
+_DRAWING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ def plot_plateau(
     of 0 (cuts with ``eps=0`` until the LR underflows) lies on the bottom edge of the LR axis.
 
     Rendering uses matplotlib's Agg canvas directly, so it works headless and leaves pyplot's global
-    backend alone.
+    backend alone. Safe to call from any thread: the package's charts are drawn one at a time (PlateauCallback
+    draws its end-of-fit chart on a background thread).
 
     Args:
         history: the evaluations, oldest first (``PlateauCallback.history``, or a replay's rows).
@@ -93,10 +97,11 @@ def plot_plateau(
 
         plot_plateau(callback.history, callback.config, "plateau.png")
     """
-    fig = _plateau_figure(history, config, initial_lrs=initial_lrs, title=title, stop=stop)
-    target = pathlib.Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, format="png")
+    with _DRAWING:
+        fig = _plateau_figure(history, config, initial_lrs=initial_lrs, title=title, stop=stop)
+        target = pathlib.Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(target, format="png")
     return target
 
 
@@ -529,45 +534,46 @@ def plot_comparison(values: Sequence[float], outcomes: Sequence[Any], path: str 
             'The plateau chart needs matplotlib: pip install "lightning-plateau[plot]" (or pip install matplotlib)'
         ) from err
 
-    target = pathlib.Path(path)
-    fig = Figure(figsize=(11, 6), dpi=110)
-    fig.subplots_adjust(left=0.08, right=0.91, top=0.92, bottom=0.1)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    monitor = outcomes[0].config.monitor if outcomes else "value"
-    policies = f"{len(outcomes)} {'policy' if len(outcomes) == 1 else 'policies'}"
-    title = f"What if? {policies} on {plural(len(values), 'evaluation')} of {monitor}"
-    fig.suptitle(title, x=0.08, y=0.97, ha="left", fontsize=11)
-    xs = list(range(1, len(values) + 1))
-    raw = _finite(list(values))
-    exponent = _scale_exponent(raw)
-    scaled = _scaled(raw, exponent)
-    handles = list(ax.plot(xs, scaled, color=_VALUE, marker="o", markersize=3, linewidth=1.4, label=monitor))
-    unit = f", x1e{exponent}" if exponent else ""
-    ax.set_ylabel(f"{monitor}{unit}", color=_VALUE)
-    ax.set_xlabel("evaluation")
-    limits = _value_limits(scaled, log=False, headroom=0.0)
-    if limits is not None:
-        ax.set_ylim(*limits)
-    lr_ax = ax.twinx()
-    lr_ax.set_yscale("log")
-    trajectories = []
-    for outcome in outcomes:
-        rows = list(outcome.replay)
-        trajectories.append([outcome.replay.initial_lrs[0]] + [row.lrs[0] for row in rows])
-    drawable = sorted({lr for lrs in trajectories for lr in lrs if _drawable_lr(lr)})
-    bottom, top = _lr_limits(drawable, room_for_labels=False)
-    for index, (outcome, lrs) in enumerate(zip(outcomes, trajectories, strict=True)):
-        ys = [min(max(lr, bottom), top) for lr in lrs] + [min(max(lrs[-1], bottom), top)]
-        name = ", ".join(f"{key} {value:g}" for key, value in outcome.varied.items())
-        if outcome.early_stop is not None:
-            name += f" (stop at {outcome.early_stop})"
-        handles += lr_ax.step(
-            [0, *xs, len(xs) + 0.5], ys, where="post", linewidth=1.3, label=name, color=f"C{(index + 1) % 10}"
-        )
-    lr_ax.set_ylim(bottom, top)
-    lr_ax.set_ylabel("lr (first param group)")
-    ax.legend(handles=handles, loc="upper right", fontsize=8)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, format="png")
+    with _DRAWING:
+        target = pathlib.Path(path)
+        fig = Figure(figsize=(11, 6), dpi=110)
+        fig.subplots_adjust(left=0.08, right=0.91, top=0.92, bottom=0.1)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        monitor = outcomes[0].config.monitor if outcomes else "value"
+        policies = f"{len(outcomes)} {'policy' if len(outcomes) == 1 else 'policies'}"
+        title = f"What if? {policies} on {plural(len(values), 'evaluation')} of {monitor}"
+        fig.suptitle(title, x=0.08, y=0.97, ha="left", fontsize=11)
+        xs = list(range(1, len(values) + 1))
+        raw = _finite(list(values))
+        exponent = _scale_exponent(raw)
+        scaled = _scaled(raw, exponent)
+        handles = list(ax.plot(xs, scaled, color=_VALUE, marker="o", markersize=3, linewidth=1.4, label=monitor))
+        unit = f", x1e{exponent}" if exponent else ""
+        ax.set_ylabel(f"{monitor}{unit}", color=_VALUE)
+        ax.set_xlabel("evaluation")
+        limits = _value_limits(scaled, log=False, headroom=0.0)
+        if limits is not None:
+            ax.set_ylim(*limits)
+        lr_ax = ax.twinx()
+        lr_ax.set_yscale("log")
+        trajectories = []
+        for outcome in outcomes:
+            rows = list(outcome.replay)
+            trajectories.append([outcome.replay.initial_lrs[0]] + [row.lrs[0] for row in rows])
+        drawable = sorted({lr for lrs in trajectories for lr in lrs if _drawable_lr(lr)})
+        bottom, top = _lr_limits(drawable, room_for_labels=False)
+        for index, (outcome, lrs) in enumerate(zip(outcomes, trajectories, strict=True)):
+            ys = [min(max(lr, bottom), top) for lr in lrs] + [min(max(lrs[-1], bottom), top)]
+            name = ", ".join(f"{key} {value:g}" for key, value in outcome.varied.items())
+            if outcome.early_stop is not None:
+                name += f" (stop at {outcome.early_stop})"
+            handles += lr_ax.step(
+                [0, *xs, len(xs) + 0.5], ys, where="post", linewidth=1.3, label=name, color=f"C{(index + 1) % 10}"
+            )
+        lr_ax.set_ylim(bottom, top)
+        lr_ax.set_ylabel("lr (first param group)")
+        ax.legend(handles=handles, loc="upper right", fontsize=8)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(target, format="png")
     return target

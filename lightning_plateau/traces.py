@@ -6,12 +6,18 @@ and the LR after the decision (``plateau/lr``, or ``plateau/lr/pg0``, ``plateau/
 param groups) to every logger, on Lightning's own step axis. With a ``WandbLogger`` the keys are also
 plotted against ``plateau/evaluation``, and at the end of fit the run gets a summary, a table of cuts and
 the chart. wandb and matplotlib are imported only when a ``WandbLogger`` is present or the chart is drawn.
+
+The chart takes a tenth of a second or more to draw (matplotlib's layout and PNG encoding), more than everything
+else the package does in a fit together. Without a ``WandbLogger`` it is drawn on a background thread, so
+``trainer.fit`` returns at once; ``PlateauCallback.chart_path`` (and the interpreter's exit) waits for it. With one,
+it is drawn before ``fit`` returns, since the W&B run it goes into may be finished right after.
 """
 
 from __future__ import annotations
 
 import math
 import pathlib
+import threading
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -21,7 +27,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_plateau._format import cuts_in_evaluations, format_cut, format_lrs, format_value
 from lightning_plateau._lightning import logging_step
-from lightning_plateau.chart import plot_plateau
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
 
@@ -105,7 +110,21 @@ class _Traces:
         self._defined: dict[int, set[str]] = {}
         self._warned: set[str] = set()
         self._last_step: Optional[int] = None
-        self.chart_path: Optional[pathlib.Path] = None
+        self._chart_path: Optional[pathlib.Path] = None
+        self._chart_thread: Optional[threading.Thread] = None
+
+    @property
+    def chart_path(self) -> Optional[pathlib.Path]:
+        """The chart written at the end of the last fit, ``None`` without one; waits for one still being drawn."""
+        self.wait_for_chart()
+        return self._chart_path
+
+    def wait_for_chart(self) -> None:
+        """Wait until the chart drawn on the background thread is written (or has failed, with its warning)."""
+        thread = self._chart_thread
+        if thread is not None:
+            thread.join()
+            self._chart_thread = None
 
     def log_evaluation(self, trainer: pl.Trainer, scheduler: PlateauScheduler, row: PlateauEvaluation) -> None:
         """Log ``row`` to every logger of ``trainer``, on rank zero only."""
@@ -134,42 +153,67 @@ class _Traces:
         history: Sequence[PlateauEvaluation],
         config: PlateauConfig,
     ) -> list[str]:
-        """Write the chart and the W&B extras at the end of fit; return lines naming what was written."""
-        self.chart_path = None
+        """Write the chart and the W&B extras at the end of fit; return lines naming what was written.
+
+        The chart is drawn on a background thread unless a ``WandbLogger`` takes it (see the module's docstring).
+        """
+        self.wait_for_chart()
+        self._chart_path = None
         if not trainer.is_global_zero or getattr(trainer, "fast_dev_run", False) or not history:
             return []
         lines: list[str] = []
-        chart = self.chart_path = self._write_chart(trainer, scheduler, history, config)
+        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        job = self._chart_job(trainer, scheduler, history, config)
+        chart: Optional[pathlib.Path] = None
+        if job is not None and wandb_loggers:
+            chart = self._chart_path = self._draw_chart(*job)
+        elif job is not None:
+            chart = job[0]
+            self._chart_thread = threading.Thread(target=self._draw_in_background, args=job, name="plateau-chart")
+            self._chart_thread.start()
         if chart is not None:
             lines.append(f"chart: {chart}")
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                try:
-                    lines += self._finish_wandb(trainer, logger, scheduler, config, chart)
-                except Exception as err:
-                    # Training has ended: nothing the W&B extras do may fail it now.
-                    self._warn_once(
-                        "wandb-finish", f"PlateauCallback skipped its W&B summary, table and chart: {_describe(err)}"
-                    )
+        for logger in wandb_loggers:
+            try:
+                lines += self._finish_wandb(trainer, logger, scheduler, config, chart)
+            except Exception as err:
+                # Training has ended: nothing the W&B extras do may fail it now.
+                self._warn_once(
+                    "wandb-finish", f"PlateauCallback skipped its W&B summary, table and chart: {_describe(err)}"
+                )
         return lines
 
-    def _write_chart(
+    def _chart_job(
         self,
         trainer: pl.Trainer,
         scheduler: PlateauScheduler,
         history: Sequence[PlateauEvaluation],
         config: PlateauConfig,
-    ) -> Optional[pathlib.Path]:
-        path: Optional[pathlib.Path] = None
+    ) -> Optional[tuple[pathlib.Path, list[PlateauEvaluation], PlateauConfig, dict[str, Any]]]:
+        """What the chart needs, read from the Trainer now: the path, the rows, the config and the drawing options."""
         try:
             # Inside the guard: a logger's own log_dir can fail too.
             directory = _chart_dir(trainer)
-            if directory is None:
-                return None  # logger=False: no file unless asked (plot_plateau(callback.history, ...))
-            path = directory / _CHART_NAME
-            return plot_plateau(
-                history, config, path, initial_lrs=_initial_lrs(history, scheduler), stop=_early_stop(trainer, history)
-            )
+        except Exception as err:
+            self._warn_once("chart", f"PlateauCallback could not find where to write its chart: {_describe(err)}")
+            return None
+        if directory is None:
+            return None  # logger=False: no file unless asked (plot_plateau(callback.history, ...))
+        options = {"initial_lrs": _initial_lrs(history, scheduler), "stop": _early_stop(trainer, history)}
+        return directory / _CHART_NAME, list(history), config, options
+
+    def _draw_in_background(
+        self, path: pathlib.Path, rows: list[PlateauEvaluation], config: PlateauConfig, options: dict[str, Any]
+    ) -> None:
+        self._chart_path = self._draw_chart(path, rows, config, options)
+
+    def _draw_chart(
+        self, path: pathlib.Path, rows: list[PlateauEvaluation], config: PlateauConfig, options: dict[str, Any]
+    ) -> Optional[pathlib.Path]:
+        try:
+            from lightning_plateau.chart import plot_plateau
+
+            return plot_plateau(rows, config, path, **options)
         except ImportError as err:
             self._warn_once("chart", f"PlateauCallback wrote no chart: {err}")
         except OSError as err:
@@ -177,8 +221,7 @@ class _Traces:
             self._warn_once("chart", f"PlateauCallback could not write its chart to {path}: {err}")
         except Exception as err:
             # Nor may a history, or a monitor name, that the drawing did not foresee.
-            where = "" if path is None else f" {path}"
-            self._warn_once("chart", f"PlateauCallback could not draw its chart{where}: {_describe(err)}")
+            self._warn_once("chart", f"PlateauCallback could not draw its chart {path}: {_describe(err)}")
         return None
 
     def _define_wandb_metrics(self, logger: WandbLogger, metrics: dict[str, float]) -> None:

@@ -10,12 +10,14 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from helpers import ScriptedModel, ScriptedPlateauModel, plateau_of, trainer
@@ -228,11 +230,47 @@ def test_traces_chart_beside_the_logger_and_named_in_final_message(
         fit.fit(ScriptedPlateauModel(VALUES, plateau=PlateauConfig(patience=1)))
 
     chart = Path(logger.log_dir) / "plateau.png"
+    assert plateau_callback(fit).chart_path == chart  # waits for the chart drawn in the background
     assert chart.read_bytes()[:8] == PNG_MAGIC
-    assert plateau_callback(fit).chart_path == chart
     (message,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("PlateauCallback (")]
     assert "2 cuts in 9 evaluations, lr 0.1 -> 1e-3, best val_loss 0.8000 at epoch 5" in message
     assert f"chart: {chart}" in message
+
+
+def fit_then_chart(fit: pl.Trainer, model: pl.LightningModule) -> Path | None:
+    """Fit, then wait for the chart drawn in the background (and for its warnings)."""
+    fit.fit(model)
+    return plateau_callback(fit).chart_path
+
+
+def test_traces_chart_drawn_after_fit_returns(tmp_path: Path) -> None:
+    """Without W&B the chart is drawn on a background thread: fit returns while the drawing waits; chart_path waits."""
+    from lightning_plateau import chart as chart_module
+
+    go, released = threading.Event(), threading.Event()
+
+    def hold_the_drawing() -> None:
+        go.wait(timeout=30)
+        released.set()
+        chart_module._DRAWING.release()
+
+    logger = CSVLogger(tmp_path)
+    fit = trainer(tmp_path, logger=logger, max_epochs=len(VALUES))
+    chart_module._DRAWING.acquire()  # no chart can be drawn until the holder lets go
+    holder = threading.Thread(target=hold_the_drawing)
+    holder.start()
+    try:
+        fit.fit(ScriptedPlateauModel(VALUES, plateau=PlateauConfig(patience=1)))
+        returned_while_held = not released.is_set()
+        written_while_held = (Path(logger.log_dir) / "plateau.png").exists()
+    finally:
+        go.set()
+        holder.join()
+
+    assert returned_while_held  # a chart drawn inside fit would have waited for the release
+    assert not written_while_held
+    assert plateau_callback(fit).chart_path == Path(logger.log_dir) / "plateau.png"
+    assert (Path(logger.log_dir) / "plateau.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_traces_without_a_logger_write_no_file(tmp_path: Path) -> None:
@@ -254,9 +292,9 @@ def test_traces_unwritable_chart_dir_warns_and_fit_succeeds(tmp_path: Path) -> N
     fit = trainer(tmp_path, max_epochs=3, logger=logger)
 
     with pytest.warns(UserWarning, match="could not write its chart to .*plateau.png"):
-        fit.fit(ScriptedPlateauModel([1.0, 1.0, 1.0], plateau=PlateauConfig(patience=1)))
+        chart = fit_then_chart(fit, ScriptedPlateauModel([1.0, 1.0, 1.0], plateau=PlateauConfig(patience=1)))
 
-    assert plateau_callback(fit).chart_path is None
+    assert chart is None
 
 
 @pytest.mark.parametrize(("values", "config"), EXTREME_HISTORIES)
@@ -270,12 +308,13 @@ def test_traces_extreme_history_fit_ends_with_a_chart(
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="PlateauCallback")
         fit.fit(Float64Model(values, plateau=config, train_batches=1))
+        callback = plateau_callback(fit)
+        chart = callback.chart_path  # drawn in the background, under the same warning filter
 
-    callback = plateau_callback(fit)
     judged = [row.value for row in callback.history]
     assert [str(v) for v in judged] == [str(v) for v in values]  # the extremes reached the scheduler as they are
-    assert callback.chart_path == Path(logger.log_dir) / "plateau.png"
-    assert callback.chart_path.read_bytes()[:8] == PNG_MAGIC
+    assert chart == Path(logger.log_dir) / "plateau.png"
+    assert chart.read_bytes()[:8] == PNG_MAGIC
     assert len([row for row in csv_rows(Path(logger.log_dir)) if row.get("plateau/value")]) == len(values)
 
 
@@ -284,13 +323,13 @@ def test_traces_chart_that_cannot_be_drawn_warns_and_fit_succeeds(tmp_path: Path
     monitor = r"cost_$\x$"
     fit = trainer(tmp_path, max_epochs=3, logger=CSVLogger(tmp_path))
 
-    with pytest.warns(UserWarning, match=r"could not draw its chart .*plateau.png: ValueError: .*Unknown symbol"):
-        fit.fit(
-            ScriptedPlateauModel([1.0, 1.0, 1.0], plateau=PlateauConfig(monitor=monitor, patience=1), monitor=monitor)
-        )
+    model = ScriptedPlateauModel([1.0, 1.0, 1.0], plateau=PlateauConfig(monitor=monitor, patience=1), monitor=monitor)
 
+    with pytest.warns(UserWarning, match=r"could not draw its chart .*plateau.png: ValueError: .*Unknown symbol"):
+        chart = fit_then_chart(fit, model)
+
+    assert chart is None
     assert fit.state.finished
-    assert plateau_callback(fit).chart_path is None
     assert plateau_callback(fit).scheduler.num_reductions == 1  # type: ignore[union-attr]
 
 
@@ -319,7 +358,9 @@ def test_traces_without_matplotlib_fit_runs_and_warns_once(tmp_path: Path, monke
     fit = trainer(tmp_path, logger=logger, max_epochs=len(VALUES))
 
     with pytest.warns(UserWarning, match=r'wrote no chart.*pip install "lightning-plateau\[plot\]"') as caught:
-        fit.fit(ScriptedPlateauModel(VALUES, plateau=PlateauConfig(patience=1)))
+        chart = fit_then_chart(fit, ScriptedPlateauModel(VALUES, plateau=PlateauConfig(patience=1)))
+
+    assert chart is None
 
     assert len([w for w in caught if "chart" in str(w.message)]) == 1
     assert not list(tmp_path.rglob("plateau.png"))

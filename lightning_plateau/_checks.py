@@ -108,6 +108,9 @@ def check_restore(strategy: Strategy, config: PlateauConfig) -> None:
     if not config.restore_best_on_cut or not isinstance(strategy, _SHARDED_STRATEGIES):
         return
     name = type(strategy).__name__
+    base = next(cls.__name__ for cls in _SHARDED_STRATEGIES if isinstance(strategy, cls))
+    if base != name:
+        name += f" (a {base})"
     raise MisconfigurationException(
         f"PlateauConfig(restore_best_on_cut=True) is not supported with {name}: it shards the module's weights and"
         " optimizer state across ranks, and the plateau keeps and loads a whole copy of them on each rank. Use"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -475,3 +476,20 @@ def test_restore_best_on_cut_callback_keyword(tmp_path: Path) -> None:
     scheduler = plateau_of(fit).scheduler
     assert scheduler is not None
     assert [cut.restored_from for cut in scheduler.cuts] == [2, 5]
+
+
+def test_restore_best_on_cut_before_any_improvement_restores_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NaN until the cut: no value improved, nothing was kept; the cut lowers the LR and says nothing was restored."""
+    caplog.set_level(logging.INFO)
+    model, fit = _fit(tmp_path, [math.nan, math.nan, 1.0], PlateauConfig(patience=0, restore_best_on_cut=True))
+    scheduler = plateau_of(fit).scheduler
+    assert scheduler is not None
+    assert [(cut.evaluation, cut.restored_from) for cut in scheduler.cuts] == [(1, None), (2, None)]
+    assert _same_weights_and_moments(model.at_epoch_start[1], model.at_evaluation[0])
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum(message.endswith("; no weights restored (no best weights were kept)") for message in messages) == 2
+    best_state = plateau_of(fit).best_state
+    assert best_state is not None
+    assert best_state.evaluation == 3  # the first finite value is the first best

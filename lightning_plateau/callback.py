@@ -204,6 +204,7 @@ class PlateauCallback(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.scheduler = None
+        self.best_state = None
         self._expected_lrs = None
         if not self._drives_this_fit(trainer):
             return

@@ -7,10 +7,20 @@ from typing import Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException  # type: ignore[attr-defined]
 
 from lightning_plateau.config import PlateauConfig
+
+# Strategies that shard the module's parameters or optimizer state across ranks: no rank holds a whole state to keep
+# and load. ModelParallelStrategy (Lightning >= 2.4, torch's FSDP2 and tensor parallelism) where Lightning has it.
+_MODEL_PARALLEL = getattr(pl.strategies, "ModelParallelStrategy", None)
+_SHARDED_STRATEGIES: tuple[type[Strategy], ...] = (
+    FSDPStrategy,
+    DeepSpeedStrategy,
+    *([_MODEL_PARALLEL] if isinstance(_MODEL_PARALLEL, type) else []),
+)
 
 # Name tokens that say which way a metric improves. Tokens are the lower-cased name split on / _ - . , so
 # "val_acc" and "val/f1" match and "mapping" or "lossless" do not; a trailing number is dropped ("map50").
@@ -86,6 +96,27 @@ def check_setup(trainer: pl.Trainer, config: PlateauConfig) -> None:
             _check_early_stopping(callback, config, plateau)
         elif isinstance(callback, ModelCheckpoint) and callback.monitor == config.monitor:
             _check_checkpoint(callback, config, plateau)
+
+
+def check_restore(strategy: Strategy, config: PlateauConfig) -> None:
+    """Refuse ``restore_best_on_cut`` under a strategy that shards the module's state; called before it is set up.
+
+    Raises:
+        MisconfigurationException: if ``config.restore_best_on_cut`` and ``strategy`` is FSDP, DeepSpeed or
+            ModelParallel (or a subclass of one).
+    """
+    if not config.restore_best_on_cut or not isinstance(strategy, _SHARDED_STRATEGIES):
+        return
+    name = type(strategy).__name__
+    base = next(cls.__name__ for cls in _SHARDED_STRATEGIES if isinstance(strategy, cls))
+    if base != name:
+        name += f" (a {base})"
+    raise MisconfigurationException(
+        f"PlateauConfig(restore_best_on_cut=True) is not supported with {name}: it shards the module's weights and"
+        " optimizer state across ranks, and the plateau keeps and loads a whole copy of them on each rank. Use"
+        " restore_best_on_cut=False with this strategy (keep the best weights with ModelCheckpoint instead), or a"
+        " strategy that replicates the module (ddp, single device)."
+    )
 
 
 def _check_mode_name(config: PlateauConfig, plateau: str) -> None:

@@ -34,6 +34,16 @@ def format_value(value: float) -> str:
     return f"{value:.4g}"
 
 
+def format_bytes(count: int) -> str:
+    """A size the way people read it: ``512 B``, ``1.5 KiB``, ``12.3 MiB``, ``2.0 GiB``."""
+    size = float(count)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
 def plural(count: int, noun: str) -> str:
     """A count and its noun: ``1 cut``, ``2 cuts``, ``0 evaluations``."""
     return f"{count} {noun}" + ("" if count == 1 else "s")
@@ -50,7 +60,7 @@ def format_cut(cut: PlateauCut, config: PlateauConfig) -> str:
     Epochs are Lightning's (counted from 0, as its progress bar, checkpoint names and ``epoch`` column count
     them); evaluations are counted from 1. Example, the 16th epoch cutting after a best in the 5th:
     ``epoch 15, eval 16: val_loss has not improved on 0.4120 (epoch 4) for 11 evaluations (> patience 10):
-    lr 1e-3 -> 1e-4``.
+    lr 1e-3 -> 1e-4``, followed with ``restore_best_on_cut`` by ``; weights restored from eval 5 (epoch 4)``.
     """
     where = f"eval {cut.evaluation}" if cut.epoch is None else f"epoch {cut.epoch}, eval {cut.evaluation}"
     if math.isfinite(cut.best):
@@ -64,5 +74,18 @@ def format_cut(cut: PlateauCut, config: PlateauConfig) -> str:
         judged = "has had no finite value to improve on"
     return (
         f"{where}: {config.monitor} {judged} for {cut.num_bad} evaluations (> patience {config.patience}):"
-        f" lr {format_lrs(cut.lrs_before)} -> {format_lrs(cut.lrs_after)}"
+        f" lr {format_lrs(cut.lrs_before)} -> {format_lrs(cut.lrs_after)}{format_restore(cut, config)}"
     )
+
+
+def format_restore(cut: PlateauCut, config: PlateauConfig) -> str:
+    """What ``restore_best_on_cut`` did at a cut, as the end of its line; ``""`` without the setting.
+
+    Example: ``; weights restored from eval 5 (epoch 4)``.
+    """
+    if not config.restore_best_on_cut:
+        return ""
+    if cut.restored_from is None:
+        return "; no weights restored (no best weights were kept)"
+    epoch = "" if cut.restored_epoch is None else f" (epoch {cut.restored_epoch})"
+    return f"; weights restored from eval {cut.restored_from}{epoch}"

@@ -16,10 +16,11 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
+from lightning_plateau._restore import BestState
 from lightning_plateau.config import PlateauConfig, _Bounds, _Count, _Factor, _NonNegative
 
 # Attributes that belong to the running object, not to the decision state a checkpoint must restore.
-_TRANSIENT = frozenset({"optimizer", "config", "_driver", "_context", "_cut_limit", "_monitor_given"})
+_TRANSIENT = frozenset({"optimizer", "config", "_driver", "_context", "_cut_limit", "_monitor_given", "_best_state"})
 # The policy comes from the config the scheduler is built with; a checkpoint brings back the counters only.
 _POLICY = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "eps")
 _DERIVED_FROM_POLICY = frozenset({"min_lrs", "default_min_lr", "mode_worse", "monitor"})
@@ -40,6 +41,10 @@ class PlateauCut:
         num_bad: evaluations without improvement that triggered the cut (``patience + 1``).
         lrs_before: LR of each param group before the cut.
         lrs_after: LR of each param group after the cut.
+        restored_from: with ``restore_best_on_cut``, the evaluation whose weights and optimizer state training went
+            on from after this cut; ``None`` without the setting, or when no state was held (no value had
+            improved, or a resume from a checkpoint that held none).
+        restored_epoch: the epoch of ``restored_from``, ``None`` when unknown.
     """
 
     evaluation: int
@@ -52,6 +57,8 @@ class PlateauCut:
     num_bad: int
     lrs_before: tuple[float, ...]
     lrs_after: tuple[float, ...]
+    restored_from: Optional[int] = None
+    restored_epoch: Optional[int] = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (lists for the LRs), safe in any checkpoint and in JSON."""
@@ -85,6 +92,7 @@ class PlateauEvaluation:
         cut: whether this evaluation cut the LR.
         withheld: whether the plateau called for a cut here that was not applied, because the cut limit of
             ``PlateauEarlyStopping(max_reductions=...)`` was reached (the run stops at this evaluation).
+        restored_from: with ``restore_best_on_cut``, at a cut: the evaluation whose weights training went on from.
     """
 
     evaluation: int
@@ -97,6 +105,7 @@ class PlateauEvaluation:
     lrs: tuple[float, ...]
     cut: bool
     withheld: bool = False
+    restored_from: Optional[int] = None
 
 
 class _PlateauRule(ReduceLROnPlateau):
@@ -121,6 +130,7 @@ class _PlateauRule(ReduceLROnPlateau):
         min_lr: Optional[Union[_NonNegative, _Bounds]] = None,
         eps: Optional[_NonNegative] = None,
         strict: Optional[bool] = None,
+        restore_best_on_cut: Optional[bool] = None,
     ) -> None:
         if isinstance(config, str):
             raise TypeError(
@@ -138,6 +148,7 @@ class _PlateauRule(ReduceLROnPlateau):
             min_lr=min_lr,
             eps=eps,
             strict=strict,
+            restore_best_on_cut=restore_best_on_cut,
         )
         # Whether the monitor was named (a config, or `monitor=`): torch's keywords name none, and then the
         # "monitor" of Lightning's scheduler dict says which metric this scheduler watches.
@@ -185,6 +196,9 @@ class _PlateauRule(ReduceLROnPlateau):
         self._context: tuple[Optional[int], Optional[int]] = (None, None)
         # the PlateauCallback that owns stepping inside a Trainer, if any
         self._driver: Optional[object] = None
+        # With restore_best_on_cut, the module's and optimizers' state the PlateauCallback keeps for this fit:
+        # taken at each new best, loaded at each cut. None in a replay, which has no weights.
+        self._best_state: Optional[BestState] = None
 
     @property
     def monitor(self) -> str:
@@ -211,6 +225,7 @@ class _PlateauRule(ReduceLROnPlateau):
     def snapshot(self) -> PlateauEvaluation:
         """The state after the latest evaluation, as a :class:`PlateauEvaluation` row."""
         last = self.last_cut
+        cut = last is not None and last.evaluation == self.num_evaluations
         epoch, global_step = self._context
         return PlateauEvaluation(
             evaluation=self.num_evaluations,
@@ -221,8 +236,9 @@ class _PlateauRule(ReduceLROnPlateau):
             num_bad=int(self.num_bad_epochs),
             cooldown=int(self.cooldown_counter),
             lrs=tuple(float(group["lr"]) for group in self.optimizer.param_groups),
-            cut=last is not None and last.evaluation == self.num_evaluations,
+            cut=cut,
             withheld=self.withheld is not None and self.withheld.evaluation == self.num_evaluations,
+            restored_from=last.restored_from if cut and last is not None else None,
         )
 
     @override
@@ -238,7 +254,8 @@ class _PlateauRule(ReduceLROnPlateau):
             epoch: deprecated by torch; passed through to torch's class.
 
         Raises:
-            RuntimeError: if a value is passed by hand while a PlateauCallback owns the stepping.
+            RuntimeError: if a value is passed by hand while a PlateauCallback owns the stepping, or with
+                ``restore_best_on_cut=True`` (only a PlateauCallback reaches the weights it restores).
         """
         if self._driver is not None:
             if metrics is None:
@@ -251,6 +268,13 @@ class _PlateauRule(ReduceLROnPlateau):
             )
         if metrics is None:
             raise TypeError("PlateauScheduler.step() needs the monitored value, e.g. `scheduler.step(val_loss)`")
+        if self.config.restore_best_on_cut:
+            raise RuntimeError(
+                "PlateauConfig(restore_best_on_cut=True) restores the module's weights at each cut, which a"
+                " scheduler stepped by hand cannot reach: only a PlateauCallback in a Lightning Trainer restores"
+                " them. Fit with a Trainer (PlateauMixin, or PlateauCallback), or set restore_best_on_cut=False and"
+                " keep the best weights yourself."
+            )
         self._judge(float(metrics), epoch)
 
     def _judge(self, value: float, epoch: Optional[int] = None) -> None:
@@ -264,6 +288,9 @@ class _PlateauRule(ReduceLROnPlateau):
         if self.best != best_before:
             self.best_evaluation = self.num_evaluations
             self.best_epoch = self._context[0]
+            if self._best_state is not None:
+                # An improvement never cuts (it resets the bad count), so this never meets a restore.
+                self._best_state.capture(self.best_evaluation, self.best_epoch)
 
     def _is_better(self, a: float, best: float) -> bool:
         # torch's comparisons verbatim, except that a negative best takes the relative threshold of |best|: torch
@@ -327,9 +354,29 @@ class _PlateauRule(ReduceLROnPlateau):
         super()._reduce_lr(epoch)
         after = tuple(float(group["lr"]) for group in groups)
         if after != before:
-            self.cuts.append(self._cut(before, after))
+            self.cuts.append(self._cut(before, after, self._restore_best()))
 
-    def _cut(self, before: tuple[float, ...], after: tuple[float, ...]) -> PlateauCut:
+    def _restore_best(self) -> tuple[Optional[int], Optional[int]]:
+        """At a cut with ``restore_best_on_cut``, go back to the best evaluation's weights; return where from.
+
+        The (evaluation, epoch) of the state training goes on from, ``(None, None)`` without the setting or
+        without a state held. Called once the cut has set the LRs: the restore loads the weights and the
+        optimizers' per-parameter state only, so the LRs stay the cut's, and where the LR comes from stays this
+        scheduler alone.
+        """
+        if not self.config.restore_best_on_cut:
+            return None, None
+        if self._best_state is None:
+            # A replay has no weights: the run it replays went on from those of the best evaluation.
+            return self.best_evaluation, self.best_epoch
+        return self._best_state.restore()
+
+    def _cut(
+        self,
+        before: tuple[float, ...],
+        after: tuple[float, ...],
+        restored: tuple[Optional[int], Optional[int]] = (None, None),
+    ) -> PlateauCut:
         epoch_now, step_now = self._context
         return PlateauCut(
             evaluation=self.num_evaluations,
@@ -342,6 +389,8 @@ class _PlateauRule(ReduceLROnPlateau):
             num_bad=int(self.num_bad_epochs),
             lrs_before=before,
             lrs_after=after,
+            restored_from=restored[0],
+            restored_epoch=restored[1],
         )
 
     @override

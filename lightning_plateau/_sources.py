@@ -231,6 +231,9 @@ def _read_checkpoint(path: Path, monitor: Optional[str]) -> History:
     if isinstance(plateau, PlateauConfig):
         stored = {"plateau": dataclasses.asdict(plateau)}
     policy = _stored_policy(stored) or _scheduler_policy(scheduler)
+    if "best_state" in states[0]:
+        # Kept only by a PlateauCallback with restore_best_on_cut (its hparams may not say, without the mixin).
+        policy.setdefault("restore_best_on_cut", True)
     watched = states[0].get("monitor") or policy.get("monitor")
     if monitor is not None and watched is not None and monitor != watched:
         raise SourceError(f"{path} holds the plateau history of {watched!r} only, not of {monitor!r}")

@@ -16,9 +16,10 @@ from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
-from lightning_plateau._checks import check_setup
+from lightning_plateau._checks import check_restore, check_setup
 from lightning_plateau._format import format_cut, format_lrs
 from lightning_plateau._lightning import batches_started, fresh_metrics
+from lightning_plateau._restore import BestState
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
 from lightning_plateau.traces import _summary_message, _Traces
@@ -45,7 +46,10 @@ class PlateauCallback(Callback):
     - the value judged is the mean over ranks (one collective per evaluation), so every rank takes the
       same decision whether or not the metric was logged with ``sync_dist``;
     - the step happens in ``on_validation_end`` / ``on_train_epoch_end``, before ``ModelCheckpoint``
-      writes, so a checkpoint holds the state after that evaluation and a resume repeats nothing.
+      writes, so a checkpoint holds the state after that evaluation and a resume repeats nothing;
+    - with ``restore_best_on_cut``, a cut loads the module's weights and the optimizers' per-parameter state
+      of the best evaluation (kept on CPU, taken at each new best), on every rank, before ``ModelCheckpoint``
+      writes: the checkpoint of that evaluation holds the restored weights, the cut LR and the kept copy.
 
     With :class:`~lightning_plateau.PlateauMixin` the callback is added for you. Without it, give a
     ``config``: the callback attaches a :class:`~lightning_plateau.PlateauScheduler` to the optimizer
@@ -56,8 +60,8 @@ class PlateauCallback(Callback):
             take it from the keyword fields below, else from the module's ``PlateauScheduler`` (the mixin's).
         monitor: shorthand for ``PlateauConfig(monitor=...)``, as ``EarlyStopping(monitor=...)`` is written;
             likewise ``mode``, ``factor``, ``patience``, ``threshold``, ``threshold_mode``, ``cooldown``,
-            ``min_lr``, ``eps`` and ``strict``. Fields not given take PlateauConfig's defaults. Give these or
-            ``config``, not both.
+            ``min_lr``, ``eps``, ``strict`` and ``restore_best_on_cut``. Fields not given take PlateauConfig's
+            defaults. Give these or ``config``, not both.
         verbose: log a rank-zero message at each cut, and one at the end of fit naming the chart; show the
             plateau's state in Lightning's progress bar (``plateau=lr 1e-3 · bad 2/3``).
         log_traces: at each evaluation, log ``plateau/value``, ``plateau/best``, ``plateau/num_bad``,
@@ -71,8 +75,9 @@ class PlateauCallback(Callback):
 
     Raises:
         MisconfigurationException: at fit start, if the module already returns a plain ``ReduceLROnPlateau``
-            (it would be stepped twice), if no config is known, or if this callback's config contradicts
-            the module's.
+            (it would be stepped twice), if no config is known, if this callback's config contradicts
+            the module's, or with ``restore_best_on_cut`` under a strategy that shards the module (FSDP,
+            DeepSpeed, ModelParallel).
         RuntimeError: with ``strict=True``, after the first evaluation that should have produced the
             monitor when it was not logged (the message lists the metrics that were).
         ValueError: if ``log_traces`` is not a bool, or a keyword field is outside its allowed range.
@@ -98,6 +103,7 @@ class PlateauCallback(Callback):
         min_lr: Optional[Union[float, list[float]]] = None,
         eps: Optional[float] = None,
         strict: Optional[bool] = None,
+        restore_best_on_cut: Optional[bool] = None,
         verbose: bool = True,
         log_traces: bool = True,
     ) -> None:
@@ -117,6 +123,7 @@ class PlateauCallback(Callback):
             min_lr=min_lr,
             eps=eps,
             strict=strict,
+            restore_best_on_cut=restore_best_on_cut,
         )
         self.config: Optional[PlateauConfig] = None
         if config is not None or any(value is not None for value in fields.values()):
@@ -143,6 +150,8 @@ class PlateauCallback(Callback):
         # checkpoint holds, until train start
         self._restored_state: Optional[dict[str, Any]] = None
         self._checkpoint_states: list[dict[str, Any]] = []
+        #: with restore_best_on_cut, the best evaluation's weights and optimizer state kept for this fit (on CPU)
+        self.best_state: Optional[BestState] = None
         #: every evaluation judged in this fit (restored on resume), oldest first
         self.history: list[PlateauEvaluation] = []
 
@@ -192,17 +201,27 @@ class PlateauCallback(Callback):
         module_config = getattr(pl_module, "plateau_config", None)
         if isinstance(module_config, PlateauConfig):
             self._adopt(module_config, source=f"{type(pl_module).__name__}.plateau")
+        if stage == "fit" and self.config is not None:
+            # Before the strategy wraps the module (FSDP shards it then): refused before anything is allocated.
+            check_restore(trainer.strategy, self.config)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.scheduler = None
+        self.best_state = None
         self._expected_lrs = None
         if not self._drives_this_fit(trainer):
             return
         self.scheduler = self._own_scheduler(trainer)
         # Callbacks that follow the plateau (PlateauEarlyStopping) take its config before any check runs.
         self._notify(trainer, "on_plateau_start", pl_module, self)
-        check_setup(trainer, self._require_config())
+        config = self._require_config()
+        check_setup(trainer, config)
+        # Again for a config adopted from the module's PlateauScheduler, known only now.
+        check_restore(trainer.strategy, config)
+        # Every optimizer trains the module whose weights go back: all of them go back with it.
+        self.best_state = BestState(pl_module, trainer.optimizers) if config.restore_best_on_cut else None
+        self.scheduler._best_state = self.best_state
         self._validation_runs = 0
         self._train_epochs = 0
         self._epoch_start = None
@@ -217,10 +236,28 @@ class PlateauCallback(Callback):
         if saved_monitor is not None and saved_monitor != self.monitor:
             # Another metric's history (the scheduler warns and starts afresh too): not this plateau's.
             self.history, self._source, self._judged_at = [], None, None
+        elif self.best_state is not None:
+            self._resume_best_state((self._restored_state or {}).get("best_state") or {})
         self._restored_state = None
         self._checkpoint_states = []
         # After the checkpoint's optimizer state is restored: the LRs the plateau leaves the run with.
         self._expected_lrs = _lrs(self.scheduler)
+
+    def _resume_best_state(self, saved: dict[str, Any]) -> None:
+        """Hold the best state a resumed checkpoint kept; say so when it kept none though a best is known."""
+        assert self.best_state is not None
+        assert self.scheduler is not None
+        self.best_state.load_state_dict(saved)
+        best = self.scheduler.best_evaluation
+        if self.best_state.held or best is None:
+            return
+        rank_zero_warn(
+            f"PlateauConfig(restore_best_on_cut=True), but the checkpoint holds no best weights (it was written"
+            f" without the setting, or by an older version): the best '{self.monitor}' so far, of evaluation"
+            f" {best}, cannot be restored. Until '{self.monitor}' improves again, a cut lowers the LR only (its"
+            " message says so); from the next best on, the best weights are kept and restored.",
+            category=UserWarning,
+        )
 
     @override
     def on_load_checkpoint(
@@ -290,6 +327,8 @@ class PlateauCallback(Callback):
             "missing_reported": self._missing_reported,
             "judged_at": self._judged_at,
             "history": [asdict(row) for row in self.history],
+            # Only with the setting: a copy of the weights and optimizer state (the checkpoint grows by as much).
+            **({"best_state": self.best_state.state_dict()} if self.best_state is not None else {}),
         }
 
     @override

@@ -35,7 +35,20 @@ _NON_FINITE_FIELDS = ("value", "best")
 # The PlateauConfig fields that are options (`--threshold-mode` sets threshold_mode); `strict` means nothing here.
 # The options that take several values, to compare the policies they make.
 _GRID_OPTIONS = ("factor", "patience", "threshold", "cooldown")
-_CONFIG_OPTIONS = ("monitor", "mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps")
+_CONFIG_OPTIONS = (
+    "monitor",
+    "mode",
+    "factor",
+    "patience",
+    "threshold",
+    "threshold_mode",
+    "cooldown",
+    "min_lr",
+    "eps",
+    "restore_best_on_cut",
+)
+# Settings named on the settings line only where given or stored with the run: off, they change nothing a replay shows.
+_NAMED_WHEN_SET = ("restore_best_on_cut",)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -163,6 +176,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     policy.add_argument("--eps", type=_number, help=f"smallest cut applied, a float >= 0 (default: {defaults['eps']})")
     policy.add_argument(
+        "--restore-best-on-cut",
+        action="store_true",
+        default=None,
+        help=(
+            "the run restored the best evaluation's weights at each cut (PlateauConfig(restore_best_on_cut=True)):"
+            " the cuts and LRs are the same; each cut names the evaluation the run went on from, and the values"
+            " after it depend on that (default: read from the run, else off)"
+        ),
+    )
+    policy.add_argument(
         "--lr",
         type=_number,
         nargs="+",
@@ -215,11 +238,12 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     if departure:
         print(f"{_PROG} explain: warning: {departure}", file=sys.stderr)
     rows: Iterable[ReplayRow] = result.cut_rows() if args.only_cuts else result
+    note = _restore_note(config, compared=False)
     if args.json:
-        out.writelines(_json(result, rows, history, settings, departure))
+        out.writelines(_json(result, rows, history, settings, departure, note))
     else:
         colour = out.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
-        out.writelines(_table(result, rows, history, settings, colour=colour))
+        out.writelines(_table(result, rows, history, settings, colour=colour, note=note))
     if args.plot:
         from lightning_plateau.chart import plot_plateau
 
@@ -262,6 +286,7 @@ def _compare(
         raise ValueError("--only-cuts shows one policy's cuts; with several values per option the table compares them")
     outcomes = compare(history.values, config, lr=lr, epochs=history.epochs, global_steps=history.global_steps, **grid)
     settings = _settings(args, history, config, f"lr {format_lrs(outcomes[0].replay.initial_lrs)} ({lr_from})")
+    note = _restore_note(config, compared=True)
     varied = " x ".join(grid)
     if args.json:
         policies = [
@@ -277,10 +302,13 @@ def _compare(
             for outcome in outcomes
         ]
         report = {"source": history.name, "settings": settings, "varied": list(grid), "policies": policies}
+        if note is not None:
+            report["note"] = note
         out.write(json.dumps(report, allow_nan=False) + "\n")
     else:
         out.write(f"{history.name}: {plural(len(history.values), 'evaluation')} of {config.monitor} ({config.mode}),")
-        out.write(f" {len(outcomes)} {'policy' if len(outcomes) == 1 else 'policies'} ({varied})\n{settings}\n\n")
+        out.write(f" {len(outcomes)} {'policy' if len(outcomes) == 1 else 'policies'} ({varied})\n{settings}\n")
+        out.write(f"note: {note}\n\n" if note is not None else "\n")
         out.writelines(_comparison_table(outcomes))
     if args.plot:
         from lightning_plateau.chart import plot_comparison
@@ -335,7 +363,7 @@ def _settings(args: argparse.Namespace, history: History, config: PlateauConfig,
     names = [name for name in _CONFIG_OPTIONS if name != "monitor"]
     given = [name for name in names if getattr(args, name) is not None]
     stored = [name for name in names if name in history.policy and name not in given]
-    defaults = [name for name in names if name not in given and name not in stored]
+    defaults = [name for name in names if name not in given and name not in stored and name not in _NAMED_WHEN_SET]
     parts = []
     if given:
         several = [name for name in given if name in _GRID_OPTIONS and len(getattr(args, name)) > 1]
@@ -356,6 +384,8 @@ def _fields(config: PlateauConfig, names: Sequence[str]) -> str:
         value = getattr(config, name)
         if isinstance(value, str):
             text = value
+        elif isinstance(value, bool):
+            text = "on" if value else "off"
         elif name == "min_lr":
             text = format_lrs(value if isinstance(value, list) else [value])
         else:
@@ -364,14 +394,37 @@ def _fields(config: PlateauConfig, names: Sequence[str]) -> str:
     return ", ".join(texts)
 
 
+def _restore_note(config: PlateauConfig, *, compared: bool) -> Optional[str]:
+    """What a replay cannot redo when the run restored the best weights at its cuts; ``None`` without the setting."""
+    if not config.restore_best_on_cut:
+        return None
+    note = (
+        "restore_best_on_cut: after each cut the run went on from the weights of the best evaluation before it"
+        " (named in the cut's reason), not from the weights it had. The values after a cut were measured from those"
+        " weights: they are this run's, and depend on where it restored."
+    )
+    if compared:
+        note += (
+            " A policy that cuts elsewhere would have restored elsewhere and logged other values, so only the row of"
+            " the run's own settings replays what happened."
+        )
+    return note
+
+
 def _table(
-    result: Replay, rows: Iterable[ReplayRow], history: History, settings: str, *, colour: bool
+    result: Replay,
+    rows: Iterable[ReplayRow],
+    history: History,
+    settings: str,
+    *,
+    colour: bool,
+    note: Optional[str] = None,
 ) -> Iterator[str]:
     config = result.config
     yield (
         f"{history.name}: {plural(len(result), 'evaluation')} of {config.describe()}, threshold {config.threshold:g}"
         f" {config.threshold_mode}, lr {format_lrs(result.initial_lrs)}\n"
-        f"{settings}\n\n"
+        f"{settings}\n" + (f"note: {note}\n" if note is not None else "") + "\n"
     )
     with_epoch = history.epochs is not None
     with_step = history.global_steps is not None
@@ -415,6 +468,11 @@ def _summary(result: Replay) -> str:
         where = f"{noun}{'s' if len(labels) > 1 else ''} {', '.join(map(str, labels))}"
         text = f"{cuts_in_evaluations(len(result.cuts), len(result))}, at {where}: lr {format_lrs(result.initial_lrs)}"
         text += f" -> {format_lrs(result.final_lrs)}."
+        restored = [str(cut.restored_from) for cut in result.cuts if cut.restored_from is not None]
+        if len(restored) == 1:
+            text += f" After the cut the run went on from the weights of evaluation {restored[0]}."
+        elif restored:
+            text += f" After the cuts the run went on from the weights of evaluations {', '.join(restored)}, in turn."
     else:
         text = f"No cut in {plural(len(result), 'evaluation')}: the lr stays {format_lrs(result.initial_lrs)}."
     last = result[-1]
@@ -429,10 +487,15 @@ def _summary(result: Replay) -> str:
 
 
 def _json(
-    result: Replay, rows: Iterable[ReplayRow], history: History, settings: str, warning: Optional[str] = None
+    result: Replay,
+    rows: Iterable[ReplayRow],
+    history: History,
+    settings: str,
+    warning: Optional[str] = None,
+    note: Optional[str] = None,
 ) -> Iterator[str]:
     """One JSON object, written in pieces: a long history is encoded a chunk of rows at a time, never held whole."""
-    head = {
+    head: dict[str, Any] = {
         "source": history.name,
         "config": dataclasses.asdict(result.config),
         "settings": settings,
@@ -445,6 +508,8 @@ def _json(
             for cut, reason in zip(result.cuts, result.reasons(), strict=True)
         ],
     }
+    if note is not None:
+        head["note"] = note
     yield json.dumps(head, allow_nan=False)[:-1] + ', "evaluations": ['
     rows = iter(rows)
     separator = ""

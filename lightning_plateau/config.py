@@ -74,6 +74,15 @@ class PlateauConfig:
         min_lr: lower bound on the LR, one float for all param groups or one per group.
         eps: a cut smaller than this is not applied.
         strict: raise when ``monitor`` is never logged (``False``: warn once and leave the LR alone).
+        restore_best_on_cut: at each cut, load the module's weights (buffers included: BatchNorm's running
+            statistics) and every optimizer's per-parameter state (momentum, Adam's moments and step) from the
+            evaluation that set the best value so far, then go on at the cut LR. The param groups' settings, the
+            LRs included, are not rewound: the LR is the one the cut set. Costs one copy of that state in CPU
+            memory, taken at each new best (a device-to-host copy per improving evaluation, nothing per step):
+            the weights plus the optimizer state, e.g. 3x the parameters' bytes with Adam, 2x with SGD and
+            momentum; a checkpoint holds the copy too, so it grows by about as much. Refused under strategies
+            that shard the module (FSDP, DeepSpeed, ModelParallel). ``False`` (the default): torch's behaviour,
+            training goes on from the current weights.
 
     Raises:
         ValueError: if a field is outside its allowed range; the message names the value given and, for a number
@@ -96,6 +105,7 @@ class PlateauConfig:
     min_lr: Union[_NonNegative, _Bounds] = 0.0
     eps: _NonNegative = 1e-8
     strict: bool = True
+    restore_best_on_cut: bool = False
 
     def __post_init__(self) -> None:
         # NumPy's and torch's scalars (np.str_, np.bool_, np.float32, a 0-dim tensor) as the plain values they
@@ -104,7 +114,7 @@ class PlateauConfig:
             value = getattr(self, name)
             if isinstance(value, str) and type(value) is not str:
                 object.__setattr__(self, name, str(value))
-        for name in ("factor", "patience", "threshold", "cooldown", "eps", "strict"):
+        for name in ("factor", "patience", "threshold", "cooldown", "eps", "strict", "restore_best_on_cut"):
             value = getattr(self, name)
             if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
                 object.__setattr__(self, name, value.item())
@@ -132,6 +142,8 @@ class PlateauConfig:
             object.__setattr__(self, "min_lr", float(self.min_lr))
         if not isinstance(self.strict, bool):
             raise ValueError(f"`strict` must be True or False, got {self.strict!r}")
+        if not isinstance(self.restore_best_on_cut, bool):
+            raise ValueError(f"`restore_best_on_cut` must be True or False, got {self.restore_best_on_cut!r}")
         # Plain numbers (not the parser's range-checked subclasses), so hparams and YAML hold plain data.
         for name in ("factor", "threshold", "eps"):
             object.__setattr__(self, name, float(getattr(self, name)))
@@ -205,6 +217,8 @@ class PlateauConfig:
     def describe(self) -> str:
         """A one-line summary used in messages, e.g. ``val_loss (min), patience 10, factor 0.1``."""
         extra = f", cooldown {self.cooldown}" if self.cooldown else ""
+        if self.restore_best_on_cut:
+            extra += ", restoring the best weights at each cut"
         return f"{self.monitor} ({self.mode}), patience {self.patience}, factor {self.factor:g}{extra}"
 
 

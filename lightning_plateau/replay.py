@@ -148,9 +148,13 @@ class Replay(Sequence[ReplayRow]):
     def evaluations(self) -> list[PlateauEvaluation]:
         """Every row as a :class:`~lightning_plateau.PlateauEvaluation`, as ``PlateauCallback.history`` holds them.
 
-        This is what :func:`lightning_plateau.chart.plot_plateau` draws.
+        This is what :func:`lightning_plateau.chart.plot_plateau` draws. With ``restore_best_on_cut``, a cut's row
+        names the evaluation the run went on from (``restored_from``), as the live history does.
         """
-        return [row.as_evaluation() for row in self]
+        if not self.config.restore_best_on_cut:
+            return [row.as_evaluation() for row in self]
+        restored = {cut.evaluation: cut.restored_from for cut in self.cuts}
+        return [PlateauEvaluation(*row[:9], restored_from=restored.get(row.evaluation)) for row in self]
 
     def _row(self, index: int) -> ReplayRow:
         evaluation = index + 1

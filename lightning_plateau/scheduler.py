@@ -33,6 +33,9 @@ class PlateauScheduler(_PlateauRule, LightningReduceLROnPlateau):  # type: ignor
       changed; torch's takes the policy from the checkpoint too;
     - while a :class:`~lightning_plateau.PlateauCallback` steps it, ``step()`` without a value does nothing
       and ``step(value)`` raises; outside one, ``step()`` without a value raises ``TypeError`` as torch's does.
+    - with ``restore_best_on_cut=True`` its PlateauCallback loads the best evaluation's weights and optimizer
+      state at each cut (recorded in the cut's ``restored_from``); stepped by hand, it raises, since only the
+      callback reaches the module's weights.
 
     Kept as torch has them: a NaN value counts as a bad evaluation; with ``mode="min"``, ``"rel"`` and
     ``threshold >= 1`` torch's bar over the starting ``inf`` is NaN or ``-inf``, so no value ever improves and
@@ -51,9 +54,9 @@ class PlateauScheduler(_PlateauRule, LightningReduceLROnPlateau):  # type: ignor
             else the defaults.
         monitor: the metric a Trainer's PlateauCallback judges (what LightningCLI's ``--lr_scheduler.monitor``
             sets); with ``mode``, ``factor``, ``patience``, ``threshold``, ``threshold_mode``, ``cooldown``,
-            ``min_lr``, ``eps`` and ``strict`` the fields of :class:`PlateauConfig`, as torch's
-            ``ReduceLROnPlateau`` takes them: replacing ``ReduceLROnPlateau(`` by ``PlateauScheduler(`` keeps a
-            line working. Fields not given take PlateauConfig's defaults, which are torch's. Give these or
+            ``min_lr``, ``eps``, ``strict`` and ``restore_best_on_cut`` the fields of :class:`PlateauConfig`, as
+            torch's ``ReduceLROnPlateau`` takes them: replacing ``ReduceLROnPlateau(`` by ``PlateauScheduler(``
+            keeps a line working. Fields not given take PlateauConfig's defaults, which are torch's. Give these or
             ``config``, not both.
 
     Raises:

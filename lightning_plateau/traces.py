@@ -3,9 +3,11 @@
 At each evaluation the scheduler judges, :class:`~lightning_plateau.PlateauCallback` logs ``plateau/value``,
 ``plateau/best``, ``plateau/num_bad``, ``plateau/cooldown``, ``plateau/reductions``, ``plateau/evaluation``
 and the LR after the decision (``plateau/lr``, or ``plateau/lr/pg0``, ``plateau/lr/pg1``, ... for several
-param groups) to every logger, on Lightning's own step axis. With a ``WandbLogger`` the keys are also
-plotted against ``plateau/evaluation``, and at the end of fit the run gets a summary, a table of cuts and
-the chart. wandb and matplotlib are imported only when a ``WandbLogger`` is present or the chart is drawn.
+param groups) to every logger, on Lightning's own step axis; with ``restore_best_on_cut`` also
+``plateau/restores`` (restores so far) and, at an evaluation that restored, ``plateau/restored_from``. With a
+``WandbLogger`` the keys are also plotted against ``plateau/evaluation``, and at the end of fit the run gets a
+summary, a table of cuts and the chart. wandb and matplotlib are imported only when a ``WandbLogger`` is present
+or the chart is drawn.
 
 The chart takes a tenth of a second or more to draw (matplotlib's layout and PNG encoding), more than everything
 else the package does in a fit together. Without a ``WandbLogger`` it is drawn on a background thread, so
@@ -25,7 +27,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_plateau._format import cuts_in_evaluations, format_cut, format_lrs, format_value
+from lightning_plateau._format import cuts_in_evaluations, format_bytes, format_cut, format_lrs, format_value, plural
 from lightning_plateau._lightning import logging_step
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
@@ -38,8 +40,11 @@ _TABLE_KEY = "plateau/cuts"
 _IMAGE_KEY = "plateau/chart"
 
 
-def _trace_metrics(row: PlateauEvaluation, reductions: int) -> dict[str, float]:
-    """The metrics logged for one evaluation: the scheduler's state right after its decision, cuts so far."""
+def _trace_metrics(row: PlateauEvaluation, reductions: int, restores: Optional[int] = None) -> dict[str, float]:
+    """The metrics logged for one evaluation: the scheduler's state right after its decision, cuts so far.
+
+    With ``restore_best_on_cut`` (``restores`` given), also the restores so far and the evaluation restored from here.
+    """
     metrics: dict[str, float] = {
         "plateau/value": row.value,
         "plateau/best": row.best,
@@ -49,6 +54,10 @@ def _trace_metrics(row: PlateauEvaluation, reductions: int) -> dict[str, float]:
         "plateau/evaluation": row.evaluation,
     }
     metrics.update(_lr_metrics(row.lrs))
+    if restores is not None:
+        metrics["plateau/restores"] = restores
+        if row.restored_from is not None:
+            metrics["plateau/restored_from"] = row.restored_from
     if row.epoch is not None:
         # Lightning adds `epoch` to every row it logs; W&B users pick it as an x-axis.
         metrics["epoch"] = row.epoch
@@ -130,7 +139,8 @@ class _Traces:
         """Log ``row`` to every logger of ``trainer``, on rank zero only."""
         if not trainer.loggers or not trainer.is_global_zero:
             return
-        metrics = _trace_metrics(row, scheduler.num_reductions)
+        restores = _num_restores(scheduler) if scheduler.config.restore_best_on_cut else None
+        metrics = _trace_metrics(row, scheduler.num_reductions, restores)
         step = self._last_step = logging_step(trainer)
         for logger in trainer.loggers:
             try:
@@ -328,6 +338,8 @@ def _summary_message(
     LR changes made outside the plateau are named, so the cuts and the LRs never seem to contradict each other.
     """
     parts = [f"PlateauCallback ({config.describe()}): {cuts_in_evaluations(scheduler.num_reductions, len(history))}"]
+    if config.restore_best_on_cut and scheduler.cuts:
+        parts[0] += f", {_restores_text(scheduler)}"
     if history:
         first = _initial_lrs(history, scheduler) or history[0].lrs
         lr = f"lr {format_lrs(first)} -> {format_lrs(history[-1].lrs)}"
@@ -345,6 +357,25 @@ def _summary_message(
     return "\n  ".join([", ".join(parts), *lines])
 
 
+def _num_restores(scheduler: PlateauScheduler) -> int:
+    return sum(cut.restored_from is not None for cut in scheduler.cuts)
+
+
+def _restores_text(scheduler: PlateauScheduler) -> str:
+    """How the cuts restored the best weights.
+
+    Example: ``weights restored at 2 of 2 cuts (from evaluations 5, 9), best state kept on CPU: 1.2 MiB``.
+    """
+    sources = [str(cut.restored_from) for cut in scheduler.cuts if cut.restored_from is not None]
+    text = f"weights restored at {len(sources)} of {plural(len(scheduler.cuts), 'cut')}"
+    if sources:
+        text += f" (from evaluation{'s' if len(sources) > 1 else ''} {', '.join(sources)})"
+    best_state = scheduler._best_state
+    if best_state is not None and best_state.held:
+        text += f", best state kept on CPU: {format_bytes(best_state.nbytes)}"
+    return text
+
+
 def _lr_metrics(lrs: Sequence[float]) -> dict[str, float]:
     if len(lrs) == 1:
         return {"plateau/lr": lrs[0]}
@@ -353,6 +384,8 @@ def _lr_metrics(lrs: Sequence[float]) -> dict[str, float]:
 
 def _wandb_summary(scheduler: PlateauScheduler) -> dict[str, Any]:
     summary: dict[str, Any] = {"plateau/reductions": scheduler.num_reductions}
+    if scheduler.config.restore_best_on_cut:
+        summary["plateau/restores"] = _num_restores(scheduler)
     if scheduler.outside_changes:
         # The LR also moved by other means: say so beside the cuts, so the two never seem to contradict each other.
         summary["plateau/lr_changes_outside"] = len(scheduler.outside_changes)
@@ -371,13 +404,16 @@ def _cuts_table(wandb: Any, scheduler: PlateauScheduler, config: PlateauConfig) 
     groups = max((len(cut.lrs_after) for cut in scheduler.cuts), default=1)
     suffixes = [""] if groups == 1 else [f"/pg{index}" for index in range(groups)]
     columns = ["cut", "evaluation", "epoch", "global_step", "value", "best"]
-    columns += [f"lr_before{s}" for s in suffixes] + [f"lr_after{s}" for s in suffixes] + ["reason"]
+    columns += [f"lr_before{s}" for s in suffixes] + [f"lr_after{s}" for s in suffixes]
+    restoring = config.restore_best_on_cut
+    columns += ["restored_from", "reason"] if restoring else ["reason"]
     rows = []
     for number, cut in enumerate(scheduler.cuts, start=1):
         before = [_at(cut.lrs_before, index) for index in range(groups)]
         after = [_at(cut.lrs_after, index) for index in range(groups)]
         head = [number, cut.evaluation, cut.epoch, cut.global_step, cut.value, cut.best]
-        rows.append([*head, *before, *after, format_cut(cut, config)])
+        restored = [cut.restored_from] if restoring else []
+        rows.append([*head, *before, *after, *restored, format_cut(cut, config)])
     return wandb.Table(columns=columns, data=rows)
 
 

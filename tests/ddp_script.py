@@ -2,9 +2,10 @@
 
 Each rank logs its own scripted ``val_loss`` (``--values``: one list per global rank, ``null`` for "not logged")
 *without* ``sync_dist`` and writes ``rank<global_rank>.json`` under ``--out``: the LR at each epoch start, the
-plateau history and cuts, the final weights, every collective issued from inside ``lightning_plateau``, and the
-error, if the fit raised one. Collectives are counted by wrapping ``torch.distributed``'s functions with a
-function that calls the original (instrumentation: the real collective still runs).
+plateau history and cuts, the weights at each evaluation, at each epoch start and at the end, every collective
+issued from inside ``lightning_plateau``, and the error, if the fit raised one. Collectives are counted by
+wrapping ``torch.distributed``'s functions with a function that calls the original (instrumentation: the real
+collective still runs).
 
 Example::
 
@@ -150,6 +151,8 @@ class _Recorder(pl.Callback):
         self.out = out
         self.lrs: list[float] = []
         self.counter: Optional[_CollectiveCounter] = None
+        self.evaluated_weights: list[dict[str, list[float]]] = []
+        self.epoch_start_weights: list[dict[str, list[float]]] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.counter = _CollectiveCounter(trainer)
@@ -157,6 +160,11 @@ class _Recorder(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+        self.epoch_start_weights.append(_weights(pl_module))
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.evaluated_weights.append(_weights(pl_module))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer, pl_module, error=None)
@@ -179,7 +187,10 @@ class _Recorder(pl.Callback):
                 {"epoch": row.epoch, "value": row.value, "lr": row.lrs[0], "cut": row.cut} for row in plateau.history
             ],
             "cut_epochs": [] if scheduler is None else [cut.epoch for cut in scheduler.cuts],
-            "weights": {name: p.detach().double().flatten().tolist() for name, p in pl_module.named_parameters()},
+            "restored_from": [] if scheduler is None else [cut.restored_from for cut in scheduler.cuts],
+            "weights": _weights(pl_module),
+            "evaluated_weights": self.evaluated_weights,
+            "epoch_start_weights": self.epoch_start_weights,
             "collectives": [] if self.counter is None else self.counter.calls,
             "stopped_epoch": None if stopper is None else stopper.stopped_epoch,
             "stop_rule": None if stopper is None else stopper.stop_rule,
@@ -187,6 +198,10 @@ class _Recorder(pl.Callback):
         }
         path = Path(self.out) / f"rank{trainer.global_rank}.json"
         path.write_text(json.dumps(result, indent=1))
+
+
+def _weights(module: torch.nn.Module) -> dict[str, list[float]]:
+    return {name: p.detach().double().flatten().tolist() for name, p in module.named_parameters()}
 
 
 def _parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -202,6 +217,7 @@ def _parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", help="save last.ckpt there after every validation")
     parser.add_argument("--resume", help="checkpoint to resume from")
     parser.add_argument("--loaders", type=int, default=1, help="validation dataloaders; the last one logs the monitor")
+    parser.add_argument("--restore-best-on-cut", action="store_true", help="PlateauConfig(restore_best_on_cut=True)")
     return parser.parse_args(argv)
 
 
@@ -211,7 +227,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     assert len(values) == args.devices * args.num_nodes, "give one list of values per rank"
     pl.seed_everything(0, workers=True)
     monitor = "val_loss" if args.loaders == 1 else f"val_loss/dataloader_idx_{args.loaders - 1}"
-    model = RankScriptedModel(values, PlateauConfig(monitor=monitor, patience=args.patience, factor=0.5), args.loaders)
+    config = PlateauConfig(
+        monitor=monitor, patience=args.patience, factor=0.5, restore_best_on_cut=args.restore_best_on_cut
+    )
+    model = RankScriptedModel(values, config, args.loaders)
     callbacks: list[pl.Callback] = [_Recorder(args.out)]
     if args.max_reductions is not None:
         callbacks.append(PlateauEarlyStopping(max_reductions=args.max_reductions))

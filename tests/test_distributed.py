@@ -242,6 +242,25 @@ def test_distributed_resume_matches_uninterrupted_run(
         assert [call["epoch"] for call in result["collectives"]] == [3, 4, 5]
 
 
+def test_distributed_restore_best_on_cut_gives_every_rank_the_best_weights(tmp_path: Path) -> None:
+    """restore_best_on_cut: at each cut both ranks go back to the weights of the best evaluation, bit for bit."""
+    _check_ok(_launch("two_nodes", tmp_path, MEAN_VALUES, "--restore-best-on-cut"))
+    results = _results(tmp_path)
+    _assert_same_on_every_rank(results)
+    for result in results:
+        assert result["cut_epochs"] == MEAN_CUT_EPOCHS
+        assert result["lrs"] == MEAN_LRS
+        # the mean is best (3) at epoch 1, evaluation 2, and never improves after: both cuts go back there
+        assert result["restored_from"] == [2, 2]
+        best = result["evaluated_weights"][1]
+        assert result["evaluated_weights"][3] != best, "the weights moved since the best, or this proves nothing"
+        assert result["epoch_start_weights"][4] == best  # epoch 4 trains from the best weights, at the cut LR
+        assert result["evaluated_weights"][4] != best
+        assert result["weights"] == best  # the cut at the last epoch leaves them
+        # the restore adds no collective: each rank loads its own copy
+        _assert_one_collective_per_evaluation(result)
+
+
 def test_distributed_nan_on_one_rank_gives_the_same_decision(tmp_path: Path) -> None:
     """NaN, then inf, on rank 1 only: both ranks judge the same non-finite mean and cut together."""
     _check_ok(_launch("two_nodes", tmp_path, NAN_VALUES))

@@ -112,6 +112,18 @@ def write_yaml(tmp_path: Path, plateau: Optional[dict[str, Any]]) -> list[str]:
             PlateauConfig(threshold_mode="abs", threshold=0.01, min_lr=[1e-4], strict=False),
             id="yaml-literals-and-min-lr-list",
         ),
+        pytest.param(
+            None,
+            ["--model.plateau.restore_best_on_cut", "true"],
+            PlateauConfig(restore_best_on_cut=True),
+            id="command-line-restore-best-on-cut",
+        ),
+        pytest.param(
+            {"patience": 3, "restore_best_on_cut": True},
+            [],
+            PlateauConfig(patience=3, restore_best_on_cut=True),
+            id="yaml-restore-best-on-cut",
+        ),
     ],
 )
 def test_lightning_cli_plateau_reaches_scheduler(
@@ -131,6 +143,8 @@ def test_lightning_cli_plateau_reaches_scheduler(
     assert scheduler.num_evaluations == 1
     callback = plateau_of(result.trainer)
     assert callback.config == expected
+    # restore_best_on_cut keeps the state of the first evaluation, the best so far
+    assert (callback.best_state is not None and callback.best_state.evaluation == 1) is expected.restore_best_on_cut
 
 
 @pytest.mark.parametrize(
@@ -279,6 +293,39 @@ def test_lightning_cli_lr_scheduler_plateau_fits_and_steps_once_per_fresh_value(
     assert [cut.evaluation for cut in scheduler.cuts] == [3]
     assert result.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.005)
     assert plateau_of(result.trainer).scheduler is scheduler
+
+
+@pytest.mark.parametrize("form", ["command-line", "yaml"])
+def test_lightning_cli_lr_scheduler_restore_best_on_cut(tmp_path: Path, form: str) -> None:
+    """`--lr_scheduler.restore_best_on_cut true`: the cut of evaluation 3 goes back to evaluation 1's weights."""
+    if form == "yaml":
+        scheduler_yaml = dict(_SCHEDULER_YAML)
+        scheduler_yaml["lr_scheduler"] = {
+            "class_path": "lightning_plateau.PlateauScheduler",
+            "init_args": {"monitor": "val_loss", "patience": 1, "factor": 0.5, "restore_best_on_cut": True},
+        }
+        path = tmp_path / "scheduler.yaml"
+        path.write_text(yaml.safe_dump(scheduler_yaml))
+        args = ["--config", str(path)]
+    else:
+        args = [*_SCHEDULER_ARGS, "--lr_scheduler.restore_best_on_cut", "true"]
+    result = LightningCLI(
+        FlatModel,
+        args=[
+            "fit",
+            *("--trainer.default_root_dir", str(tmp_path), "--trainer.accelerator", "cpu"),
+            *("--trainer.max_epochs", "4", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false"),
+            *("--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false"),
+            *args,
+        ],
+        save_config_kwargs={"overwrite": True},
+    )
+    (scheduler_config,) = result.trainer.lr_scheduler_configs
+    scheduler = scheduler_config.scheduler
+    assert isinstance(scheduler, PlateauScheduler)
+    assert scheduler.config.restore_best_on_cut is True
+    assert [(cut.evaluation, cut.restored_from) for cut in scheduler.cuts] == [(3, 1)]
+    assert plateau_of(result.trainer).best_state is not None
 
 
 def test_lightning_cli_lr_scheduler_out_of_range_is_a_parser_error(

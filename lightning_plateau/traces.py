@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_plateau._format import cuts_in_evaluations, format_cut, format_lrs, format_value
+from lightning_plateau._format import cuts_in_evaluations, format_cut, format_lrs, format_steps, format_value
 from lightning_plateau._lightning import logging_step
 from lightning_plateau.chart import plot_plateau
 from lightning_plateau.config import PlateauConfig
@@ -112,7 +112,8 @@ class _Traces:
         if not trainer.loggers or not trainer.is_global_zero:
             return
         metrics = _trace_metrics(row, scheduler.num_reductions)
-        step = self._last_step = logging_step(trainer)
+        # A window is judged at its last training batch's end: the step its last per-step value is logged at.
+        step = self._last_step = logging_step(trainer, batch_end=row.window is not None)
         for logger in trainer.loggers:
             try:
                 if isinstance(logger, WandbLogger):
@@ -279,10 +280,12 @@ def _summary_message(
     scheduler: PlateauScheduler,
     history: Sequence[PlateauEvaluation],
     lines: Sequence[str],
+    unjudged: Optional[tuple[int, int]] = None,
 ) -> str:
     """The end-of-fit message: cuts, LR before and after, best value, then what was written (chart, W&B run).
 
     LR changes made outside the plateau are named, so the cuts and the LRs never seem to contradict each other.
+    With windows, ``unjudged`` is the window the fit ended inside: named, as it was not judged.
     """
     parts = [f"PlateauCallback ({config.describe()}): {cuts_in_evaluations(scheduler.num_reductions, len(history))}"]
     if history:
@@ -298,7 +301,13 @@ def _summary_message(
         best = float(scheduler.best)
         if math.isfinite(best):
             where = "" if scheduler.best_epoch is None else f" at epoch {scheduler.best_epoch}"
+            if scheduler.best_window is not None:
+                where = f" in {format_steps(scheduler.best_window)}"
             parts.append(f"best {config.monitor} {format_value(best)}{where}")
+    if unjudged is not None:
+        parts.append(
+            f"{format_steps(unjudged)} not judged (the fit ended inside that window of {config.window_steps} steps)"
+        )
     return "\n  ".join([", ".join(parts), *lines])
 
 
@@ -321,6 +330,8 @@ def _wandb_summary(scheduler: PlateauScheduler) -> dict[str, Any]:
             summary["plateau/best_epoch"] = scheduler.best_epoch
         if scheduler.best_evaluation is not None:
             summary["plateau/best_evaluation"] = scheduler.best_evaluation
+        if scheduler.best_window is not None:
+            summary["plateau/best_steps"] = format_steps(scheduler.best_window).removeprefix("steps ")
     return summary
 
 

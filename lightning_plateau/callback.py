@@ -452,7 +452,8 @@ class PlateauCallback(Callback):
                 f"PlateauCallback monitors '{self.monitor}' with window_steps={config.window_steps}, but no training"
                 f" step logged it in {steps}. Available metrics are: {sorted(trainer.callback_metrics)}. Log it per"
                 f" step in `training_step` with `self.log('{self.monitor}', value)` (on_step=True is the default"
-                " there), or set window_steps=0 to judge a value per validation run or training epoch."
+                " there). A metric logged in validation, or once per training epoch, is no per-step value: set"
+                " window_steps=0 to judge it once per validation run or training epoch."
             )
             if config.strict:
                 raise RuntimeError(message)

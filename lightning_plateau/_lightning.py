@@ -112,6 +112,12 @@ class StepValueReader:
             if meta.dataloader_idx is not None:
                 continue
             step_name = meta.forked_name(True)
+            if meta.fx == "on_train_batch_end" and self.monitor in (meta.name, step_name):
+                # Lightning calls the module's hook after the callbacks': the value would land in the next batch.
+                raise ValueError(
+                    f"'{self.monitor}' is logged in `on_train_batch_end`, which Lightning calls after this callback's"
+                    f" own: a window would take it one batch late. Log it in `training_step`"
+                )
             if meta.on_step and self.monitor in (meta.name, step_name):
                 self._key = key
                 return item

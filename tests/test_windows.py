@@ -594,3 +594,19 @@ def test_callback_keyword_window_steps(tmp_path: Path) -> None:
     fit = trainer(tmp_path, max_epochs=1, limit_val_batches=0, callbacks=[callback])
     fit.fit(model)
     assert [row.value for row in callback.history] == [2.0, 1.0]
+
+
+def test_windows_refuse_a_monitor_logged_in_on_train_batch_end(tmp_path: Path) -> None:
+    """A value logged in the module's on_train_batch_end (called after the callbacks') is refused: it would be late."""
+
+    class LateModel(StepModel):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.layer(x), y)
+
+        def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+            self.log("train_loss", 1.0, on_step=True)
+
+    fit = trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    with pytest.raises(MisconfigurationException, match=r"logged in `on_train_batch_end`.*Log it in `training_step`"):
+        fit.fit(LateModel([1.0], _config(2, 1)))

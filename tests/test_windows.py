@@ -622,3 +622,12 @@ def test_windows_refuse_a_monitor_logged_in_on_train_batch_end(tmp_path: Path) -
     fit = trainer(tmp_path, max_epochs=1, limit_val_batches=0)
     with pytest.raises(MisconfigurationException, match=r"logged in `on_train_batch_end`.*Log it in `training_step`"):
         fit.fit(LateModel([1.0], _config(2, 1)))
+
+
+def test_windows_beside_lightning_early_stopping_warn(tmp_path: Path) -> None:
+    """Lightning's EarlyStopping on the windowed monitor counts epochs, not windows: a warning points to ours."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    stopper = EarlyStopping(monitor="train_loss", patience=100)
+    with pytest.warns(UserWarning, match=r"judges the mean of each window of 2 optimizer steps.*PlateauEarlyStopping"):
+        _fit(tmp_path, [1.0], _config(2, 1), max_epochs=1, callbacks=[stopper])

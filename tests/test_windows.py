@@ -631,3 +631,17 @@ def test_windows_beside_lightning_early_stopping_warn(tmp_path: Path) -> None:
     stopper = EarlyStopping(monitor="train_loss", patience=100)
     with pytest.warns(UserWarning, match=r"judges the mean of each window of 2 optimizer steps.*PlateauEarlyStopping"):
         _fit(tmp_path, [1.0], _config(2, 1), max_epochs=1, callbacks=[stopper])
+
+
+def test_compare_windows_each_policy_judges_the_same_means() -> None:
+    """compare() on a per-step series: every policy judges the same window means; cuts and stops by window."""
+    from lightning_plateau import compare
+
+    values = [5, 1, 3, 2, 4, 1, 3, 3, 5, 1, 3, 3, 9]
+    outcomes = compare(values, _config(2, 0), lr=0.1, patience=[0, 1])
+    for outcome in outcomes:
+        assert [row.value for row in outcome.replay] == [3.0, 2.5, 2.5, 3.0, 3.0, 3.0]
+    assert [[cut.window for cut in outcome.cuts] for outcome in outcomes] == [
+        [(5, 6), (7, 8), (9, 10), (11, 12)],
+        [(7, 8), (11, 12)],
+    ]

@@ -139,6 +139,15 @@ def _check_early_stopping(callback: EarlyStopping, config: PlateauConfig, platea
             f" the other counts as a plateau. Use EarlyStopping(mode='{config.mode}'), or better replace it with"
             " PlateauEarlyStopping(), which takes monitor, mode and the improvement rule from the plateau."
         )
+    if config.window_steps:
+        # Lightning's EarlyStopping reads callback_metrics once per epoch or validation: not the plateau's windows.
+        rank_zero_warn(
+            f"{es} judges '{callback.monitor}' once per epoch (or validation run), on the last value logged, while"
+            f" {plateau} judges the mean of each window of {config.window_steps} optimizer steps: their patiences"
+            " count different things. Replace it with PlateauEarlyStopping(), which decides on the plateau's windows.",
+            category=UserWarning,
+        )
+        return
     # Both count fresh values of the monitor (EarlyStopping checks once per validation run, or once per epoch
     # when validation runs once per epoch). EarlyStopping stops at its `patience`-th bad check; the scheduler
     # cuts at the (patience+1)-th and then waits `cooldown` evaluations before judging the new LR.

@@ -54,18 +54,33 @@ def cuts_in_evaluations(num_cuts: int, num_evaluations: int) -> str:
     return f"{plural(num_cuts, 'cut')} in {plural(num_evaluations, 'evaluation')}"
 
 
+def format_steps(span: tuple[int, int]) -> str:
+    """A window of optimizer steps (1-based, both ends included): ``steps 4001-5000``, ``step 7``."""
+    first, last = span
+    return f"step {last}" if first == last else f"steps {first}-{last}"
+
+
 def format_cut(cut: PlateauCut, config: PlateauConfig) -> str:
     """Why a cut happened, in one line.
 
     Epochs are Lightning's (counted from 0, as its progress bar, checkpoint names and ``epoch`` column count
     them); evaluations are counted from 1. Example, the 16th epoch cutting after a best in the 5th:
     ``epoch 15, eval 16: val_loss has not improved on 0.4120 (epoch 4) for 11 evaluations (> patience 10):
-    lr 1e-3 -> 1e-4``, followed with ``restore_best_on_cut`` by ``; weights restored from eval 5 (epoch 4)``.
+    lr 1e-3 -> 1e-4``, followed with ``restore_best_on_cut`` by ``; weights restored from eval 5 (epoch 4)``. With
+    windows (``window_steps``) the steps of the window replace the epoch:
+    ``steps 4001-5000, eval 5: train_loss has not improved on 0.4120 (steps 1001-2000) for 4 evaluations ...``.
     """
-    where = f"eval {cut.evaluation}" if cut.epoch is None else f"epoch {cut.epoch}, eval {cut.evaluation}"
+    if cut.window is not None:
+        where = f"{format_steps(cut.window)}, eval {cut.evaluation}"
+    elif cut.epoch is None:
+        where = f"eval {cut.evaluation}"
+    else:
+        where = f"epoch {cut.epoch}, eval {cut.evaluation}"
     if math.isfinite(cut.best):
         since = ""
-        if cut.best_epoch is not None:
+        if cut.best_window is not None:
+            since = f" ({format_steps(cut.best_window)})"
+        elif cut.best_epoch is not None:
             since = f" (epoch {cut.best_epoch})"
         elif cut.best_evaluation is not None:
             since = f" (eval {cut.best_evaluation})"

@@ -7,7 +7,7 @@ change; the rest of the package uses public Lightning API only.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 
@@ -55,16 +55,87 @@ def fresh_metrics(trainer: pl.Trainer) -> dict[str, Any]:
     return metrics
 
 
-def logging_step(trainer: pl.Trainer) -> int:
+def logging_step(trainer: pl.Trainer, batch_end: bool = False) -> int:
     """The step Lightning's logger connector gives a value logged now, so traces line up with the monitor.
 
     It counts batches that stepped, and validation is logged before the batch that ran it is counted; epoch-end
-    training metrics are logged one back, at the epoch's last batch (``fit_loop.on_advance_end``).
+    training metrics are logged one back, at the epoch's last batch (``fit_loop.on_advance_end``). At a training
+    batch's end (``batch_end``) the batch is not counted yet either: its per-step metrics are logged at the count.
     """
     step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", None)
     if not isinstance(step, int):
         return trainer.global_step
-    return max(step - 1, 0) if trainer.training else step
+    return max(step - 1, 0) if trainer.training and not batch_end else step
+
+
+class StepValueReader:
+    """Reads the value of one metric logged per step in the training batch that just ended, if it was logged.
+
+    Lightning keeps a value logged with ``on_step=True`` in the training loop's result collection
+    (``trainer._results``, a dict of ``_ResultMetric``), as ``_forward_cache``: a new tensor at each ``self.log``
+    call, kept until the next one. ``trainer.callback_metrics`` is filled only after the callbacks'
+    ``on_train_batch_end`` and keeps stale values, so neither it nor the logged step tells a fresh value from
+    the previous batch's; the tensor's identity does. Reading it is a dict lookup: no copy, no host-device sync.
+
+    Checked against lightning 2.4.0 and 2.6.6 (``_ResultMetric.meta.name``/``on_step``/``on_epoch``/``forked``,
+    ``_forward_cache``, ``_ResultCollection`` keyed ``"<hook>.<name>"``).
+    """
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self._key: Optional[str] = None
+        self._last: Any = None
+
+    def read(self, trainer: pl.Trainer) -> Optional[Any]:
+        """The monitor's value logged in this batch (a tensor), ``None`` if this batch logged none.
+
+        Raises:
+            ValueError: if the monitor is logged in training, but not per step (the message says how to log it).
+        """
+        results = trainer._results
+        if results is None:
+            return None
+        item = results.get(self._key) if self._key is not None else None
+        if item is None:
+            item = self._find(results)
+            if item is None:
+                return None
+        value = item._forward_cache
+        if value is None or value is self._last or item.has_reset:
+            return None
+        self._last = value
+        return value
+
+    def _find(self, results: Any) -> Optional[Any]:
+        for key, item in results.items():
+            meta = item.meta
+            if meta.dataloader_idx is not None:
+                continue
+            step_name = meta.forked_name(True)
+            if meta.fx == "on_train_batch_end" and self.monitor in (meta.name, step_name):
+                # Lightning calls the module's hook after the callbacks': the value would land in the next batch.
+                raise ValueError(
+                    f"'{self.monitor}' is logged in `on_train_batch_end`, which Lightning calls after this callback's"
+                    f" own: a window would take it one batch late. Log it in `training_step`"
+                )
+            if meta.on_step and self.monitor in (meta.name, step_name):
+                self._key = key
+                return item
+            if self.monitor in (meta.name, meta.forked_name(False)):
+                raise ValueError(_not_per_step(self.monitor, meta.name, meta.fx, meta.on_step))
+        return None
+
+
+def _not_per_step(monitor: str, name: str, hook: str, on_step: bool) -> str:
+    if on_step:  # `<name>_epoch` of a value logged with on_step=True and on_epoch=True
+        return (
+            f"'{monitor}' is the epoch mean of '{name}', logged in `{hook}`; a window judges the values logged per"
+            f" step: monitor '{name}' (or '{name}_step') with window_steps, or '{monitor}' without"
+        )
+    return (
+        f"'{monitor}' is logged in `{hook}` with on_step=False (one value per epoch); a window judges the values"
+        f" logged per step: log it with `self.log('{monitor}', value, on_step=True)`, or set window_steps=0"
+    )
 
 
 def can_stop_early(trainer: pl.Trainer) -> bool:

@@ -20,7 +20,9 @@ from lightning_plateau._restore import BestState
 from lightning_plateau.config import PlateauConfig, _Bounds, _Count, _Factor, _NonNegative
 
 # Attributes that belong to the running object, not to the decision state a checkpoint must restore.
-_TRANSIENT = frozenset({"optimizer", "config", "_driver", "_context", "_cut_limit", "_monitor_given", "_best_state"})
+_TRANSIENT = frozenset(
+    {"optimizer", "config", "_driver", "_context", "_window", "_cut_limit", "_monitor_given", "_best_state"}
+)
 # The policy comes from the config the scheduler is built with; a checkpoint brings back the counters only.
 _POLICY = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "eps")
 _DERIVED_FROM_POLICY = frozenset({"min_lrs", "default_min_lr", "mode_worse", "monitor"})
@@ -41,6 +43,9 @@ class PlateauCut:
         num_bad: evaluations without improvement that triggered the cut (``patience + 1``).
         lrs_before: LR of each param group before the cut.
         lrs_after: LR of each param group after the cut.
+        window: with ``PlateauConfig(window_steps=N)``, the first and last optimizer step (1-based) of the window
+            whose mean was judged, e.g. ``(4001, 5000)``; ``None`` otherwise.
+        best_window: with windows, the window in which ``best`` was reached, ``None`` when unknown.
         restored_from: with ``restore_best_on_cut``, the evaluation whose weights and optimizer state training went
             on from after this cut; ``None`` without the setting, or when no state was held (no value had
             improved, or a resume from a checkpoint that held none).
@@ -57,14 +62,18 @@ class PlateauCut:
     num_bad: int
     lrs_before: tuple[float, ...]
     lrs_after: tuple[float, ...]
+    window: Optional[tuple[int, int]] = None
+    best_window: Optional[tuple[int, int]] = None
     restored_from: Optional[int] = None
     restored_epoch: Optional[int] = None
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain data (lists for the LRs), safe in any checkpoint and in JSON."""
+        """Plain data (lists for the LRs and windows), safe in any checkpoint and in JSON."""
         data = asdict(self)
         data["lrs_before"] = list(self.lrs_before)
         data["lrs_after"] = list(self.lrs_after)
+        data["window"] = _span_list(self.window)
+        data["best_window"] = _span_list(self.best_window)
         return data
 
     @classmethod
@@ -73,7 +82,21 @@ class PlateauCut:
         fields = dict(data)
         fields["lrs_before"] = tuple(fields["lrs_before"])
         fields["lrs_after"] = tuple(fields["lrs_after"])
+        fields["window"] = _span(fields.get("window"))
+        fields["best_window"] = _span(fields.get("best_window"))
         return cls(**fields)
+
+
+def _span_list(span: Optional[tuple[int, int]]) -> Optional[list[int]]:
+    return None if span is None else list(span)
+
+
+def _span(span: Any) -> Optional[tuple[int, int]]:
+    """A window's (first, last) steps from a checkpoint or JSON (a list there), ``None`` for none."""
+    if span is None:
+        return None
+    first, last = span
+    return int(first), int(last)
 
 
 @dataclass(frozen=True)
@@ -92,6 +115,8 @@ class PlateauEvaluation:
         cut: whether this evaluation cut the LR.
         withheld: whether the plateau called for a cut here that was not applied, because the cut limit of
             ``PlateauEarlyStopping(max_reductions=...)`` was reached (the run stops at this evaluation).
+        window: with ``PlateauConfig(window_steps=N)``, the first and last optimizer step (1-based) of the window
+            whose mean was judged, e.g. ``(4001, 5000)``; ``None`` otherwise.
         restored_from: with ``restore_best_on_cut``, at a cut: the evaluation whose weights training went on from.
     """
 
@@ -105,6 +130,7 @@ class PlateauEvaluation:
     lrs: tuple[float, ...]
     cut: bool
     withheld: bool = False
+    window: Optional[tuple[int, int]] = None
     restored_from: Optional[int] = None
 
 
@@ -130,6 +156,7 @@ class _PlateauRule(ReduceLROnPlateau):
         min_lr: Optional[Union[_NonNegative, _Bounds]] = None,
         eps: Optional[_NonNegative] = None,
         strict: Optional[bool] = None,
+        window_steps: Optional[_Count] = None,
         restore_best_on_cut: Optional[bool] = None,
     ) -> None:
         if isinstance(config, str):
@@ -148,6 +175,7 @@ class _PlateauRule(ReduceLROnPlateau):
             min_lr=min_lr,
             eps=eps,
             strict=strict,
+            window_steps=window_steps,
             restore_best_on_cut=restore_best_on_cut,
         )
         # Whether the monitor was named (a config, or `monitor=`): torch's keywords name none, and then the
@@ -180,6 +208,8 @@ class _PlateauRule(ReduceLROnPlateau):
         self.num_evaluations = 0
         self.best_evaluation: Optional[int] = None
         self.best_epoch: Optional[int] = None
+        #: with windows, the window in which ``best`` was reached (a list in checkpoints)
+        self.best_window: Optional[tuple[int, int]] = None
         self.cuts: list[PlateauCut] = []
         #: LR changes made by something other than the plateau, as (evaluation they were noticed at, LRs the plateau
         #: had left, LRs found), recorded by the PlateauCallback so summaries name them beside the cuts
@@ -194,6 +224,8 @@ class _PlateauRule(ReduceLROnPlateau):
         self._value = math.nan
         # (epoch, global_step) of the evaluation being judged; set by the callback
         self._context: tuple[Optional[int], Optional[int]] = (None, None)
+        # with windows, (first, last) optimizer step of the window being judged; set by the callback and replay
+        self._window: Optional[tuple[int, int]] = None
         # the PlateauCallback that owns stepping inside a Trainer, if any
         self._driver: Optional[object] = None
         # With restore_best_on_cut, the module's and optimizers' state the PlateauCallback keeps for this fit:
@@ -238,6 +270,7 @@ class _PlateauRule(ReduceLROnPlateau):
             lrs=tuple(float(group["lr"]) for group in self.optimizer.param_groups),
             cut=cut,
             withheld=self.withheld is not None and self.withheld.evaluation == self.num_evaluations,
+            window=self._window,
             restored_from=last.restored_from if cut and last is not None else None,
         )
 
@@ -288,6 +321,7 @@ class _PlateauRule(ReduceLROnPlateau):
         if self.best != best_before:
             self.best_evaluation = self.num_evaluations
             self.best_epoch = self._context[0]
+            self.best_window = self._window
             if self._best_state is not None:
                 # An improvement never cuts (it resets the bad count), so this never meets a restore.
                 self._best_state.capture(self.best_evaluation, self.best_epoch)
@@ -389,6 +423,8 @@ class _PlateauRule(ReduceLROnPlateau):
             num_bad=int(self.num_bad_epochs),
             lrs_before=before,
             lrs_after=after,
+            window=self._window,
+            best_window=_span(self.best_window),
             restored_from=restored[0],
             restored_epoch=restored[1],
         )
@@ -400,6 +436,7 @@ class _PlateauRule(ReduceLROnPlateau):
         state["cuts"] = [cut.as_dict() for cut in self.cuts]
         state["withheld"] = None if self.withheld is None else self.withheld.as_dict()
         state["monitor"] = self.monitor
+        state["best_window"] = _span_list(self.best_window)
         return state
 
     @override
@@ -439,4 +476,5 @@ class _PlateauRule(ReduceLROnPlateau):
         state["cuts"] = [PlateauCut.from_dict(cut) for cut in state.get("cuts", [])]
         withheld = state.get("withheld")
         state["withheld"] = None if withheld is None else PlateauCut.from_dict(withheld)
+        state["best_window"] = _span(state.get("best_window"))
         super().load_state_dict(state)

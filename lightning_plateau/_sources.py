@@ -45,6 +45,8 @@ class History:
         lrs: the starting LR of each param group, from the run's ``plateau/lr`` trace; ``None`` if none.
         lrs_from: where ``lrs`` was read, ``None`` if nowhere.
         traced_lrs: the LRs the run had after each evaluation (its trace or checkpoint), ``None`` if unknown.
+        judged: whether the values are the values the plateau judged (a checkpoint's history, a ``plateau/``
+            trace such as ``plateau/value``): one per evaluation already, with windows each a window's mean.
     """
 
     values: list[float]
@@ -57,6 +59,7 @@ class History:
     lrs: Optional[tuple[float, ...]] = None
     lrs_from: Optional[str] = None
     traced_lrs: Optional[list[tuple[float, ...]]] = None
+    judged: bool = False
 
 
 def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
@@ -78,6 +81,13 @@ def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
             not a number (the message gives its line, and on a one-line history the item).
         ImportError: for a W&B run without the ``wandb`` package.
     """
+    history = _read(source, monitor, stdin)
+    if history.monitor is not None and history.monitor.startswith("plateau/"):
+        history.judged = True
+    return history
+
+
+def _read(source: str, monitor: Optional[str], stdin: TextIO) -> History:
     if source == "-":
         return _parse_text(stdin.read(), "<stdin>", monitor, {})
     path = Path(source)
@@ -251,7 +261,39 @@ def _read_checkpoint(path: Path, monitor: Optional[str]) -> History:
         lrs=lrs,
         lrs_from=f"the checkpoint's plateau history ({path})",
         traced_lrs=[tuple(row["lrs"]) for row in rows],
+        judged=True,
     )
+
+
+def optimizer_steps(history: History) -> Optional[list[int]]:
+    """The optimizer step (1-based) each value of a per-step training metric belongs to, for windows.
+
+    A logger's step for a value logged per step in ``training_step`` is the count of optimizer steps before it, so
+    step ``s`` (0-based) belongs to optimizer step ``s + 1``. A bare list of numbers has none: ``None`` (one value
+    per step, from step 1).
+
+    Raises:
+        SourceError: if a value has no step, or the steps do not follow each other from 0 (a value logged every
+            ``log_every_n_steps``, Lightning's default 50, or a log that continues a resumed run): a window's mean
+            needs the value of every step.
+    """
+    steps = history.global_steps
+    if steps is None:
+        return None
+    previous = -1
+    for step in steps:
+        if step != previous + 1:
+            found = "a value without a step" if step is None else f"step {step} after step {previous}"
+            if previous < 0 and step is not None:
+                found = f"a first value at step {step}, not 0"
+            raise SourceError(
+                f"{history.name}: {history.monitor} holds {found}: a window's mean needs the value of every optimizer"
+                " step, from the first. Log it at every step (Trainer(log_every_n_steps=1); Lightning's default logs"
+                " every 50th), explain the log of the run's start, or replay what the run judged:"
+                " --monitor plateau/value, or the run's checkpoint"
+            )
+        previous = step
+    return [step + 1 for step in steps if step is not None]
 
 
 def _scheduler_policy(state: Mapping[str, Any]) -> dict[str, Any]:

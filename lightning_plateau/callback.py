@@ -17,9 +17,10 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
 from lightning_plateau._checks import check_restore, check_setup
-from lightning_plateau._format import format_cut, format_lrs
-from lightning_plateau._lightning import batches_started, fresh_metrics
+from lightning_plateau._format import format_cut, format_lrs, format_steps
+from lightning_plateau._lightning import StepValueReader, batches_started, fresh_metrics
 from lightning_plateau._restore import BestState
+from lightning_plateau._window import _StepWindow
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
 from lightning_plateau.traces import _summary_message, _Traces
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 # Where a monitor's fresh values come from, learned from the first one.
 _VALIDATION = "validation"
 _TRAINING = "training"
+# Per-step training values, judged as the mean of each window of `window_steps` optimizer steps.
+_WINDOWS = "windows"
 
 
 class PlateauCallback(Callback):
@@ -47,6 +50,10 @@ class PlateauCallback(Callback):
       same decision whether or not the metric was logged with ``sync_dist``;
     - the step happens in ``on_validation_end`` / ``on_train_epoch_end``, before ``ModelCheckpoint``
       writes, so a checkpoint holds the state after that evaluation and a resume repeats nothing;
+    - with ``PlateauConfig(window_steps=N)`` the monitor is a training metric logged per step: every value
+      logged is added to a running sum on its own device (no sync), and the mean of a window is judged in
+      ``on_train_batch_end`` once the optimizer-step count reaches a multiple of N (one collective per window).
+      The partial window is in the checkpoint. With ``window_steps=0`` no per-step hook does any work.
     - with ``restore_best_on_cut``, a cut loads the module's weights and the optimizers' per-parameter state
       of the best evaluation (kept on CPU, taken at each new best), on every rank, before ``ModelCheckpoint``
       writes: the checkpoint of that evaluation holds the restored weights, the cut LR and the kept copy.
@@ -60,8 +67,8 @@ class PlateauCallback(Callback):
             take it from the keyword fields below, else from the module's ``PlateauScheduler`` (the mixin's).
         monitor: shorthand for ``PlateauConfig(monitor=...)``, as ``EarlyStopping(monitor=...)`` is written;
             likewise ``mode``, ``factor``, ``patience``, ``threshold``, ``threshold_mode``, ``cooldown``,
-            ``min_lr``, ``eps``, ``strict`` and ``restore_best_on_cut``. Fields not given take PlateauConfig's
-            defaults. Give these or ``config``, not both.
+            ``min_lr``, ``eps``, ``strict``, ``window_steps`` and ``restore_best_on_cut``. Fields not given take
+            PlateauConfig's defaults. Give these or ``config``, not both.
         verbose: log a rank-zero message at each cut, and one at the end of fit naming the chart; show the
             plateau's state in Lightning's progress bar (``plateau=lr 1e-3 · bad 2/3``).
         log_traces: at each evaluation, log ``plateau/value``, ``plateau/best``, ``plateau/num_bad``,
@@ -79,7 +86,10 @@ class PlateauCallback(Callback):
             the module's, or with ``restore_best_on_cut`` under a strategy that shards the module (FSDP,
             DeepSpeed, ModelParallel).
         RuntimeError: with ``strict=True``, after the first evaluation that should have produced the
-            monitor when it was not logged (the message lists the metrics that were).
+            monitor when it was not logged (the message lists the metrics that were); with windows, at the end of
+            the first window if no step logged the monitor.
+        MisconfigurationException: with windows, if the monitor turns out to be logged in validation, or in
+            training without ``on_step=True``.
         ValueError: if ``log_traces`` is not a bool, or a keyword field is outside its allowed range.
         TypeError: if ``config`` and keyword fields are both given.
 
@@ -103,6 +113,7 @@ class PlateauCallback(Callback):
         min_lr: Optional[Union[float, list[float]]] = None,
         eps: Optional[float] = None,
         strict: Optional[bool] = None,
+        window_steps: Optional[int] = None,
         restore_best_on_cut: Optional[bool] = None,
         verbose: bool = True,
         log_traces: bool = True,
@@ -123,6 +134,7 @@ class PlateauCallback(Callback):
             min_lr=min_lr,
             eps=eps,
             strict=strict,
+            window_steps=window_steps,
             restore_best_on_cut=restore_best_on_cut,
         )
         self.config: Optional[PlateauConfig] = None
@@ -154,6 +166,13 @@ class PlateauCallback(Callback):
         self.best_state: Optional[BestState] = None
         #: every evaluation judged in this fit (restored on resume), oldest first
         self.history: list[PlateauEvaluation] = []
+        # With window_steps: the open window, the reader of the per-step value, the Trainer (for the collective a
+        # checkpoint of the partial window needs), the window a checkpoint restored; all None without windows.
+        self._window: Optional[_StepWindow] = None
+        self._reader: Optional[StepValueReader] = None
+        self._window_trainer: Optional[pl.Trainer] = None
+        self._restored_window: Optional[dict[str, Any]] = None
+        self._empty_window_warned = False
 
     @property
     @override
@@ -198,6 +217,7 @@ class PlateauCallback(Callback):
             self._judged_at = None
             self._restored_state = None
             self._checkpoint_states = []
+            self._restored_window = None
         module_config = getattr(pl_module, "plateau_config", None)
         if isinstance(module_config, PlateauConfig):
             self._adopt(module_config, source=f"{type(pl_module).__name__}.plateau")
@@ -225,6 +245,13 @@ class PlateauCallback(Callback):
         self._validation_runs = 0
         self._train_epochs = 0
         self._epoch_start = None
+        self._window = self._reader = self._window_trainer = None
+        window_steps = self._require_config().window_steps
+        if window_steps:
+            self._window = _StepWindow(window_steps)
+            self._reader = StepValueReader(self.monitor)
+            self._window_trainer = trainer
+            self._empty_window_warned = False
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -242,6 +269,32 @@ class PlateauCallback(Callback):
         self._checkpoint_states = []
         # After the checkpoint's optimizer state is restored: the LRs the plateau leaves the run with.
         self._expected_lrs = _lrs(self.scheduler)
+        self._restore_window(trainer)
+
+    def _restore_window(self, trainer: pl.Trainer) -> None:
+        """Take the checkpoint's partial window: its sum over ranks goes to rank 0, so the ranks' sum is the saved."""
+        window, saved = self._window, self._restored_window
+        self._restored_window = None
+        if window is None:
+            if saved:
+                rank_zero_warn(
+                    f"The checkpoint's plateau judged windows of {saved.get('steps')} steps, this one judges one value"
+                    " per evaluation (window_steps=0): the partial window in the checkpoint is dropped.",
+                    category=UserWarning,
+                )
+            return
+        if not saved:
+            # A fresh fit, or a checkpoint of a plateau without windows: the first window starts here.
+            window.closed_at = trainer.global_step
+            return
+        if saved.get("steps") != window.steps:
+            rank_zero_warn(
+                f"The checkpoint's plateau judged windows of {saved.get('steps')} steps, this one of {window.steps}:"
+                f" the values logged since step {saved.get('closed_at', 0)} are judged with the window that ends at"
+                f" the next multiple of {window.steps}.",
+                category=UserWarning,
+            )
+        window.load_state_dict(saved, keep_partial=trainer.global_rank == 0)
 
     def _resume_best_state(self, saved: dict[str, Any]) -> None:
         """Hold the best state a resumed checkpoint kept; say so when it kept none though a best is known."""
@@ -290,8 +343,31 @@ class PlateauCallback(Callback):
         self._epoch_start = batches_started(trainer)
 
     @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        window = self._window
+        if window is None:
+            return  # the default: no work at all per step
+        assert self._reader is not None
+        try:
+            value = self._reader.read(trainer)
+        except ValueError as error:
+            raise MisconfigurationException(f"PlateauCallback(window_steps={window.steps}): {error}.") from None
+        if value is not None:
+            # A tensor add on the value's own device: no host-device sync, no collective.
+            window.add(value.detach().to(_float_dtype(trainer)))
+        if window.is_due(trainer.global_step):
+            self._judge_window(trainer, pl_module, window)
+
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        if self._window is not None:
+            self._refuse_validation_monitor(trainer)
+            return
+        if trainer.sanity_checking:
             return
         self._validation_runs += 1
         self._evaluate(trainer, pl_module, _VALIDATION)
@@ -305,7 +381,8 @@ class PlateauCallback(Callback):
         if self._epoch_start is not None and batches_started(trainer) > self._epoch_start:
             self._train_epochs += 1
         self._epoch_start = None
-        self._evaluate(trainer, pl_module, _TRAINING)
+        if self._window is None:
+            self._evaluate(trainer, pl_module, _TRAINING)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -313,9 +390,14 @@ class PlateauCallback(Callback):
             return
         # Rank zero only, and no collective: this runs after the strategy's teardown.
         written = self._traces.finish(trainer, self.scheduler, self.history, self.config) if self.log_traces else []
+        unjudged = None if self._window is None else self._window.pending(trainer.global_step)
         if self.verbose:
             # The bars are closed by now (Lightning's print would drop the text): a plain message.
-            rank_zero_info(_summary_message(self.config, self.scheduler, self.history, written))
+            rank_zero_info(_summary_message(self.config, self.scheduler, self.history, written, unjudged))
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._window_trainer = None
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -327,6 +409,7 @@ class PlateauCallback(Callback):
             "missing_reported": self._missing_reported,
             "judged_at": self._judged_at,
             "history": [asdict(row) for row in self.history],
+            **({} if self._window is None else {"window": self._window_state()}),
             # Only with the setting: a copy of the weights and optimizer state (the checkpoint grows by as much).
             **({"best_state": self.best_state.state_dict()} if self.best_state is not None else {}),
         }
@@ -337,7 +420,23 @@ class PlateauCallback(Callback):
         self._source = state_dict.get("source", self._source)
         self._missing_reported = state_dict.get("missing_reported", self._missing_reported)
         self._judged_at = state_dict.get("judged_at")
-        self.history = [PlateauEvaluation(**{**row, "lrs": tuple(row["lrs"])}) for row in state_dict.get("history", [])]
+        self.history = [_row(row) for row in state_dict.get("history", [])]
+        self._restored_window = state_dict.get("window")
+
+    def _window_state(self) -> dict[str, Any]:
+        """The partial window for the checkpoint: its sum and count over all ranks (one collective under DDP).
+
+        Lightning calls ``state_dict`` on every rank when it writes a checkpoint; each rank's partial sum differs,
+        so the sum over ranks is saved, and a resume gives it to rank 0: the ranks' sum at the window's end, the
+        only number judged, is the uninterrupted run's (with any number of ranks).
+        """
+        window = self._window
+        assert window is not None
+        trainer = self._window_trainer
+        if trainer is None:
+            return window.state_dict(float(window.total), window.count)
+        total, count, _ = self._sum_over_ranks(trainer, window)
+        return window.state_dict(total, int(count))
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, where: str) -> None:
         if self.scheduler is None or self._source not in (None, where):
@@ -356,11 +455,78 @@ class PlateauCallback(Callback):
             return
         self._source = where
         self._judged_at = position
+        self._judge(trainer, pl_module, mean)
+
+    def _judge_window(self, trainer: pl.Trainer, pl_module: pl.LightningModule, window: _StepWindow) -> None:
+        """Judge the mean over ranks of every value logged in the window that ends at this step."""
+        total, count, ranks = self._sum_over_ranks(trainer, window)
+        logged_here = window.count > 0
+        span = window.close(trainer.global_step)
+        if ranks and ranks != trainer.world_size:
+            # Identical on every rank (the counts are summed), so all raise together; none waits in a collective.
+            self._raise_partial(trainer, logged_here)
+        if not count:
+            self._report_empty_window(trainer, span)
+            return
+        self._source = _WINDOWS
+        self._judged_at = batches_started(trainer)
+        self._judge(trainer, pl_module, total / count, span)
+
+    def _sum_over_ranks(self, trainer: pl.Trainer, window: _StepWindow) -> tuple[float, float, int]:
+        """(sum, count, ranks with a value) of the window's values over all ranks; one collective for the three."""
+        packed = torch.zeros(3, dtype=_float_dtype(trainer), device=trainer.strategy.root_device)
+        if window.count:
+            packed[0] = window.total  # on the device: the one host-device sync is `tolist` below
+            packed[1] = window.count
+            packed[2] = 1.0
+        if trainer.world_size > 1:
+            packed = _all_reduce_sum(trainer, packed)
+        total, count, ranks = packed.tolist()
+        return float(total), float(count), round(ranks)
+
+    def _report_empty_window(self, trainer: pl.Trainer, span: tuple[int, int]) -> None:
+        scheduler = self.scheduler
+        assert scheduler is not None
+        config = self._require_config()
+        steps = format_steps(span)
+        if scheduler.num_evaluations == 0 and not self._missing_reported:
+            self._missing_reported = True
+            message = (
+                f"PlateauCallback monitors '{self.monitor}' with window_steps={config.window_steps}, but no training"
+                f" step logged it in {steps}. Available metrics are: {sorted(trainer.callback_metrics)}. Log it per"
+                f" step in `training_step` with `self.log('{self.monitor}', value)` (on_step=True is the default"
+                " there). A metric logged in validation, or once per training epoch, is no per-step value: set"
+                " window_steps=0 to judge it once per validation run or training epoch."
+            )
+            if config.strict:
+                raise RuntimeError(message)
+            rank_zero_warn(message + " The learning rate stays unchanged (strict=False).", category=RuntimeWarning)
+        elif not self._empty_window_warned:
+            self._empty_window_warned = True
+            rank_zero_warn(
+                f"PlateauCallback: no training step logged '{self.monitor}' in {steps}: that window is not judged"
+                " (later empty windows are not reported).",
+                category=RuntimeWarning,
+            )
+
+    def _refuse_validation_monitor(self, trainer: pl.Trainer) -> None:
+        if self.monitor in fresh_metrics(trainer):
+            raise MisconfigurationException(
+                f"PlateauCallback(window_steps={self._require_config().window_steps}) judges the mean of a training"
+                f" metric logged per step, but '{self.monitor}' is logged in validation, where one value per"
+                " validation run is judged. Set window_steps=0 (the default) to judge it per validation run, or"
+                " monitor a metric logged in `training_step`."
+            )
+
+    def _judge(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, value: float, window: Optional[tuple[int, int]] = None
+    ) -> None:
+        """Step the scheduler on a fresh value (the mean over ranks); record, trace, show and announce the decision."""
         self._notice_outside_changes()
-        row = self._step(trainer, mean)
+        row = self._step(trainer, value, window)
         self._expected_lrs = row.lrs
         self.history.append(row)
-        if self.log_traces:
+        if self.log_traces and self.scheduler is not None:
             self._traces.log_evaluation(trainer, self.scheduler, row)
         self._show_in_progress_bar(trainer, row)
         # Callbacks that decide on the same evaluation (PlateauEarlyStopping) do so after the scheduler.
@@ -457,10 +623,11 @@ class PlateauCallback(Callback):
             raise RuntimeError(message)
         rank_zero_warn(message + " The learning rate stays unchanged (strict=False).", category=RuntimeWarning)
 
-    def _step(self, trainer: pl.Trainer, value: float) -> PlateauEvaluation:
+    def _step(self, trainer: pl.Trainer, value: float, window: Optional[tuple[int, int]] = None) -> PlateauEvaluation:
         scheduler = self.scheduler
         assert scheduler is not None
         scheduler._context = (trainer.current_epoch, trainer.global_step)
+        scheduler._window = window
         cuts_before = scheduler.num_reductions
         # The raw step: `step()` itself refuses values while this callback drives the scheduler.
         scheduler._judge(value)
@@ -609,6 +776,19 @@ def _say(trainer: pl.Trainer, message: str) -> None:
             bar.print(message)
     else:
         rank_zero_info(message)
+
+
+def _row(data: Mapping[str, Any]) -> PlateauEvaluation:
+    """A history row from a checkpoint (lists for the LRs and the window there)."""
+    window = data.get("window")
+    return PlateauEvaluation(
+        **{**data, "lrs": tuple(data["lrs"]), "window": None if window is None else (int(window[0]), int(window[1]))}
+    )
+
+
+def _float_dtype(trainer: pl.Trainer) -> torch.dtype:
+    # float64 keeps a long window's sum exact enough; MPS has no float64.
+    return torch.float64 if trainer.strategy.root_device.type != "mps" else torch.float32
 
 
 def _lrs(scheduler: PlateauScheduler) -> tuple[float, ...]:

@@ -59,7 +59,8 @@ def plot_plateau(
 ) -> pathlib.Path:
     """Draw a plateau history as a PNG: value, best so far, LR, cuts, cooldowns and patience windows.
 
-    The x axis counts evaluations (fresh values judged), with epochs on the top axis when they differ.
+    The x axis counts evaluations (fresh values judged), with epochs on the top axis when they differ (with
+    ``window_steps``, the optimizer step each window ends at).
     The LR is a step line on a log-scaled right axis: the LR after evaluation ``i`` is drawn from ``i``
     on, so each cut shows as a drop at the evaluation that caused it, marked and labelled
     (``cut 2: 1e-4 -> 1e-5``). Shaded spans show each cut's patience window (the ``patience + 1``
@@ -488,6 +489,16 @@ def _label_x(ax: Any, rows: Sequence[PlateauEvaluation]) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if rows and all(row.window is not None for row in rows):
+        # Windows of optimizer steps (window_steps): the steps each one ends at, on the top axis.
+        ax.set_xlabel("evaluation (one per window of optimizer steps)")
+        ax.get_figure().subplots_adjust(top=0.87)
+        top = ax.secondary_xaxis("top")
+        every = max(1, math.ceil(len(rows) / 12))
+        ends = [(row.evaluation, row.window[1]) for row in rows if row.window is not None][::every]
+        top.set_xticks([evaluation for evaluation, _ in ends], [str(step) for _, step in ends])
+        top.set_xlabel("optimizer step (end of each window)")
+        return
     epochs = [row.epoch for row in rows]
     if any(epoch is None for epoch in epochs):
         ax.set_xlabel("evaluation")

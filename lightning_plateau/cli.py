@@ -20,8 +20,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, Optional, TextIO, Union
 
 from lightning_plateau import __version__
-from lightning_plateau._format import cuts_in_evaluations, format_lr, format_lrs, format_value, plural
-from lightning_plateau._sources import History, read_history
+from lightning_plateau._format import cuts_in_evaluations, format_lr, format_lrs, format_steps, format_value, plural
+from lightning_plateau._sources import History, optimizer_steps, read_history
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.replay import Replay, ReplayRow, replay
 
@@ -45,6 +45,7 @@ _CONFIG_OPTIONS = (
     "cooldown",
     "min_lr",
     "eps",
+    "window_steps",
     "restore_best_on_cut",
 )
 # Settings named on the settings line only where given or stored with the run: off, they change nothing a replay shows.
@@ -176,6 +177,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     policy.add_argument("--eps", type=_number, help=f"smallest cut applied, a float >= 0 (default: {defaults['eps']})")
     policy.add_argument(
+        "--window-steps",
+        type=_number,
+        metavar="N",
+        help=(
+            "judge a per-step training metric on the mean of each window of N optimizer steps, as training with"
+            " PlateauConfig(window_steps=N) does: SOURCE must hold every step's value (log_every_n_steps=1); the"
+            " run's judged values (plateau/value, a checkpoint) are replayed as they are. 0: one value per"
+            f" evaluation (default: {defaults['window_steps']}, or the run's)"
+        ),
+    )
+    policy.add_argument(
         "--restore-best-on-cut",
         action="store_true",
         default=None,
@@ -230,9 +242,11 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     # Each value once, in the order given: `--patience 1 1` is one policy.
     grid = {name: list(dict.fromkeys(getattr(args, name) or [])) for name in _GRID_OPTIONS}
     grid = {name: values for name, values in grid.items() if len(values) > 1}
+    replayed, global_steps = _windowing(history, config)
     if grid:
-        return _compare(args, history, config, lr, lr_from, grid, out)
-    result = replay(history.values, config, lr=lr, epochs=history.epochs, global_steps=history.global_steps)
+        return _compare(args, history, config, lr, lr_from, grid, out, (replayed, global_steps))
+    result = replay(history.values, replayed, lr=lr, epochs=history.epochs, global_steps=global_steps)
+    _check_windows(history, result)
     settings = _settings(args, history, config, f"lr {format_lrs(result.initial_lrs)} ({lr_from})")
     departure = _departure(history, result)
     if departure:
@@ -250,6 +264,32 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
         path = plot_plateau(result.evaluations(), config, args.plot, initial_lrs=result.initial_lrs)
         print(f"{_PROG} explain: chart written to {path}", file=sys.stderr)
     return 0
+
+
+def _windowing(history: History, config: PlateauConfig) -> tuple[PlateauConfig, Optional[list[Any]]]:
+    """The policy and step labels to replay ``history`` with: windowed when it is a per-step series.
+
+    The values a run judged (a checkpoint's history, the ``plateau/value`` trace) are window means already: they
+    are replayed one per evaluation. A per-step series is windowed on the optimizer step of each value.
+    """
+    if not config.window_steps:
+        return config, history.global_steps
+    if history.judged:
+        print(
+            f"{_PROG} explain: {history.monitor or 'the values'} from {history.name} are the values the run judged"
+            f" (window means): replayed one per evaluation, not windowed again",
+            file=sys.stderr,
+        )
+        return dataclasses.replace(config, window_steps=0), history.global_steps
+    return config, optimizer_steps(history)
+
+
+def _check_windows(history: History, result: Replay) -> None:
+    if not len(result):
+        raise ValueError(
+            f"{history.name}: {plural(len(history.values), 'per-step value')} of {history.monitor or 'the metric'}"
+            f" hold no complete window of {result.config.window_steps} optimizer steps: nothing was judged"
+        )
 
 
 def _departure(history: History, result: Replay) -> Optional[str]:
@@ -278,13 +318,19 @@ def _compare(
     lr_from: str,
     grid: dict[str, list[Any]],
     out: TextIO,
+    windowing: tuple[PlateauConfig, Optional[list[Any]]],
 ) -> int:
-    """What if? One row per combination of the several values given: cuts, first cut, final LR, LR spans, stop."""
+    """What if? One row per combination of the several values given: cuts, first cut, final LR, LR spans, stop.
+
+    ``windowing`` is the policy and step labels of :func:`_windowing`.
+    """
     from lightning_plateau.compare import compare
 
     if args.only_cuts:
         raise ValueError("--only-cuts shows one policy's cuts; with several values per option the table compares them")
-    outcomes = compare(history.values, config, lr=lr, epochs=history.epochs, global_steps=history.global_steps, **grid)
+    replayed, global_steps = windowing
+    outcomes = compare(history.values, replayed, lr=lr, epochs=history.epochs, global_steps=global_steps, **grid)
+    _check_windows(history, outcomes[0].replay)
     settings = _settings(args, history, config, f"lr {format_lrs(outcomes[0].replay.initial_lrs)} ({lr_from})")
     note = _restore_note(config, compared=True)
     varied = " x ".join(grid)
@@ -306,14 +352,15 @@ def _compare(
             report["note"] = note
         out.write(json.dumps(report, allow_nan=False) + "\n")
     else:
-        out.write(f"{history.name}: {plural(len(history.values), 'evaluation')} of {config.monitor} ({config.mode}),")
+        judged = len(outcomes[0].replay)
+        out.write(f"{history.name}: {plural(judged, 'evaluation')} of {config.monitor} ({config.mode}),")
         out.write(f" {len(outcomes)} {'policy' if len(outcomes) == 1 else 'policies'} ({varied})\n{settings}\n")
         out.write(f"note: {note}\n\n" if note is not None else "\n")
         out.writelines(_comparison_table(outcomes))
     if args.plot:
         from lightning_plateau.chart import plot_comparison
 
-        path = plot_comparison(history.values, outcomes, args.plot)
+        path = plot_comparison([row.value for row in outcomes[0].replay], outcomes, args.plot)
         print(f"{_PROG} explain: chart written to {path}", file=sys.stderr)
     return 0
 
@@ -426,15 +473,20 @@ def _table(
         f" {config.threshold_mode}, lr {format_lrs(result.initial_lrs)}\n"
         f"{settings}\n" + (f"note: {note}\n" if note is not None else "") + "\n"
     )
-    with_epoch = history.epochs is not None
-    with_step = history.global_steps is not None
+    windows = config.window_steps > 0
+    # A window's steps say where it lies; its last value's epoch and step would only repeat them.
+    with_epoch = history.epochs is not None and not windows
+    with_step = history.global_steps is not None and not windows
+    last_window = result[-1].window if windows else None
+    span_width = 2 * len(str(last_window[1])) + 1 if last_window is not None else 0
     width = max(len(config.monitor), 10)
     header = "     eval" + ("  epoch" if with_epoch else "") + ("      step" if with_step else "")
+    header += f"  {'steps':>{span_width}}" if windows else ""
     yield f"{header}  {config.monitor:>{width}}  {'best':>{width}}   bad  cooldown  lr\n"
     # The LR and the best change rarely: their text is made once per change, which keeps a million rows quick.
     lr_texts: dict[tuple[float, ...], str] = {}
     last_best, best_text = math.nan, ""
-    for evaluation, epoch, step, value, best, num_bad, cooldown, lrs, cut, reason in rows:
+    for evaluation, epoch, step, value, best, num_bad, cooldown, lrs, cut, reason, window in rows:
         lr_text = lr_texts.get(lrs)
         if lr_text is None:
             lr_text = lr_texts[lrs] = format_lrs(lrs)
@@ -445,6 +497,8 @@ def _table(
             labels += f"  {'-' if epoch is None else epoch:>5}"
         if with_step:
             labels += f"  {'-' if step is None else step:>8}"
+        if windows:
+            labels += f"  {'-' if window is None else f'{window[0]}-{window[1]}':>{span_width}}"
         line = (
             f"{'CUT' if cut else '   '}{evaluation:>6}{labels}  {format_value(value):>{width}}  {best_text:>{width}}"
             f"  {num_bad:>4}  {cooldown:>8}  {lr_text}"
@@ -461,11 +515,14 @@ def _table(
 def _summary(result: Replay) -> str:
     config = result.config
     if result.cuts:
-        if all(cut.epoch is not None for cut in result.cuts):
-            noun, labels = "epoch", [cut.epoch for cut in result.cuts if cut.epoch is not None]
+        if all(cut.window is not None for cut in result.cuts):
+            where = ", ".join(format_steps(cut.window) for cut in result.cuts if cut.window is not None)
         else:
-            noun, labels = "evaluation", [cut.evaluation for cut in result.cuts]
-        where = f"{noun}{'s' if len(labels) > 1 else ''} {', '.join(map(str, labels))}"
+            if all(cut.epoch is not None for cut in result.cuts):
+                noun, labels = "epoch", [cut.epoch for cut in result.cuts if cut.epoch is not None]
+            else:
+                noun, labels = "evaluation", [cut.evaluation for cut in result.cuts]
+            where = f"{noun}{'s' if len(labels) > 1 else ''} {', '.join(map(str, labels))}"
         text = f"{cuts_in_evaluations(len(result.cuts), len(result))}, at {where}: lr {format_lrs(result.initial_lrs)}"
         text += f" -> {format_lrs(result.final_lrs)}."
         restored = [str(cut.restored_from) for cut in result.cuts if cut.restored_from is not None]

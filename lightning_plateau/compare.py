@@ -78,7 +78,8 @@ def compare(
     would have ended the run (the history itself continues past it, as it was recorded).
 
     Args:
-        values: the monitored value at each evaluation, oldest first.
+        values: the monitored value at each evaluation, oldest first (with ``window_steps``, every per-step value:
+            each policy judges the same window means).
         base: the policy the varied settings replace fields of (``None``: the defaults).
         lr: the starting LR, or one per param group.
         epochs: an epoch label (0-based) per value.
@@ -116,33 +117,27 @@ def compare(
         varied = dict(zip(keys, combination, strict=True))
         config = dataclasses.replace(base_config, **varied)
         result = replay(floats, config, lr=lr, epochs=epochs, global_steps=global_steps)
-        stop, reason = _early_stop(floats, config, result.initial_lrs, epochs, global_steps)
+        stop, reason = _early_stop(result)
         outcomes.append(PolicyOutcome(config, varied, result, stop, reason))
     return outcomes
 
 
-def _early_stop(
-    values: Sequence[float],
-    config: PlateauConfig,
-    initial_lrs: tuple[float, ...],
-    epochs: Optional[Sequence[Optional[int]]],
-    global_steps: Optional[Sequence[Optional[int]]],
-) -> tuple[Optional[int], Optional[str]]:
-    """Where ``PlateauEarlyStopping()`` would stop a run judging ``values`` under ``config``, and why."""
+def _early_stop(result: Replay) -> tuple[Optional[int], Optional[str]]:
+    """Where ``PlateauEarlyStopping()`` would stop a run judging the values ``result`` judged, and why."""
     # The callback's own rule, on the scheduler's state after each evaluation, as in a live fit.
     from lightning_plateau.early_stopping import PlateauEarlyStopping
 
+    config = result.config
     stopper = PlateauEarlyStopping(verbose=False)
     stopper._use_config(config)
-    groups = [{"params": [torch.nn.Parameter(torch.zeros(()))], "lr": lr} for lr in initial_lrs]
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(()))], "lr": lr} for lr in result.initial_lrs]
     rule = _PlateauRule(torch.optim.SGD(groups), config)
-    for index, value in enumerate(values):
-        # The labels the live callback gives each evaluation, so the reason reads as the live one would.
-        rule._context = (
-            None if epochs is None else epochs[index],
-            None if global_steps is None else global_steps[index],
-        )
-        rule._judge(value)
+    for row in result:
+        # The labels the live callback gives each evaluation (a window's steps too), so the reason reads as the
+        # live one would.
+        rule._context = (row.epoch, row.global_step)
+        rule._window = row.window
+        rule._judge(row.value)
         should_stop, reason = stopper._evaluate_plateau_criteria(rule.snapshot(), rule)  # type: ignore[arg-type]
         if should_stop:
             return rule.num_evaluations, reason

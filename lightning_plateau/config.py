@@ -74,6 +74,12 @@ class PlateauConfig:
         min_lr: lower bound on the LR, one float for all param groups or one per group.
         eps: a cut smaller than this is not applied.
         strict: raise when ``monitor`` is never logged (``False``: warn once and leave the LR alone).
+        window_steps: ``0`` (the default): one value per validation run, or per training epoch for a metric
+            logged with ``on_epoch=True``. ``N > 0``: ``monitor`` is a training metric logged per step
+            (``self.log(..., on_step=True)`` in ``training_step``), judged every ``N`` optimizer steps on the mean
+            of every value logged in those steps (every micro-batch under gradient accumulation, every rank), for
+            a long epoch with rare or no validation. Windows count optimizer steps across epochs; a window the
+            fit ends inside is not judged. ``patience`` and ``cooldown`` then count windows.
         restore_best_on_cut: at each cut, load the module's weights (buffers included: BatchNorm's running
             statistics) and every optimizer's per-parameter state (momentum, Adam's moments and step) from the
             evaluation that set the best value so far, then go on at the cut LR. The param groups' settings, the
@@ -105,6 +111,7 @@ class PlateauConfig:
     min_lr: Union[_NonNegative, _Bounds] = 0.0
     eps: _NonNegative = 1e-8
     strict: bool = True
+    window_steps: _Count = 0
     restore_best_on_cut: bool = False
 
     def __post_init__(self) -> None:
@@ -114,7 +121,16 @@ class PlateauConfig:
             value = getattr(self, name)
             if isinstance(value, str) and type(value) is not str:
                 object.__setattr__(self, name, str(value))
-        for name in ("factor", "patience", "threshold", "cooldown", "eps", "strict", "restore_best_on_cut"):
+        for name in (
+            "factor",
+            "patience",
+            "threshold",
+            "cooldown",
+            "eps",
+            "strict",
+            "window_steps",
+            "restore_best_on_cut",
+        ):
             value = getattr(self, name)
             if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
                 object.__setattr__(self, name, value.item())
@@ -129,6 +145,7 @@ class PlateauConfig:
         _check_number("factor", self.factor, "a float in (0, 1)", lambda v: 0.0 < v < 1.0, lambda v: not v >= 1.0)
         _check_int("patience", self.patience)
         _check_int("cooldown", self.cooldown)
+        _check_int("window_steps", self.window_steps)
         _check_number("threshold", self.threshold, "a finite float >= 0", lambda v: v >= 0.0)
         _check_number("eps", self.eps, "a finite float >= 0", lambda v: v >= 0.0)
         if isinstance(self.min_lr, (list, tuple)):
@@ -147,7 +164,7 @@ class PlateauConfig:
         # Plain numbers (not the parser's range-checked subclasses), so hparams and YAML hold plain data.
         for name in ("factor", "threshold", "eps"):
             object.__setattr__(self, name, float(getattr(self, name)))
-        for name in ("patience", "cooldown"):
+        for name in ("patience", "cooldown", "window_steps"):
             object.__setattr__(self, name, int(getattr(self, name)))
 
     def __hash__(self) -> int:
@@ -217,6 +234,8 @@ class PlateauConfig:
     def describe(self) -> str:
         """A one-line summary used in messages, e.g. ``val_loss (min), patience 10, factor 0.1``."""
         extra = f", cooldown {self.cooldown}" if self.cooldown else ""
+        if self.window_steps:
+            extra += f", windows of {self.window_steps} steps"
         if self.restore_best_on_cut:
             extra += ", restoring the best weights at each cut"
         return f"{self.monitor} ({self.mode}), patience {self.patience}, factor {self.factor:g}{extra}"
@@ -240,7 +259,8 @@ def _numpy_bool_types() -> tuple[type, ...]:
 
 
 def _refuse(name: str, value: Any, allowed: str, torch_accepts: bool) -> ValueError:
-    note = f" ({_STRICTER_THAN_TORCH[name]})" if torch_accepts else ""
+    # Settings torch's class does not have are refused without a note.
+    note = f" ({_STRICTER_THAN_TORCH[name]})" if torch_accepts and name in _STRICTER_THAN_TORCH else ""
     return ValueError(f"`{name}` must be {allowed}, got {value!r}{note}")
 
 

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException  # 
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
-from lightning_plateau._format import format_lr, format_lrs, format_value
+from lightning_plateau._format import format_lr, format_lrs, format_steps, format_value
 from lightning_plateau._lightning import EarlyStoppingReason, can_stop_early
 from lightning_plateau.callback import PlateauCallback, _say
 from lightning_plateau.config import PlateauConfig
@@ -72,7 +72,9 @@ class PlateauEarlyStopping(EarlyStopping):
     Of Lightning's other arguments, those the plateau decides are accepted only to state them: ``monitor``,
     ``mode``, ``strict`` (the plateau's ``PlateauConfig(strict=...)``) and ``min_delta`` (the plateau's
     ``PlateauConfig(threshold=..., threshold_mode="abs")``) must agree with the plateau, or fit fails naming
-    where to set them. ``check_on_train_epoch_end`` is refused: the decision follows the fresh values.
+    where to set them. ``check_on_train_epoch_end`` is refused: the decision follows the fresh values. With
+    ``PlateauConfig(window_steps=N)`` it decides at each window's end, mid-epoch: the run stops after that batch,
+    and the messages name the window's steps ("lr exhausted: lr reached min_lr 1e-3 in steps 801-1000 ...").
 
     Worked example (one validation per epoch; epochs are Lightning's, counted from 0):
     ``PlateauConfig(patience=2, cooldown=1, factor=0.1, min_lr=1e-3)``, LR 0.1, ``val_loss`` improves until
@@ -195,6 +197,8 @@ class PlateauEarlyStopping(EarlyStopping):
         # evaluation after which the LR was exhausted (0: from the start) and its epoch; None while it is not
         self._exhausted_at: Optional[int] = None
         self._exhausted_epoch: Optional[int] = None
+        # with windows, the window whose cut exhausted the LR
+        self._exhausted_window: Optional[tuple[int, int]] = None
 
     @property
     @override
@@ -323,6 +327,7 @@ class PlateauEarlyStopping(EarlyStopping):
             stop_rule=self.stop_rule,
             exhausted_at=self._exhausted_at,
             exhausted_epoch=self._exhausted_epoch,
+            exhausted_window=None if self._exhausted_window is None else list(self._exhausted_window),
         )
         return state
 
@@ -336,6 +341,8 @@ class PlateauEarlyStopping(EarlyStopping):
         self.stop_rule = state_dict.get("stop_rule")
         self._exhausted_at = state_dict.get("exhausted_at")
         self._exhausted_epoch = state_dict.get("exhausted_epoch")
+        window = state_dict.get("exhausted_window")
+        self._exhausted_window = None if window is None else (int(window[0]), int(window[1]))
 
     def _start_fit(self) -> None:
         """Forget the previous fit's plateau and counters: a reused callback counts from scratch.
@@ -351,6 +358,7 @@ class PlateauEarlyStopping(EarlyStopping):
         self.stop_rule = None
         self._exhausted_at = None
         self._exhausted_epoch = None
+        self._exhausted_window = None
         self.best_score = torch.tensor(math.inf)
 
     def _follow(self, plateau_callback: PlateauCallback) -> None:
@@ -487,11 +495,13 @@ class PlateauEarlyStopping(EarlyStopping):
         if not scheduler.exhausted:
             self._exhausted_at = None
             self._exhausted_epoch = None
+            self._exhausted_window = None
         elif self._exhausted_at is None:
             # Exhausted by this evaluation's cut: counting starts after it. Otherwise the LR was at its floor
             # before this evaluation (from the start, or set by other code), and this evaluation counts.
             self._exhausted_at = row.evaluation if row.cut else row.evaluation - 1
             self._exhausted_epoch = row.epoch if row.cut else None
+            self._exhausted_window = row.window if row.cut else None
 
     def _exhaustion_phrase(self, row: PlateauEvaluation, scheduler: PlateauScheduler) -> str:
         min_lrs = scheduler.min_lr_bounds()
@@ -499,6 +509,8 @@ class PlateauEarlyStopping(EarlyStopping):
             reached = f"lr reached min_lr {format_lrs(min_lrs)}"
         else:
             reached = f"lr {format_lrs(row.lrs)} cannot be cut by more than eps {format_lr(scheduler.eps)}"
+        if self._exhausted_window is not None:
+            return f"{reached} in {format_steps(self._exhausted_window)}"
         if self._exhausted_epoch is not None:
             return f"{reached} at epoch {self._exhausted_epoch}"
         if self._exhausted_at == 0:
@@ -507,6 +519,8 @@ class PlateauEarlyStopping(EarlyStopping):
 
 
 def _where(row: PlateauEvaluation) -> str:
+    if row.window is not None:
+        return format_steps(row.window)
     return f"evaluation {row.evaluation}" if row.epoch is None else f"epoch {row.epoch}"
 
 

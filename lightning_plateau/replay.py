@@ -12,6 +12,7 @@ import torch
 
 from lightning_plateau._format import format_cut
 from lightning_plateau._rule import PlateauCut, PlateauEvaluation, _PlateauRule
+from lightning_plateau._window import Span, window_means
 from lightning_plateau.config import PlateauConfig
 
 
@@ -29,6 +30,8 @@ class ReplayRow(NamedTuple):
         lrs: LR of each param group after the decision.
         cut: whether this evaluation cut the LR.
         reason: why it cut, in words (the text the live callback logs); ``None`` when it did not.
+        window: with ``window_steps``, the first and last optimizer step (1-based) of the window whose mean this
+            row judged; ``None`` otherwise.
     """
 
     evaluation: int
@@ -41,10 +44,11 @@ class ReplayRow(NamedTuple):
     lrs: tuple[float, ...]
     cut: bool
     reason: Optional[str]
+    window: Optional[Span] = None
 
     def as_evaluation(self) -> PlateauEvaluation:
         """This row as the :class:`~lightning_plateau.PlateauEvaluation` the live callback records."""
-        return PlateauEvaluation(*self[:9])
+        return PlateauEvaluation(*self[:9], window=self.window)
 
 
 class Replay(Sequence[ReplayRow]):
@@ -70,6 +74,7 @@ class Replay(Sequence[ReplayRow]):
         cooldowns: list[int],
         epochs: Optional[Sequence[Optional[int]]],
         global_steps: Optional[Sequence[Optional[int]]],
+        windows: Optional[Sequence[Span]] = None,
     ) -> None:
         self.config = config
         self.initial_lrs = initial_lrs
@@ -80,6 +85,7 @@ class Replay(Sequence[ReplayRow]):
         self._cooldowns = cooldowns
         self._epochs = epochs
         self._global_steps = global_steps
+        self._windows = windows
         self._cut_evaluations = [cut.evaluation for cut in cuts]
         self._reasons: dict[int, str] = {}
 
@@ -108,6 +114,7 @@ class Replay(Sequence[ReplayRow]):
         lrs = self.initial_lrs
         epochs = self._epochs
         steps = self._global_steps
+        windows = self._windows
         columns = zip(self._values, self._bests, self._num_bad, self._cooldowns, strict=True)
         for index, (value, best, num_bad, cooldown) in enumerate(columns):
             evaluation = index + 1
@@ -127,6 +134,7 @@ class Replay(Sequence[ReplayRow]):
                 lrs,
                 reason is not None,
                 reason,
+                None if windows is None else windows[index],
             )
 
     def __repr__(self) -> str:
@@ -172,6 +180,7 @@ class Replay(Sequence[ReplayRow]):
             lrs,
             cut,
             self._reason(self.cuts[position - 1]) if cut else None,
+            None if self._windows is None else self._windows[index],
         )
 
     def _reason(self, cut: PlateauCut) -> str:
@@ -195,6 +204,11 @@ def replay(
     object the live :class:`~lightning_plateau.PlateauCallback` steps, so a replay of the values a fit judged
     gives that fit's decisions: the same cuts at the same evaluations, to the same LRs.
 
+    With ``PlateauConfig(window_steps=N)`` the values are the per-step values of a training metric, every value
+    the fit logged: they are cut into windows of N optimizer steps by the live callback's own rule and each
+    window's mean is judged, one row per window (a window the values end inside is not judged). Replaying the
+    values a fit logged on each micro-batch (all ranks' values, for the mean over ranks) gives its judged means.
+
     Args:
         values: the monitored value at each evaluation, oldest first (floats, 0-dim tensors, numpy scalars).
             NaN is judged as training judges it: never an improvement.
@@ -202,28 +216,40 @@ def replay(
             defaults). ``monitor`` only names the values in the reasons.
         lr: the starting LR, or one per param group (``min_lr`` may then be a list of the same length).
         epochs: an epoch label (0-based) per value, e.g. the ``epoch`` column of a ``metrics.csv``; it appears
-            in the rows and in the reasons ("epoch 15" for the 16th epoch), as in a live fit.
-        global_steps: a step label per value, likewise.
+            in the rows and in the reasons ("epoch 15" for the 16th epoch), as in a live fit. With windows, a row
+            takes the label of its window's last value.
+        global_steps: a step label per value, likewise. With windows, the optimizer step (1-based, as
+            ``trainer.global_step`` reads after it) each value belongs to, non-decreasing: the micro-batches of one
+            step under gradient accumulation share it; ``None``: one value per step, from step 1. A row's
+            ``global_step`` is then its window's last step.
 
     Returns:
         A :class:`Replay`: a sequence of :class:`ReplayRow`, one per value, with the recorded ``cuts``.
 
     Raises:
         ValueError: if ``lr`` is not a positive float or a non-empty list of them, if ``epochs`` or
-            ``global_steps`` do not have one label per value, if a value is not a number, or if the config
-            is invalid (``min_lr`` with another length than ``lr`` included).
+            ``global_steps`` do not have one label per value, if a value is not a number, if the config
+            is invalid (``min_lr`` with another length than ``lr`` included), or, with windows, if a step is
+            missing, below 1 or goes back.
 
     Example::
 
         # best in the 5th epoch (epoch 4), then no improvement: patience 10 cuts at the end of the 16th (epoch 15)
         rows = replay([1.0, 0.9, 0.8, 0.7, 0.6] + [0.65] * 15, PlateauConfig(patience=10))
         [row.evaluation for row in rows if row.cut]  # [16]
+
+        # a per-step training loss, judged on the mean of each window of 1000 optimizer steps
+        rows = replay(step_losses, PlateauConfig(monitor="train_loss", window_steps=1000, patience=3))
+        [row.window for row in rows.cut_rows()]  # e.g. [(9001, 10000)]
     """
     config = PlateauConfig.coerce(config)
     initial_lrs = _check_lrs(lr)
     floats = _floats(values)
     epochs = _check_labels("epochs", epochs, len(floats))
     global_steps = _check_labels("global_steps", global_steps, len(floats))
+    windows: Optional[list[Span]] = None
+    if config.window_steps:
+        floats, epochs, global_steps, windows = _windowed(floats, epochs, global_steps, config.window_steps)
 
     # One dummy parameter per group: torch refuses a parameter in two groups.
     groups = [{"params": [torch.nn.Parameter(torch.zeros(()))], "lr": group_lr} for group_lr in initial_lrs]
@@ -242,13 +268,32 @@ def replay(
     else:
         # The callback sets the same context before each step: cuts then carry their epoch, and so do reasons.
         contexts = zip(epochs or [None] * len(floats), global_steps or [None] * len(floats), strict=True)
-        for value, context in zip(floats, contexts, strict=True):
+        for index, (value, context) in enumerate(zip(floats, contexts, strict=True)):
             scheduler._context = context
+            scheduler._window = None if windows is None else windows[index]
             judge(value)
             add_best(scheduler.best)
             add_bad(scheduler.num_bad_epochs)
             add_cooldown(scheduler.cooldown_counter)
-    return Replay(config, initial_lrs, scheduler.cuts, floats, bests, num_bad, cooldowns, epochs, global_steps)
+    return Replay(config, initial_lrs, scheduler.cuts, floats, bests, num_bad, cooldowns, epochs, global_steps, windows)
+
+
+def _windowed(
+    values: list[float],
+    epochs: Optional[list[Optional[int]]],
+    global_steps: Optional[list[Optional[int]]],
+    window_steps: int,
+) -> tuple[list[float], Optional[list[Optional[int]]], list[Optional[int]], list[Span]]:
+    """The window means of a per-step series, with the labels of each window's last value and the windows."""
+    steps: Optional[list[int]] = None
+    if global_steps is not None:
+        missing = next((index for index, step in enumerate(global_steps) if step is None), None)
+        if missing is not None:
+            raise ValueError(f"with window_steps, every value needs its step; value {missing + 1} has none")
+        steps = [int(step) for step in global_steps if step is not None]
+    means, lasts, windows = window_means(values, steps, window_steps)
+    window_epochs = None if epochs is None else [epochs[index] for index in lasts]
+    return means, window_epochs, [last for _, last in windows], windows
 
 
 def _check_lrs(lr: Union[float, Sequence[float]]) -> tuple[float, ...]:

@@ -54,9 +54,10 @@ class PlateauScheduler(_PlateauRule, LightningReduceLROnPlateau):  # type: ignor
             else the defaults.
         monitor: the metric a Trainer's PlateauCallback judges (what LightningCLI's ``--lr_scheduler.monitor``
             sets); with ``mode``, ``factor``, ``patience``, ``threshold``, ``threshold_mode``, ``cooldown``,
-            ``min_lr``, ``eps``, ``strict`` and ``restore_best_on_cut`` the fields of :class:`PlateauConfig`, as
-            torch's ``ReduceLROnPlateau`` takes them: replacing ``ReduceLROnPlateau(`` by ``PlateauScheduler(``
-            keeps a line working. Fields not given take PlateauConfig's defaults, which are torch's. Give these or
+            ``min_lr``, ``eps``, ``strict``, ``window_steps`` and ``restore_best_on_cut`` the fields of
+            :class:`PlateauConfig`, as torch's ``ReduceLROnPlateau`` takes them: replacing ``ReduceLROnPlateau(``
+            by ``PlateauScheduler(`` keeps a line working. Fields not given take PlateauConfig's defaults, which are
+            torch's. Give these or
             ``config``, not both.
 
     Raises:

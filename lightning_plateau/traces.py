@@ -27,7 +27,15 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_plateau._format import cuts_in_evaluations, format_bytes, format_cut, format_lrs, format_value, plural
+from lightning_plateau._format import (
+    cuts_in_evaluations,
+    format_bytes,
+    format_cut,
+    format_lrs,
+    format_steps,
+    format_value,
+    plural,
+)
 from lightning_plateau._lightning import logging_step
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
@@ -141,7 +149,8 @@ class _Traces:
             return
         restores = _num_restores(scheduler) if scheduler.config.restore_best_on_cut else None
         metrics = _trace_metrics(row, scheduler.num_reductions, restores)
-        step = self._last_step = logging_step(trainer)
+        # A window is judged at its last training batch's end: the step its last per-step value is logged at.
+        step = self._last_step = logging_step(trainer, batch_end=row.window is not None)
         for logger in trainer.loggers:
             try:
                 if isinstance(logger, WandbLogger):
@@ -332,10 +341,12 @@ def _summary_message(
     scheduler: PlateauScheduler,
     history: Sequence[PlateauEvaluation],
     lines: Sequence[str],
+    unjudged: Optional[tuple[int, int]] = None,
 ) -> str:
     """The end-of-fit message: cuts, LR before and after, best value, then what was written (chart, W&B run).
 
     LR changes made outside the plateau are named, so the cuts and the LRs never seem to contradict each other.
+    With windows, ``unjudged`` is the window the fit ended inside: named, as it was not judged.
     """
     parts = [f"PlateauCallback ({config.describe()}): {cuts_in_evaluations(scheduler.num_reductions, len(history))}"]
     if config.restore_best_on_cut and scheduler.cuts:
@@ -353,7 +364,13 @@ def _summary_message(
         best = float(scheduler.best)
         if math.isfinite(best):
             where = "" if scheduler.best_epoch is None else f" at epoch {scheduler.best_epoch}"
+            if scheduler.best_window is not None:
+                where = f" in {format_steps(scheduler.best_window)}"
             parts.append(f"best {config.monitor} {format_value(best)}{where}")
+    if unjudged is not None:
+        parts.append(
+            f"{format_steps(unjudged)} not judged (the fit ended inside that window of {config.window_steps} steps)"
+        )
     return "\n  ".join([", ".join(parts), *lines])
 
 
@@ -397,6 +414,8 @@ def _wandb_summary(scheduler: PlateauScheduler) -> dict[str, Any]:
             summary["plateau/best_epoch"] = scheduler.best_epoch
         if scheduler.best_evaluation is not None:
             summary["plateau/best_evaluation"] = scheduler.best_evaluation
+        if scheduler.best_window is not None:
+            summary["plateau/best_steps"] = format_steps(scheduler.best_window).removeprefix("steps ")
     return summary
 
 

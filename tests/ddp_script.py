@@ -1,11 +1,12 @@
 """One distributed fit on CPU over gloo, run by tests/test_distributed.py in subprocesses.
 
 Each rank logs its own scripted ``val_loss`` (``--values``: one list per global rank, ``null`` for "not logged")
-*without* ``sync_dist`` and writes ``rank<global_rank>.json`` under ``--out``: the LR at each epoch start, the
-plateau history and cuts, the weights at each evaluation, at each epoch start and at the end, every collective
-issued from inside ``lightning_plateau``, and the error, if the fit raised one. Collectives are counted by
-wrapping ``torch.distributed``'s functions with a function that calls the original (instrumentation: the real
-collective still runs).
+*without* ``sync_dist`` (with ``--window-steps N``: its own ``train_loss`` per training batch, judged in windows of N
+optimizer steps) and writes ``rank<global_rank>.json`` under ``--out``: the LR at each epoch start, the plateau
+history and cuts, the weights at each evaluation, at each epoch start and at the end, every collective issued from
+inside ``lightning_plateau``, and the error, if the fit raised one. Collectives are counted by wrapping
+``torch.distributed``'s functions with a function that calls the original (instrumentation: the real collective
+still runs).
 
 Example::
 
@@ -49,7 +50,11 @@ _COLLECTIVES = (
 
 
 class RankScriptedModel(PlateauMixin, pl.LightningModule):
-    """A tiny regression model; global rank ``r`` logs ``values[r][epoch]`` as ``val_loss`` without ``sync_dist``."""
+    """A tiny regression model; global rank ``r`` logs ``values[r][epoch]`` as ``val_loss`` without ``sync_dist``.
+
+    With windows (``plateau.window_steps``), rank ``r`` logs ``values[r][k]`` as ``train_loss`` in its k-th training
+    batch of the fit instead (Lightning's count, which a checkpoint restores), and no ``val_loss``.
+    """
 
     def __init__(self, values: list[list[Optional[float]]], plateau: PlateauConfig, loaders: int = 1) -> None:
         super().__init__()
@@ -59,10 +64,18 @@ class RankScriptedModel(PlateauMixin, pl.LightningModule):
         self.layer = torch.nn.Linear(4, 1)
 
     def _value(self) -> Optional[float]:
+        if self.plateau.window_steps:
+            return None
         mine = self.values[self.global_rank]
         return mine[min(self.current_epoch, len(mine) - 1)]
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.plateau.window_steps:
+            mine = self.values[self.global_rank]
+            position = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready - 1
+            value = mine[min(position, len(mine) - 1)]
+            if value is not None:
+                self.log("train_loss", value)
         x, y = batch
         return torch.nn.functional.mse_loss(self.layer(x), y)
 
@@ -184,7 +197,9 @@ class _Recorder(pl.Callback):
             "lrs": self.lrs,
             "final_lr": trainer.optimizers[0].param_groups[0]["lr"],
             "history": [
-                {"epoch": row.epoch, "value": row.value, "lr": row.lrs[0], "cut": row.cut} for row in plateau.history
+                {"epoch": row.epoch, "value": row.value, "lr": row.lrs[0], "cut": row.cut}
+                | ({} if row.window is None else {"window": list(row.window), "global_step": row.global_step})
+                for row in plateau.history
             ],
             "cut_epochs": [] if scheduler is None else [cut.epoch for cut in scheduler.cuts],
             "restored_from": [] if scheduler is None else [cut.restored_from for cut in scheduler.cuts],
@@ -218,6 +233,8 @@ def _parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--resume", help="checkpoint to resume from")
     parser.add_argument("--loaders", type=int, default=1, help="validation dataloaders; the last one logs the monitor")
     parser.add_argument("--restore-best-on-cut", action="store_true", help="PlateauConfig(restore_best_on_cut=True)")
+    parser.add_argument("--window-steps", type=int, default=0, help="judge train_loss in windows of N optimizer steps")
+    parser.add_argument("--every-n-train-steps", type=int, help="with --checkpoint-dir: save every N steps, all kept")
     return parser.parse_args(argv)
 
 
@@ -227,14 +244,24 @@ def main(argv: Optional[list[str]] = None) -> None:
     assert len(values) == args.devices * args.num_nodes, "give one list of values per rank"
     pl.seed_everything(0, workers=True)
     monitor = "val_loss" if args.loaders == 1 else f"val_loss/dataloader_idx_{args.loaders - 1}"
+    if args.window_steps:
+        monitor = "train_loss"
     config = PlateauConfig(
-        monitor=monitor, patience=args.patience, factor=0.5, restore_best_on_cut=args.restore_best_on_cut
+        monitor=monitor,
+        patience=args.patience,
+        factor=0.5,
+        window_steps=args.window_steps,
+        restore_best_on_cut=args.restore_best_on_cut,
     )
     model = RankScriptedModel(values, config, args.loaders)
     callbacks: list[pl.Callback] = [_Recorder(args.out)]
     if args.max_reductions is not None:
         callbacks.append(PlateauEarlyStopping(max_reductions=args.max_reductions))
-    if args.checkpoint_dir:
+    if args.checkpoint_dir and args.every_n_train_steps:
+        callbacks.append(
+            ModelCheckpoint(dirpath=args.checkpoint_dir, every_n_train_steps=args.every_n_train_steps, save_top_k=-1)
+        )
+    elif args.checkpoint_dir:
         callbacks.append(ModelCheckpoint(dirpath=args.checkpoint_dir, save_last=True, save_top_k=0))
     trainer = pl.Trainer(
         default_root_dir=args.out,

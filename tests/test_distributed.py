@@ -301,3 +301,63 @@ def test_distributed_several_val_dataloaders_decide_on_the_mean(tmp_path: Path) 
         assert result["lrs"] == MEAN_LRS
         assert [row["value"] for row in result["history"]] == [4.0, 3.0, 3.0, 3.0, 3.0, 3.0]
         _assert_one_collective_per_evaluation(result)
+
+
+# Windows of 3 optimizer steps (2 steps an epoch, 6 epochs): each rank logs its own train_loss at every step. Rank 0's
+# window sums are 18, 9, 6, 3, rank 1's 6, 9, 12, 15: the means over both ranks' 6 values are 4, 3, 3, 3, so with
+# patience 1 the cut comes in steps 10-12. Rank 0 alone (6, 3, 2, 1) would never cut. No window's mean equals the
+# mean of its later values, so a resume that lost (or took one rank's) partial window would judge another value.
+WINDOW_VALUES = [[9, 6, 3, 2, 3, 4, 3, 2, 1, 2, 1, 0], [1, 2, 3, 5, 2, 2, 2, 4, 6, 6, 4, 5]]
+WINDOW_ARGS = ("--window-steps", "3", "--max-epochs", "6")
+WINDOW_HISTORY = [([1, 3], 4.0), ([4, 6], 3.0), ([7, 9], 3.0), ([10, 12], 3.0)]
+WINDOW_CUT = [10, 12]
+
+
+def _assert_windows(result: dict[str, Any]) -> None:
+    assert [(row["window"], row["value"]) for row in result["history"]] == WINDOW_HISTORY
+    assert [row["window"] for row in result["history"] if row["cut"]] == [WINDOW_CUT]
+    assert result["final_lr"] == 0.05
+
+
+def test_distributed_windows_judge_the_mean_over_ranks(tmp_path: Path) -> None:
+    """Ranks logging different per-step values judge the hand-computed mean over ranks of each window, identically,
+    with one all-reduce per window and none per step."""
+    assert [sum(rank[k : k + 3]) for rank in WINDOW_VALUES for k in (0, 3, 6, 9)] == [18, 9, 6, 3, 6, 9, 12, 15]
+    _check_ok(_launch("two_nodes", tmp_path, WINDOW_VALUES, *WINDOW_ARGS))
+    results = _results(tmp_path)
+    _assert_same_on_every_rank(results)
+    for result in results:
+        _assert_windows(result)
+        assert [(call["op"], call["global_step"]) for call in result["collectives"]] == [
+            ("all_reduce", 3),
+            ("all_reduce", 6),
+            ("all_reduce", 9),
+            ("all_reduce", 12),
+        ]
+
+
+def test_distributed_windows_mid_window_resume_matches_uninterrupted(tmp_path: Path) -> None:
+    """Resumed from a checkpoint written at step 4, inside the window of steps 4-6, both ranks judge what the
+    uninterrupted run judged: the checkpoint holds the partial window summed over ranks, restored on rank 0."""
+    checkpoints = tmp_path / "checkpoints"
+    saving = ("--checkpoint-dir", str(checkpoints), "--every-n-train-steps", "2")
+    _check_ok(_launch("two_nodes", tmp_path / "full", WINDOW_VALUES, *WINDOW_ARGS, *saving))
+    full = _results(tmp_path / "full")
+    _assert_same_on_every_rank(full)
+    for result in full:
+        _assert_windows(result)
+        # a checkpoint costs one all-reduce of the partial window (steps 2, 4, ..., 12), besides each window's
+        steps = [call["global_step"] for call in result["collectives"]]
+        assert sorted(steps) == [2, 3, 4, 6, 6, 8, 9, 10, 12, 12]
+    checkpoint = checkpoints / "epoch=1-step=4.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)
+    (state,) = [state for key, state in saved["callbacks"].items() if key.startswith("PlateauCallback")]
+    # step 4's values on both ranks: 2 on rank 0, 5 on rank 1
+    assert state["window"] == {"steps": 3, "total": 7.0, "count": 2, "closed_at": 3}
+    _check_ok(_launch("two_nodes", tmp_path / "resumed", WINDOW_VALUES, *WINDOW_ARGS, "--resume", str(checkpoint)))
+    resumed = _results(tmp_path / "resumed")
+    _assert_same_on_every_rank(resumed)
+    for result, uninterrupted in zip(resumed, full, strict=True):
+        _assert_windows(result)
+        assert result["history"] == uninterrupted["history"]
+        assert [call["global_step"] for call in result["collectives"]] == [6, 9, 12]

@@ -5,10 +5,11 @@ Torch-only: ``replay`` and ``lightning-plateau explain`` use it without importin
 
 # No `from __future__ import annotations` here: LightningCLI's parser reads the ranges from the keyword types
 # themselves (`--lr_scheduler.factor 1.5` is refused while parsing); postponed annotations would lose them.
+import bisect
 import dataclasses
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Optional, SupportsFloat, Union
 
@@ -17,14 +18,36 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
 from lightning_plateau._restore import BestState
-from lightning_plateau.config import PlateauConfig, _Bounds, _Count, _Factor, _NonNegative
+from lightning_plateau.config import PlateauConfig, _Bounds, _Count, _Factor, _NonNegative, _StartFactor
 
 # Attributes that belong to the running object, not to the decision state a checkpoint must restore.
 _TRANSIENT = frozenset(
-    {"optimizer", "config", "_driver", "_context", "_window", "_cut_limit", "_monitor_given", "_best_state"}
+    {
+        "optimizer",
+        "config",
+        "_driver",
+        "_context",
+        "_window",
+        "_cut_limit",
+        "_monitor_given",
+        "_best_state",
+        "_plain",
+        "_flags",
+    }
 )
 # The policy comes from the config the scheduler is built with; a checkpoint brings back the counters only.
-_POLICY = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "eps")
+_POLICY = (
+    "mode",
+    "factor",
+    "patience",
+    "threshold",
+    "threshold_mode",
+    "cooldown",
+    "eps",
+    "warmup_steps",
+    "warmup_start_factor",
+    "on_nonfinite",
+)
 _DERIVED_FROM_POLICY = frozenset({"min_lrs", "default_min_lr", "mode_worse", "monitor"})
 
 
@@ -118,6 +141,9 @@ class PlateauEvaluation:
         window: with ``PlateauConfig(window_steps=N)``, the first and last optimizer step (1-based) of the window
             whose mean was judged, e.g. ``(4001, 5000)``; ``None`` otherwise.
         restored_from: with ``restore_best_on_cut``, at a cut: the evaluation whose weights training went on from.
+        warmup: whether it was judged during the warmup (``global_step < warmup_steps``): recorded, not judged
+            (``best``, ``num_bad`` and ``cooldown`` are left as they were, ``lrs`` is the warmup's LR).
+        skipped: whether its value was NaN or infinite and ``on_nonfinite="skip"`` left it out of the rule.
     """
 
     evaluation: int
@@ -132,6 +158,21 @@ class PlateauEvaluation:
     withheld: bool = False
     window: Optional[tuple[int, int]] = None
     restored_from: Optional[int] = None
+    warmup: bool = False
+    skipped: bool = False
+
+
+def warmup_lrs(base_lrs: Sequence[float], step: int, warmup_steps: int, start_factor: float) -> tuple[float, ...]:
+    """The LR of each param group at optimizer step ``step`` (steps already taken) of a linear warmup.
+
+    ``base * (start_factor + (1 - start_factor) * step / warmup_steps)`` before ``warmup_steps``, ``base`` from
+    there on: the closed form of torch's ``LinearLR(start_factor=start_factor, total_iters=warmup_steps)`` after
+    ``step`` steps. Computed from the base each time, so no rounding error builds up over the steps.
+    """
+    if step >= warmup_steps:
+        return tuple(base_lrs)
+    scale = start_factor + (1.0 - start_factor) * step / warmup_steps
+    return tuple(base * scale for base in base_lrs)
 
 
 class _PlateauRule(ReduceLROnPlateau):
@@ -156,6 +197,9 @@ class _PlateauRule(ReduceLROnPlateau):
         min_lr: Optional[Union[_NonNegative, _Bounds]] = None,
         eps: Optional[_NonNegative] = None,
         strict: Optional[bool] = None,
+        warmup_steps: Optional[_Count] = None,
+        warmup_start_factor: Optional[_StartFactor] = None,
+        on_nonfinite: Optional[Literal["bad", "skip", "raise"]] = None,
         window_steps: Optional[_Count] = None,
         restore_best_on_cut: Optional[bool] = None,
     ) -> None:
@@ -175,6 +219,9 @@ class _PlateauRule(ReduceLROnPlateau):
             min_lr=min_lr,
             eps=eps,
             strict=strict,
+            warmup_steps=warmup_steps,
+            warmup_start_factor=warmup_start_factor,
+            on_nonfinite=on_nonfinite,
             window_steps=window_steps,
             restore_best_on_cut=restore_best_on_cut,
         )
@@ -231,6 +278,22 @@ class _PlateauRule(ReduceLROnPlateau):
         # With restore_best_on_cut, the module's and optimizers' state the PlateauCallback keeps for this fit:
         # taken at each new best, loaded at each cut. None in a replay, which has no weights.
         self._best_state: Optional[BestState] = None
+        self.warmup_steps = config.warmup_steps
+        self.warmup_start_factor = config.warmup_start_factor
+        self.on_nonfinite = config.on_nonfinite
+        #: each param group's LR when the scheduler was built: the LR the warmup rises to
+        self.warmup_base_lrs = tuple(float(group["lr"]) for group in optimizer.param_groups)
+        #: whether the warmup is over (or there is none): from then on the LR moves by the plateau's cuts only
+        self.warmup_done = config.warmup_steps == 0
+        # 1-based evaluations recorded but not judged (during warmup, or skipped as non-finite), oldest first
+        self._uncounted: list[int] = []
+        self._warned_skip = False
+        # (warmup, skipped) of the latest evaluation
+        self._flags = (False, False)
+        # No warmup and torch's NaN rule: every value goes straight to torch's step.
+        self._plain = config.warmup_steps == 0 and config.on_nonfinite == "bad"
+        # As torch's LinearLR does, the first step's LR is set at once.
+        self.apply_warmup(0)
 
     @property
     def monitor(self) -> str:
@@ -272,7 +335,48 @@ class _PlateauRule(ReduceLROnPlateau):
             withheld=self.withheld is not None and self.withheld.evaluation == self.num_evaluations,
             window=self._window,
             restored_from=last.restored_from if cut and last is not None else None,
+            warmup=self._flags[0],
+            skipped=self._flags[1],
         )
+
+    def apply_warmup(self, step: int) -> bool:
+        """Set each param group's LR for optimizer step ``step`` (the steps already taken) of the warmup.
+
+        The LR is ``lr * (start + (1 - start) * step / warmup_steps)``, ``lr`` being the group's LR when the
+        scheduler was built (:attr:`warmup_base_lrs`); from ``step >= warmup_steps`` on it is ``lr``, the warmup is
+        over and this does nothing any more. A few float operations, no tensor. Inside a Trainer the
+        :class:`~lightning_plateau.PlateauCallback` calls it after every training batch with
+        ``trainer.global_step``; outside one, call it before each optimizer step. Param groups added after the
+        scheduler was built (``BaseFinetuning``) keep their own LR.
+
+        Args:
+            step: optimizer steps taken so far.
+
+        Returns:
+            Whether it set the LR (``False`` once the warmup is over, or without one).
+        """
+        if self.warmup_done:
+            return False
+        lrs = warmup_lrs(self.warmup_base_lrs, step, self.warmup_steps, self.warmup_start_factor)
+        groups = self.optimizer.param_groups
+        for group, lr in zip(groups, lrs, strict=False):
+            group["lr"] = lr
+        self._last_lr = [float(group["lr"]) for group in groups]
+        if step >= self.warmup_steps:
+            self.warmup_done = True
+        return True
+
+    @property
+    def in_warmup(self) -> bool:
+        """Whether an evaluation judged now falls in the warmup.
+
+        At ``global_step < warmup_steps`` when the step is known (inside a Trainer, in ``replay``), else until
+        :meth:`apply_warmup` has reached ``warmup_steps``.
+        """
+        if self.warmup_steps == 0:
+            return False
+        step = self._context[1]
+        return step < self.warmup_steps if step is not None else not self.warmup_done
 
     @override
     def step(self, metrics: Optional[SupportsFloat] = None, epoch: Optional[int] = None) -> None:  # type: ignore[override]
@@ -311,6 +415,8 @@ class _PlateauRule(ReduceLROnPlateau):
         self._judge(float(metrics), epoch)
 
     def _judge(self, value: float, epoch: Optional[int] = None) -> None:
+        if not self._plain and self._set_aside(value):
+            return
         best_before = self.best
         self._value = value
         self.num_evaluations += 1
@@ -325,6 +431,57 @@ class _PlateauRule(ReduceLROnPlateau):
             if self._best_state is not None:
                 # An improvement never cuts (it resets the bad count), so this never meets a restore.
                 self._best_state.capture(self.best_evaluation, self.best_epoch)
+
+    def _set_aside(self, value: float) -> bool:
+        """Record ``value`` without judging it when it falls in the warmup or is a skipped non-finite value.
+
+        Returns whether it was set aside; a value that is not goes on to the rule.
+
+        Raises:
+            ValueError: with ``on_nonfinite="raise"``, for a NaN or infinite value (nothing is recorded).
+        """
+        finite = math.isfinite(value)
+        if not finite and self.on_nonfinite == "raise":
+            raise ValueError(
+                f"{self.monitor} is {value} at {self._where(self.num_evaluations + 1)}, and"
+                " PlateauConfig(on_nonfinite='raise') stops there. Find where it stops being finite (a diverging"
+                " loss, a log of 0, a division by 0), or set on_nonfinite='skip' to leave such values out of the"
+                " rule, or 'bad' (torch's behaviour) to count them as evaluations without improvement."
+            )
+        warmup = self.in_warmup
+        skipped = not finite and self.on_nonfinite == "skip"
+        self._flags = (warmup, skipped)
+        if not (warmup or skipped):
+            return False
+        self._value = value
+        self.num_evaluations += 1
+        self._uncounted.append(self.num_evaluations)
+        if skipped and not self._warned_skip:
+            self._warned_skip = True
+            if self._driver is None:  # a PlateauCallback warns on rank zero only
+                warnings.warn(self.skip_message(), UserWarning, stacklevel=3)
+        return True
+
+    def skip_message(self) -> str:
+        """The warning for the latest evaluation, skipped as non-finite."""
+        return (
+            f"{self.monitor} is {self._value} at {self._where(self.num_evaluations)}: skipped, as"
+            " PlateauConfig(on_nonfinite='skip') asks. It counts neither as an improvement nor as an evaluation"
+            " without improvement; the history and the traces mark it (skipped=True, plateau/skipped). Warned once."
+        )
+
+    def _where(self, evaluation: int) -> str:
+        epoch, step = self._context
+        labels = [f"epoch {epoch}"] if epoch is not None else []
+        labels += [f"global step {step}"] if step is not None else []
+        return f"evaluation {evaluation}" + (f" ({', '.join(labels)})" if labels else "")
+
+    def uncounted_between(self, after: int, upto: int) -> int:
+        """How many evaluations in ``after < evaluation <= upto`` were recorded but not judged (warmup, skipped)."""
+        uncounted = self._uncounted
+        if not uncounted or uncounted[-1] <= after:
+            return 0
+        return bisect.bisect_right(uncounted, upto) - bisect.bisect_right(uncounted, after)
 
     def _is_better(self, a: float, best: float) -> bool:
         # torch's comparisons verbatim, except that a negative best takes the relative threshold of |best|: torch
@@ -448,7 +605,24 @@ class _PlateauRule(ReduceLROnPlateau):
         what changed. Keys added in later versions fall back to their defaults. A checkpoint of a plateau that
         watched another metric restores nothing: its best value and counters say nothing about this metric, so
         this plateau starts afresh (with a warning; the LR is the optimizer's, restored by its own state).
+
+        The warmup's progress is restored in every case: a warmup that is over, or that the checkpoint's run never
+        had (a checkpoint written before warmups existed), does not start again, whatever ``warmup_steps`` says now.
         """
+        # Never restarted mid-run: it would set the LR back to the ramp, or to the base over a cut LR.
+        warmup: dict[str, Any] = {
+            key: state_dict[key] for key in ("warmup_base_lrs", "warmup_done") if key in state_dict
+        }
+        if "warmup_done" not in warmup:
+            warmup["warmup_done"] = True
+            if self.warmup_steps:
+                warnings.warn(
+                    f"The checkpoint's plateau has no warmup state (it was written by a version without warmups):"
+                    f" its run had no warmup, so warmup_steps={self.warmup_steps} does not apply to this resumed run.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        self.__dict__.update(warmup)
         saved_monitor = state_dict.get("monitor")
         if saved_monitor is not None and saved_monitor != self.monitor:
             warnings.warn(
@@ -465,14 +639,18 @@ class _PlateauRule(ReduceLROnPlateau):
             if key in state_dict and state_dict[key] != getattr(self, key)
         ]
         if changed:
+            again = ""
+            if self.warmup_done and state_dict.get("warmup_steps", self.warmup_steps) != self.warmup_steps:
+                again = " A warmup that is over, or that the run never had, does not start again."
             warnings.warn(
                 f"The checkpoint's plateau policy differs from this scheduler's config ({', '.join(changed)}):"
-                " its counters and best value are restored, and the config's policy applies from here.",
+                f" its counters and best value are restored, and the config's policy applies from here.{again}",
                 UserWarning,
                 stacklevel=2,
             )
         skip = _TRANSIENT | _DERIVED_FROM_POLICY | set(_POLICY)
         state = {key: value for key, value in state_dict.items() if key not in skip}
+        state.update(warmup)
         state["cuts"] = [PlateauCut.from_dict(cut) for cut in state.get("cuts", [])]
         withheld = state.get("withheld")
         state["withheld"] = None if withheld is None else PlateauCut.from_dict(withheld)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
+from lightning_plateau._rule import warmup_lrs
 from lightning_plateau.config import PlateauConfig
 
 _DEFAULT_MONITOR = PlateauConfig().monitor
@@ -24,6 +25,8 @@ _WANDB_LABELS = ("epoch", "trainer/global_step")
 _TB_EVENTS = "events.out.tfevents."
 # Between the values of a history given on one line: a comma (spaces or tabs around it allowed), or blanks alone.
 _ONE_LINE_SEPARATOR = re.compile(r"\s*,\s*|\s+")
+# The plateau traces read besides the LRs.
+_TRACE_TAGS = ("plateau/reductions", "plateau/evaluation", "plateau/global_step", "plateau/warmup")
 
 
 class SourceError(ValueError):
@@ -47,6 +50,9 @@ class History:
         traced_lrs: the LRs the run had after each evaluation (its trace or checkpoint), ``None`` if unknown.
         judged: whether the values are the values the plateau judged (a checkpoint's history, a ``plateau/``
             trace such as ``plateau/value``): one per evaluation already, with windows each a window's mean.
+        trainer_steps: the trainer's global step at each evaluation (a checkpoint's history, the
+            ``plateau/global_step`` trace), which a warmup counts; ``None`` if unknown. ``global_steps`` holds the
+            source's own step labels, which for a logger are Lightning's logging steps.
     """
 
     values: list[float]
@@ -60,6 +66,7 @@ class History:
     lrs_from: Optional[str] = None
     traced_lrs: Optional[list[tuple[float, ...]]] = None
     judged: bool = False
+    trainer_steps: Optional[list[Optional[int]]] = None
 
 
 def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
@@ -194,10 +201,11 @@ def _read_tensorboard(directory: Path, monitor: Optional[str]) -> History:
     epoch_at = {event.step: int(event.value) for event in accumulator.Scalars("epoch")} if "epoch" in tags else {}
     rows: dict[int, dict[str, Any]] = {}
     for tag in tags:
-        if tag.startswith("plateau/lr") or tag in ("plateau/reductions", "plateau/evaluation"):
+        if tag.startswith("plateau/lr") or tag in _TRACE_TAGS:
             for event in accumulator.Scalars(tag):
                 rows.setdefault(event.step, {})[tag] = event.value
     trace = _read_trace((rows[step] for step in sorted(rows)), float32=True)
+    lrs = _starting_lrs(trace, policy, name) if trace is not None else None
     return History(
         [float(event.value) for event in events],
         [epoch_at.get(event.step) for event in events] if epoch_at else None,
@@ -206,9 +214,10 @@ def _read_tensorboard(directory: Path, monitor: Optional[str]) -> History:
         name,
         policy=policy,
         policy_from=policy_from,
-        lrs=_starting_lrs(trace, policy, name) if trace is not None else None,
-        lrs_from=f"the TensorBoard run's plateau/lr trace ({name})" if trace is not None else None,
+        lrs=lrs,
+        lrs_from=f"the TensorBoard run's plateau/lr trace ({name})" if lrs is not None else None,
         traced_lrs=trace.lrs if trace is not None else None,
+        trainer_steps=trace.trainer_steps() if trace is not None else None,
     )
 
 
@@ -250,6 +259,8 @@ def _read_checkpoint(path: Path, monitor: Optional[str]) -> History:
     first = rows[0]
     cuts = scheduler.get("cuts") or []
     lrs = tuple(cuts[0]["lrs_before"]) if first.get("cut") and cuts else tuple(first["lrs"])
+    if first.get("warmup") and scheduler.get("warmup_base_lrs"):
+        lrs = tuple(scheduler["warmup_base_lrs"])  # the LR the warmup rose to, which the replay starts from
     return History(
         [float(row["value"]) for row in rows],
         [row.get("epoch") for row in rows],
@@ -262,6 +273,7 @@ def _read_checkpoint(path: Path, monitor: Optional[str]) -> History:
         lrs_from=f"the checkpoint's plateau history ({path})",
         traced_lrs=[tuple(row["lrs"]) for row in rows],
         judged=True,
+        trainer_steps=[row.get("global_step") for row in rows],
     )
 
 
@@ -300,7 +312,19 @@ def _scheduler_policy(state: Mapping[str, Any]) -> dict[str, Any]:
     """The policy a PlateauScheduler's checkpointed state holds (what ``state_dict`` writes), ``{}`` if none."""
     policy = {
         key: state[key]
-        for key in ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "eps", "monitor")
+        for key in (
+            "mode",
+            "factor",
+            "patience",
+            "threshold",
+            "threshold_mode",
+            "cooldown",
+            "eps",
+            "monitor",
+            "warmup_steps",
+            "warmup_start_factor",
+            "on_nonfinite",
+        )
         if key in state
     }
     min_lrs = state.get("min_lrs")
@@ -329,16 +353,30 @@ def _stored_policy(stored: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Trace:
-    """The run's ``plateau/lr`` trace: the LRs after each traced evaluation, oldest first."""
+    """The run's ``plateau/lr`` trace: the LRs after each traced evaluation, oldest first, with what else was traced.
+
+    ``steps`` (``plateau/global_step``), ``reductions`` (``plateau/reductions``) and ``warmup`` (``plateau/warmup``)
+    hold one entry per traced evaluation, ``None`` where the run did not trace it.
+    """
 
     lrs: list[tuple[float, ...]]
     first_evaluation: int
     first_cut: bool
+    steps: list[Optional[int]] = field(default_factory=list)
+    reductions: list[Optional[int]] = field(default_factory=list)
+    warmup: list[Optional[bool]] = field(default_factory=list)
+
+    def trainer_steps(self) -> Optional[list[Optional[int]]]:
+        """The trainer's global step of each traced evaluation, ``None`` unless the run traced every one."""
+        return self.steps if self.steps and all(step is not None for step in self.steps) else None
 
 
 def _read_trace(rows: Iterable[Mapping[str, Any]], *, float32: bool = False) -> Optional[_Trace]:
     """The plateau/lr trace of ``rows`` (rows without it are skipped), ``None`` if there is none."""
     lrs: list[tuple[float, ...]] = []
+    steps: list[Optional[int]] = []
+    reductions: list[Optional[int]] = []
+    warmup: list[Optional[bool]] = []
     first_evaluation, first_cut = 1, False
     for row in rows:
         # One param group: `plateau/lr`; several: `plateau/lr/pg0`, `plateau/lr/pg1`, ...
@@ -349,30 +387,68 @@ def _read_trace(rows: Iterable[Mapping[str, Any]], *, float32: bool = False) -> 
             continue
         # TensorBoard stores float32: 0.00999999977 is 0.01 (float32 holds 7 significant digits).
         lrs.append(tuple(float(f"{float(row[key]):.7g}") if float32 else float(row[key]) for key in keys))
+        steps.append(_trace_int(row.get("plateau/global_step")))
+        reductions.append(_trace_int(row.get("plateau/reductions")))
+        flag = _trace_int(row.get("plateau/warmup"))
+        warmup.append(None if flag is None else flag > 0)
         if len(lrs) == 1:
-            evaluation, reductions = row.get("plateau/evaluation"), row.get("plateau/reductions")
+            evaluation = row.get("plateau/evaluation")
             first_evaluation = int(float(str(evaluation))) if _filled(evaluation) else 1
-            first_cut = _filled(reductions) and float(str(reductions)) > 0
-    return _Trace(lrs, first_evaluation, first_cut) if lrs else None
+            first_cut = bool(reductions[0])
+    return _Trace(lrs, first_evaluation, first_cut, steps, reductions, warmup) if lrs else None
 
 
 def _filled(cell: Any) -> bool:
     return cell is not None and cell != ""
 
 
-def _starting_lrs(trace: _Trace, policy: Mapping[str, Any], name: str) -> tuple[float, ...]:
-    """The LRs before the trace's first evaluation; refused for a log that starts in the middle of a run."""
+def _trace_int(cell: Any) -> Optional[int]:
+    """A traced count (a step, a flag) as an int, ``None`` for an empty or non-finite cell."""
+    if not _filled(cell):
+        return None
+    value = float(str(cell))
+    return int(value) if math.isfinite(value) else None
+
+
+def _starting_lrs(trace: _Trace, policy: Mapping[str, Any], name: str) -> Optional[tuple[float, ...]]:
+    """The LRs before the trace's first evaluation; refused for a log that starts in the middle of a run.
+
+    With a warmup, the LRs it rose to, which a replay starts from; ``None`` when they cannot be told.
+    """
     if trace.first_evaluation != 1:
         raise SourceError(
             f"{name}: its plateau traces start at evaluation {trace.first_evaluation}, so this log continues a"
             " resumed run: a replay of it would start without the evaluations before it (and their best value)."
             " Explain the run's checkpoint, which holds the whole plateau history, or the log of the run's start."
         )
+    if trace.warmup and trace.warmup[0]:
+        return _lrs_before_warmup(trace, policy)
     # A cut at the very first evaluation (patience 0) left no row with the LR before it: undo the run's own factor
     # (exact unless min_lr capped that cut).
     factor = float(policy.get("factor", PlateauConfig().factor))
     first = trace.lrs[0]
     return tuple(lr / factor for lr in first) if trace.first_cut else first
+
+
+def _lrs_before_warmup(trace: _Trace, policy: Mapping[str, Any]) -> Optional[tuple[float, ...]]:
+    """The LRs a run's warmup rose to (a replay starts from them), from a trace that starts in the warmup.
+
+    The first evaluation after the warmup holds them exactly, unless it cut already; else the first evaluation's
+    LR, divided by the warmup's scale at its step; ``None`` when the run stored neither its warmup_steps nor the
+    step (the settings line then says the LR is assumed).
+    """
+    for lrs, in_warmup, reductions in zip(trace.lrs, trace.warmup, trace.reductions, strict=True):
+        if not in_warmup:
+            if not reductions:
+                return lrs
+            break
+    steps = int(policy.get("warmup_steps") or 0)
+    start = float(policy.get("warmup_start_factor", PlateauConfig().warmup_start_factor))
+    step = trace.steps[0] if trace.steps else None
+    if not steps or step is None:
+        return None
+    scale = warmup_lrs([1.0], step, steps, start)[0]
+    return tuple(lr / scale for lr in trace.lrs[0])
 
 
 def _parse_text(text: str, name: str, monitor: Optional[str], policy: Mapping[str, Any]) -> History:
@@ -465,15 +541,17 @@ def _parse_csv(lines: list[str], name: str, monitor: Optional[str], policy: Mapp
     trace = None
     if any(column.startswith("plateau/lr") for column in header):
         trace = _read_trace(csv.DictReader(lines[skipped:]))
+    lrs = _starting_lrs(trace, policy, name) if trace is not None else None
     return History(
         values,
         epochs if epoch_index is not None else None,
         steps if step_index is not None else None,
         column,
         name,
-        lrs=_starting_lrs(trace, policy, name) if trace is not None else None,
-        lrs_from=f"{name}'s plateau/lr trace" if trace is not None else None,
+        lrs=lrs,
+        lrs_from=f"{name}'s plateau/lr trace" if lrs is not None else None,
         traced_lrs=trace.lrs if trace is not None else None,
+        trainer_steps=trace.trainer_steps() if trace is not None else None,
     )
 
 
@@ -519,6 +597,7 @@ def _read_wandb(path: Path, monitor: Optional[str]) -> History:
         epochs.append(_wandb_label(row.get("epoch")))
         steps.append(_wandb_label(row.get("trainer/global_step")))
     trace = _read_trace(run.history)
+    lrs = _starting_lrs(trace, policy, name) if trace is not None else None
     return History(
         values,
         epochs if any(epoch is not None for epoch in epochs) else None,
@@ -527,9 +606,10 @@ def _read_wandb(path: Path, monitor: Optional[str]) -> History:
         name,
         policy=policy,
         policy_from=f"the W&B run's config ({name})" if policy else None,
-        lrs=_starting_lrs(trace, policy, name) if trace is not None else None,
-        lrs_from=f"the W&B run's plateau/lr trace ({name})" if trace is not None else None,
+        lrs=lrs,
+        lrs_from=f"the W&B run's plateau/lr trace ({name})" if lrs is not None else None,
         traced_lrs=trace.lrs if trace is not None else None,
+        trainer_steps=trace.trainer_steps() if trace is not None else None,
     )
 
 

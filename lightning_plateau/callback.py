@@ -50,10 +50,15 @@ class PlateauCallback(Callback):
       same decision whether or not the metric was logged with ``sync_dist``;
     - the step happens in ``on_validation_end`` / ``on_train_epoch_end``, before ``ModelCheckpoint``
       writes, so a checkpoint holds the state after that evaluation and a resume repeats nothing;
+    - with ``PlateauConfig(warmup_steps=N)``, after every training batch (``on_train_batch_end``) the scheduler
+      sets the LR of optimizer step ``trainer.global_step`` until the warmup is over: a few float operations,
+      no tensor, no collective. Between batches the param groups then always hold the LR the next optimizer step
+      uses, as Lightning's own step-interval schedulers leave them, so evaluations, checkpoints and
+      ``LearningRateMonitor`` see it;
     - with ``PlateauConfig(window_steps=N)`` the monitor is a training metric logged per step: every value
       logged is added to a running sum on its own device (no sync), and the mean of a window is judged in
       ``on_train_batch_end`` once the optimizer-step count reaches a multiple of N (one collective per window).
-      The partial window is in the checkpoint. With ``window_steps=0`` no per-step hook does any work.
+      The partial window is in the checkpoint. With ``window_steps=0`` no per-step hook does any work;
     - with ``restore_best_on_cut``, a cut loads the module's weights and the optimizers' per-parameter state
       of the best evaluation (kept on CPU, taken at each new best), on every rank, before ``ModelCheckpoint``
       writes: the checkpoint of that evaluation holds the restored weights, the cut LR and the kept copy.
@@ -67,8 +72,9 @@ class PlateauCallback(Callback):
             take it from the keyword fields below, else from the module's ``PlateauScheduler`` (the mixin's).
         monitor: shorthand for ``PlateauConfig(monitor=...)``, as ``EarlyStopping(monitor=...)`` is written;
             likewise ``mode``, ``factor``, ``patience``, ``threshold``, ``threshold_mode``, ``cooldown``,
-            ``min_lr``, ``eps``, ``strict``, ``window_steps`` and ``restore_best_on_cut``. Fields not given take
-            PlateauConfig's defaults. Give these or ``config``, not both.
+            ``min_lr``, ``eps``, ``strict``, ``warmup_steps``, ``warmup_start_factor``, ``on_nonfinite``,
+            ``window_steps`` and ``restore_best_on_cut``. Fields not given take PlateauConfig's defaults. Give these
+            or ``config``, not both.
         verbose: log a rank-zero message at each cut, and one at the end of fit naming the chart; show the
             plateau's state in Lightning's progress bar (``plateau=lr 1e-3 · bad 2/3``).
         log_traces: at each evaluation, log ``plateau/value``, ``plateau/best``, ``plateau/num_bad``,
@@ -113,6 +119,9 @@ class PlateauCallback(Callback):
         min_lr: Optional[Union[float, list[float]]] = None,
         eps: Optional[float] = None,
         strict: Optional[bool] = None,
+        warmup_steps: Optional[int] = None,
+        warmup_start_factor: Optional[float] = None,
+        on_nonfinite: Optional[Literal["bad", "skip", "raise"]] = None,
         window_steps: Optional[int] = None,
         restore_best_on_cut: Optional[bool] = None,
         verbose: bool = True,
@@ -134,6 +143,9 @@ class PlateauCallback(Callback):
             min_lr=min_lr,
             eps=eps,
             strict=strict,
+            warmup_steps=warmup_steps,
+            warmup_start_factor=warmup_start_factor,
+            on_nonfinite=on_nonfinite,
             window_steps=window_steps,
             restore_best_on_cut=restore_best_on_cut,
         )
@@ -156,6 +168,7 @@ class PlateauCallback(Callback):
         self._train_epochs = 0
         self._epoch_start: Optional[int] = None
         self._missing_reported = False
+        self._skip_warned = False
         # training batches started when the latest value was judged (a validation run again after a resume is not)
         self._judged_at: Optional[int] = None
         # the state a checkpoint restored into this callback in this fit, and every PlateauCallback state the
@@ -214,6 +227,7 @@ class PlateauCallback(Callback):
             self.history = []
             self._source = None
             self._missing_reported = False
+            self._skip_warned = False
             self._judged_at = None
             self._restored_state = None
             self._checkpoint_states = []
@@ -267,6 +281,8 @@ class PlateauCallback(Callback):
             self._resume_best_state((self._restored_state or {}).get("best_state") or {})
         self._restored_state = None
         self._checkpoint_states = []
+        # The warmup's LR of the step training starts (or resumes) at: the checkpoint's own LR, set again.
+        self.scheduler.apply_warmup(trainer.global_step)
         # After the checkpoint's optimizer state is restored: the LRs the plateau leaves the run with.
         self._expected_lrs = _lrs(self.scheduler)
         self._restore_window(trainer)
@@ -346,9 +362,16 @@ class PlateauCallback(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        # After the batch's optimizer step (if it made one), the warmup's LR of the next step, `global_step` steps
+        # taken. Here rather than before the step: an evaluation or a checkpoint after this batch then sees that LR
+        # too, under gradient accumulation the batches that do not step set the same LR again, and a window judged
+        # below judges at that LR, so a cut it makes is never overwritten by the warmup.
+        scheduler = self.scheduler
+        if scheduler is not None and not scheduler.warmup_done and scheduler.apply_warmup(trainer.global_step):
+            self._expected_lrs = _lrs(scheduler)
         window = self._window
         if window is None:
-            return  # the default: no work at all per step
+            return  # the default: no work per step beyond the checks above
         assert self._reader is not None
         try:
             value = self._reader.read(trainer)
@@ -526,6 +549,9 @@ class PlateauCallback(Callback):
         row = self._step(trainer, value, window)
         self._expected_lrs = row.lrs
         self.history.append(row)
+        if row.skipped and not self._skip_warned and self.scheduler is not None:
+            self._skip_warned = True
+            rank_zero_warn(self.scheduler.skip_message(), category=UserWarning)
         if self.log_traces and self.scheduler is not None:
             self._traces.log_evaluation(trainer, self.scheduler, row)
         self._show_in_progress_bar(trainer, row)
@@ -542,6 +568,8 @@ class PlateauCallback(Callback):
             return
         needed = self._require_config().patience + 1
         state = f"lr {format_lrs(row.lrs)} · bad {needed if row.cut else row.num_bad}/{needed}"
+        if row.warmup or row.skipped:
+            state = f"lr {format_lrs(row.lrs)} · {'warmup' if row.warmup else 'skipped'}"
         trainer.progress_bar_metrics["plateau"] = state  # type: ignore[index,assignment]
 
     def _notify(self, trainer: pl.Trainer, hook_name: str, *args: Any) -> None:
@@ -805,7 +833,8 @@ def _check_no_other_scheduler(trainer: pl.Trainer, scheduler: PlateauScheduler) 
             f"`configure_optimizers` returns a {name} on the same optimizer as the PlateauScheduler: both would"
             f" move its learning rate, and the plateau's cuts, traces and summary would not tell which did what."
             f" The plateau must be the only scheduler of its optimizer: remove the {name}, or give it an optimizer"
-            " of its own. (A warmup before the plateau is planned as a PlateauConfig setting.)"
+            " of its own. For a warmup before the plateau, set PlateauConfig(warmup_steps=..., warmup_start_factor=...)"
+            " (the same ramp as torch's LinearLR): the plateau's scheduler then sets the warmup's LR itself."
         )
 
 

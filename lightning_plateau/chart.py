@@ -20,6 +20,8 @@ _LR = "#ff7f0e"
 _CUT = "#d62728"
 _COOLDOWN = "#7f7f7f"
 _PATIENCE = "#ffbf00"
+_WARMUP = "#9467bd"
+_SKIPPED = "#8c564b"
 # Beyond this many cuts the labels would overlap: only the cut number is written.
 _MAX_LABELLED_CUTS = 12
 # Values spanning more than this ratio (a loss falling from 2.3 to 0.02) are drawn on a log scale.
@@ -68,7 +70,8 @@ def plot_plateau(
     since the last reset when the history ends inside a window. A panel below counts the evaluations without
     improvement, climbing to ``patience + 1`` at each cut; a dotted line on the LR axis marks the ``min_lr``
     floor, a cut that floor capped is labelled with the ratio it really applied, and ``stop`` marks where early
-    stopping ended the run.
+    stopping ended the run. The evaluations of a warmup are shaded and labelled with its length (the LR line
+    shows the ramp at each of them), and each evaluation skipped as non-finite is a dashed line with a cross.
 
     Any history is drawn: NaN and infinite values are left out (a history without a finite value says so),
     values of magnitude 1e100 or more are drawn divided by the power of ten named on the axis label, and an LR
@@ -83,7 +86,7 @@ def plot_plateau(
         config: the plateau policy that produced them (for the title, patience and the labels).
         path: where to write the PNG; parent directories are created.
         initial_lrs: LR of each param group before the first evaluation. ``None``: taken from the first
-            row (divided by ``factor`` when that row is a cut).
+            row (divided by ``factor`` when that row is a cut; as it is when that row is in the warmup).
         title: the chart's title; ``None`` gives the monitor, the policy and the number of cuts.
         stop: ``(evaluation, rule)`` where early stopping ended the run (``PlateauEarlyStopping.stop_rule``),
             ``None``: it did not.
@@ -156,7 +159,7 @@ def _first_lrs(
         return tuple(float(lr) for lr in initial_lrs)
     first = rows[0]
     # A cut at the very first evaluation (patience 0) leaves no row with the LR before it.
-    return tuple(lr / config.factor for lr in first.lrs) if first.cut else first.lrs
+    return tuple(lr / config.factor for lr in first.lrs) if first.cut and not first.warmup else first.lrs
 
 
 def _cuts(rows: Sequence[PlateauEvaluation], config: PlateauConfig, initial_lrs: Sequence[float] | None) -> list[_Cut]:
@@ -308,6 +311,30 @@ def _draw(
         ax.axvspan(start, end, color=_COOLDOWN, alpha=0.15, linewidth=0, zorder=0)
     if cooldowns:
         handles.append(Patch(color=_COOLDOWN, alpha=0.3, label=f"cooldown ({config.cooldown})"))
+    warmup = [row.evaluation for row in rows if row.warmup]
+    if warmup:
+        # The warmup ends between its last evaluation and the next: the band stops half-way.
+        ax.axvspan(left, max(warmup) + 0.5, color=_WARMUP, alpha=0.12, linewidth=0, zorder=0)
+        handles.append(
+            Patch(color=_WARMUP, alpha=0.3, label=f"warmup ({config.warmup_steps} steps): recorded, not judged")
+        )
+    skipped = [row.evaluation for row in rows if row.skipped]
+    for x in skipped:
+        ax.axvline(x, color=_SKIPPED, linestyle="--", linewidth=1.0, zorder=1)
+    if skipped:
+        ax.plot(
+            skipped,
+            [0.02] * len(skipped),
+            linestyle="none",
+            marker="x",
+            color=_SKIPPED,
+            zorder=4,
+            transform=ax.get_xaxis_transform(),
+            clip_on=False,
+        )
+        handles.append(
+            Line2D([], [], color=_SKIPPED, marker="x", linestyle="--", label="skipped: not finite (on_nonfinite)")
+        )
 
     lr_ax = ax.twinx()
     lr_ax.set_yscale("log")
@@ -460,14 +487,27 @@ def _patience_windows(
 ) -> list[tuple[float, float]]:
     # The cut comes at the (patience + 1)-th bad evaluation: the window starts at the last good (or reset) one.
     first = rows[0].evaluation - 1
-    return [(max(first, cut.evaluation - config.patience - 1), cut.evaluation) for cut in cuts]
+    return [(max(first, _back(rows, cut.evaluation, config.patience + 1)), cut.evaluation) for cut in cuts]
+
+
+def _back(rows: Sequence[PlateauEvaluation], evaluation: int, count: int) -> int:
+    """The evaluation ``count`` judged evaluations before ``evaluation``: skipped ones widen the window."""
+    index = evaluation - rows[0].evaluation
+    if not 0 <= index < len(rows) or rows[index].evaluation != evaluation:
+        return evaluation - count  # rows not one per evaluation (a slice of a history): as counted
+    judged = 0
+    while index >= 0 and judged < count:
+        row = rows[index]
+        judged += not (row.warmup or row.skipped)
+        index -= 1
+    return rows[index].evaluation if index >= 0 else rows[0].evaluation - 1
 
 
 def _open_window(rows: Sequence[PlateauEvaluation]) -> Optional[tuple[float, float, int]]:
     last = rows[-1]
     if last.num_bad == 0 or last.cut:
         return None
-    return (max(rows[0].evaluation - 1, last.evaluation - last.num_bad), last.evaluation, last.num_bad)
+    return (max(rows[0].evaluation - 1, _back(rows, last.evaluation, last.num_bad)), last.evaluation, last.num_bad)
 
 
 def _cooldown_spans(rows: Sequence[PlateauEvaluation]) -> list[tuple[float, float]]:

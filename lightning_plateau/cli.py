@@ -21,6 +21,7 @@ from typing import Any, NoReturn, Optional, TextIO, Union
 
 from lightning_plateau import __version__
 from lightning_plateau._format import cuts_in_evaluations, format_lr, format_lrs, format_steps, format_value, plural
+from lightning_plateau._rule import warmup_lrs
 from lightning_plateau._sources import History, optimizer_steps, read_history
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.replay import Replay, ReplayRow, replay
@@ -45,11 +46,16 @@ _CONFIG_OPTIONS = (
     "cooldown",
     "min_lr",
     "eps",
+    "warmup_steps",
+    "warmup_start_factor",
+    "on_nonfinite",
     "window_steps",
     "restore_best_on_cut",
 )
 # Settings named on the settings line only where given or stored with the run: off, they change nothing a replay shows.
 _NAMED_WHEN_SET = ("restore_best_on_cut",)
+# Settings of features that are off, left out of the `settings:` line whatever their source: (field, its "off" value).
+_OFF = (("warmup_steps", 0), ("on_nonfinite", "bad"))
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -177,6 +183,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     policy.add_argument("--eps", type=_number, help=f"smallest cut applied, a float >= 0 (default: {defaults['eps']})")
     policy.add_argument(
+        "--warmup-steps",
+        type=_number,
+        metavar="STEPS",
+        help="optimizer steps of a linear LR warmup before the plateau, an int >= 0; evaluations at a global step"
+        " below it are not judged. Needs each value's global step: a checkpoint, or a log with the"
+        f" plateau/global_step trace (default: {defaults['warmup_steps']}, no warmup)",
+    )
+    policy.add_argument(
+        "--warmup-start-factor",
+        type=_number,
+        metavar="FACTOR",
+        help="LR multiplier at the warmup's first step, a float in (0, 1]"
+        f" (default: {defaults['warmup_start_factor']})",
+    )
+    policy.add_argument(
+        "--on-nonfinite",
+        choices=("bad", "skip", "raise"),
+        help="a NaN or infinite value: bad counts it as without improvement (torch), skip leaves it out, raise"
+        f" stops with an error (default: {defaults['on_nonfinite']})",
+    )
+    policy.add_argument(
         "--window-steps",
         type=_number,
         metavar="N",
@@ -242,6 +269,9 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     # Each value once, in the order given: `--patience 1 1` is one policy.
     grid = {name: list(dict.fromkeys(getattr(args, name) or [])) for name in _GRID_OPTIONS}
     grid = {name: values for name, values in grid.items() if len(values) > 1}
+    if not (config.window_steps and not history.judged):
+        # A per-step series is windowed on its own optimizer steps; other values need the trainer's, for a warmup.
+        history = _with_trainer_steps(history, config)
     replayed, global_steps = _windowing(history, config)
     if grid:
         return _compare(args, history, config, lr, lr_from, grid, out, (replayed, global_steps))
@@ -261,7 +291,10 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     if args.plot:
         from lightning_plateau.chart import plot_plateau
 
-        path = plot_plateau(result.evaluations(), config, args.plot, initial_lrs=result.initial_lrs)
+        first = result.initial_lrs
+        if result.warmup_evaluations:
+            first = warmup_lrs(first, 0, config.warmup_steps, config.warmup_start_factor)
+        path = plot_plateau(result.evaluations(), config, args.plot, initial_lrs=first)
         print(f"{_PROG} explain: chart written to {path}", file=sys.stderr)
     return 0
 
@@ -290,6 +323,26 @@ def _check_windows(history: History, result: Replay) -> None:
             f"{history.name}: {plural(len(history.values), 'per-step value')} of {history.monitor or 'the metric'}"
             f" hold no complete window of {result.config.window_steps} optimizer steps: nothing was judged"
         )
+
+
+def _with_trainer_steps(history: History, config: PlateauConfig) -> History:
+    """``history`` labelled with the trainer's global steps where a warmup needs them; refused where unknown.
+
+    A logger's step labels are Lightning's logging steps, one behind the trainer's global step after a batch that
+    stepped the optimizer: the warmup's end would be guessed from them. The plateau's own traces and checkpoints
+    hold the trainer's step.
+    """
+    if not config.warmup_steps:
+        return history
+    steps = history.trainer_steps
+    if steps is None or len(steps) != len(history.values) or any(step is None for step in steps):
+        logged = " (its step labels are Lightning's logging steps, which lag it by one)" if history.global_steps else ""
+        raise ValueError(
+            f"--warmup-steps {config.warmup_steps} needs the trainer's global step of every evaluation, and"
+            f" {history.name} does not hold it{logged}. Explain the run's checkpoint (.ckpt), or a log with the"
+            " plateau/global_step trace that PlateauCallback writes; without them the warmup's end would be a guess."
+        )
+    return dataclasses.replace(history, global_steps=steps)
 
 
 def _departure(history: History, result: Replay) -> Optional[str]:
@@ -407,7 +460,7 @@ def _config(args: argparse.Namespace, stored: Mapping[str, Any]) -> PlateauConfi
 
 def _settings(args: argparse.Namespace, history: History, config: PlateauConfig, lr_text: str) -> str:
     """Where each setting of the replay came from: given, stored with the run, or PlateauConfig's default."""
-    names = [name for name in _CONFIG_OPTIONS if name != "monitor"]
+    names = [name for name in _CONFIG_OPTIONS if name != "monitor" and _shown(config, name)]
     given = [name for name in names if getattr(args, name) is not None]
     stored = [name for name in names if name in history.policy and name not in given]
     defaults = [name for name in names if name not in given and name not in stored and name not in _NAMED_WHEN_SET]
@@ -423,6 +476,13 @@ def _settings(args: argparse.Namespace, history: History, config: PlateauConfig,
         where = "" if history.policy else f", none stored in {history.name}"
         parts.append(f"{_fields(config, defaults)} (PlateauConfig's defaults assumed{where})")
     return "settings: " + "; ".join([*parts, lr_text])
+
+
+def _shown(config: PlateauConfig, name: str) -> bool:
+    """Whether the ``settings:`` line names ``name``: not the settings of a feature that is off."""
+    if name == "warmup_start_factor":
+        return config.warmup_steps > 0
+    return all(getattr(config, field) != off for field, off in _OFF if field == name)
 
 
 def _fields(config: PlateauConfig, names: Sequence[str]) -> str:
@@ -486,7 +546,7 @@ def _table(
     # The LR and the best change rarely: their text is made once per change, which keeps a million rows quick.
     lr_texts: dict[tuple[float, ...], str] = {}
     last_best, best_text = math.nan, ""
-    for evaluation, epoch, step, value, best, num_bad, cooldown, lrs, cut, reason, window in rows:
+    for evaluation, epoch, step, value, best, num_bad, cooldown, lrs, cut, reason, window, warmup, skipped in rows:
         lr_text = lr_texts.get(lrs)
         if lr_text is None:
             lr_text = lr_texts[lrs] = format_lrs(lrs)
@@ -503,6 +563,9 @@ def _table(
             f"{'CUT' if cut else '   '}{evaluation:>6}{labels}  {format_value(value):>{width}}  {best_text:>{width}}"
             f"  {num_bad:>4}  {cooldown:>8}  {lr_text}"
         )
+        if warmup or skipped:
+            notes = (["warmup: not judged"] if warmup else []) + (["skipped: not finite"] if skipped else [])
+            line += f"  ({', '.join(notes)})"
         if not cut:
             yield line + "\n"
         elif colour:
@@ -532,6 +595,13 @@ def _summary(result: Replay) -> str:
             text += f" After the cuts the run went on from the weights of evaluations {', '.join(restored)}, in turn."
     else:
         text = f"No cut in {plural(len(result), 'evaluation')}: the lr stays {format_lrs(result.initial_lrs)}."
+    if result.warmup_evaluations:
+        text += (
+            f" {plural(result.warmup_evaluations, 'evaluation')} in the warmup (global step <"
+            f" {config.warmup_steps}) not judged."
+        )
+    if result.skipped_evaluations:
+        text += f" {plural(len(result.skipped_evaluations), 'evaluation')} skipped (not finite)."
     last = result[-1]
     if last.cooldown:
         text += f" It ends in cooldown ({plural(last.cooldown, 'evaluation')} left)."

@@ -51,9 +51,12 @@ class PolicyOutcome:
 
     @property
     def evaluations_per_lr(self) -> list[tuple[tuple[float, ...], int]]:
-        """Each LR the run trains at, in order, with the number of evaluations judged at it."""
+        """Each LR the run trains at, in order, with the number of evaluations judged at it.
+
+        The evaluations of a warmup, at the LRs of its ramp, are left out.
+        """
         spans: list[tuple[tuple[float, ...], int]] = []
-        start = 0
+        start = self.replay.warmup_evaluations
         lrs = self.replay.initial_lrs
         for cut in self.replay.cuts:
             spans.append((lrs, cut.evaluation - start))
@@ -132,11 +135,14 @@ def _early_stop(result: Replay) -> tuple[Optional[int], Optional[str]]:
     stopper._use_config(config)
     groups = [{"params": [torch.nn.Parameter(torch.zeros(()))], "lr": lr} for lr in result.initial_lrs]
     rule = _PlateauRule(torch.optim.SGD(groups), config)
+    rule._warned_skip = True  # replay() has said it, if at all
     for row in result:
         # The labels the live callback gives each evaluation (a window's steps too), so the reason reads as the
-        # live one would.
+        # live one would; the warmup's LR of the step, as the callback sets it after each batch.
         rule._context = (row.epoch, row.global_step)
         rule._window = row.window
+        if row.global_step is not None:
+            rule.apply_warmup(row.global_step)
         rule._judge(row.value)
         should_stop, reason = stopper._evaluate_plateau_criteria(rule.snapshot(), rule)  # type: ignore[arg-type]
         if should_stop:

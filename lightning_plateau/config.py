@@ -16,20 +16,23 @@ import torch
 # jsonargparse uses to check them): the parser itself then refuses `--model.plateau.factor 1.5` in one line that
 # names the key and the range, before anything is built. The config checks the same ranges itself in any case.
 try:
-    from annotated_types import Ge, Gt, Lt, MinLen, Predicate
+    from annotated_types import Ge, Gt, Le, Lt, MinLen, Predicate
 
     _Factor = Annotated[float, Gt(0), Lt(1)]
+    _StartFactor = Annotated[float, Gt(0), Le(1)]
     _Count = Annotated[int, Ge(0)]
     _NonNegative = Annotated[float, Ge(0), Predicate(math.isfinite)]
     _Bounds = Annotated[list[_NonNegative], MinLen(1)]
 except ImportError:  # pragma: no cover - a plain install
     _Factor = float  # type: ignore[misc]
+    _StartFactor = float  # type: ignore[misc]
     _Count = int  # type: ignore[misc]
     _NonNegative = float  # type: ignore[misc]
     _Bounds = list[float]  # type: ignore[misc]
 
 _MODES = ("min", "max")
 _THRESHOLD_MODES = ("rel", "abs")
+_NON_FINITE_POLICIES = ("bad", "skip", "raise")
 
 # Numbers torch's ReduceLROnPlateau takes (it checks only `factor < 1`) that the config refuses: what torch does
 # with them and why they are refused here, appended to the error so a user porting a torch config sees both.
@@ -74,6 +77,16 @@ class PlateauConfig:
         min_lr: lower bound on the LR, one float for all param groups or one per group.
         eps: a cut smaller than this is not applied.
         strict: raise when ``monitor`` is never logged (``False``: warn once and leave the LR alone).
+        warmup_steps: optimizer steps (``trainer.global_step``) over which each param group's LR rises linearly
+            from ``warmup_start_factor * lr`` to ``lr`` before the plateau takes over; ``0``: no warmup. The LR of
+            optimizer step ``k < warmup_steps`` is ``lr * (start + (1 - start) * k / warmup_steps)``, torch's
+            ``LinearLR(start_factor=start, total_iters=warmup_steps)`` stepped once per optimizer step. An
+            evaluation judged at ``global_step < warmup_steps`` is recorded but not judged: it neither counts
+            toward patience nor sets ``best``, so no cut can come during warmup.
+        warmup_start_factor: the LR multiplier at the first optimizer step of the warmup, in (0, 1].
+        on_nonfinite: what a NaN or infinite value does: ``"bad"`` counts it as an evaluation without
+            improvement (torch's rule), ``"skip"`` leaves the rule untouched (recorded, warned once), ``"raise"``
+            stops training with an error naming the evaluation and the value.
         window_steps: ``0`` (the default): one value per validation run, or per training epoch for a metric
             logged with ``on_epoch=True``. ``N > 0``: ``monitor`` is a training metric logged per step
             (``self.log(..., on_step=True)`` in ``training_step``), judged every ``N`` optimizer steps on the mean
@@ -111,13 +124,16 @@ class PlateauConfig:
     min_lr: Union[_NonNegative, _Bounds] = 0.0
     eps: _NonNegative = 1e-8
     strict: bool = True
+    warmup_steps: _Count = 0
+    warmup_start_factor: _StartFactor = 0.1
+    on_nonfinite: Literal["bad", "skip", "raise"] = "bad"
     window_steps: _Count = 0
     restore_best_on_cut: bool = False
 
     def __post_init__(self) -> None:
         # NumPy's and torch's scalars (np.str_, np.bool_, np.float32, a 0-dim tensor) as the plain values they
         # hold, so YAML, checkpoints and LightningCLI read the config anywhere.
-        for name in ("monitor", "mode", "threshold_mode"):
+        for name in ("monitor", "mode", "threshold_mode", "on_nonfinite"):
             value = getattr(self, name)
             if isinstance(value, str) and type(value) is not str:
                 object.__setattr__(self, name, str(value))
@@ -128,6 +144,8 @@ class PlateauConfig:
             "cooldown",
             "eps",
             "strict",
+            "warmup_steps",
+            "warmup_start_factor",
             "window_steps",
             "restore_best_on_cut",
         ):
@@ -159,12 +177,16 @@ class PlateauConfig:
             object.__setattr__(self, "min_lr", float(self.min_lr))
         if not isinstance(self.strict, bool):
             raise ValueError(f"`strict` must be True or False, got {self.strict!r}")
+        _check_int("warmup_steps", self.warmup_steps)
+        _check_number("warmup_start_factor", self.warmup_start_factor, "a float in (0, 1]", lambda v: 0.0 < v <= 1.0)
+        if self.on_nonfinite not in _NON_FINITE_POLICIES:
+            raise ValueError(f"`on_nonfinite` can be 'bad', 'skip' or 'raise', got {self.on_nonfinite!r}")
         if not isinstance(self.restore_best_on_cut, bool):
             raise ValueError(f"`restore_best_on_cut` must be True or False, got {self.restore_best_on_cut!r}")
         # Plain numbers (not the parser's range-checked subclasses), so hparams and YAML hold plain data.
-        for name in ("factor", "threshold", "eps"):
+        for name in ("factor", "threshold", "eps", "warmup_start_factor"):
             object.__setattr__(self, name, float(getattr(self, name)))
-        for name in ("patience", "cooldown", "window_steps"):
+        for name in ("patience", "cooldown", "warmup_steps", "window_steps"):
             object.__setattr__(self, name, int(getattr(self, name)))
 
     def __hash__(self) -> int:
@@ -234,6 +256,10 @@ class PlateauConfig:
     def describe(self) -> str:
         """A one-line summary used in messages, e.g. ``val_loss (min), patience 10, factor 0.1``."""
         extra = f", cooldown {self.cooldown}" if self.cooldown else ""
+        if self.warmup_steps:
+            extra += f", warmup {self.warmup_steps} steps"
+        if self.on_nonfinite != "bad":
+            extra += f", non-finite: {self.on_nonfinite}"
         if self.window_steps:
             extra += f", windows of {self.window_steps} steps"
         if self.restore_best_on_cut:

@@ -63,6 +63,11 @@ class PlateauEarlyStopping(EarlyStopping):
     than it ("Stopping threshold reached"), ``divergence_threshold`` once it is worse ("Divergence threshold
     reached").
 
+    Evaluations the plateau records without judging them are not counted either: those of a warmup
+    (``PlateauConfig(warmup_steps=...)``) are checked against ``check_finite`` and the thresholds only, and a
+    non-finite value that ``PlateauConfig(on_nonfinite="skip")`` leaves out is ignored altogether (unless
+    ``check_finite=True`` is given).
+
     ``trainer.early_stopping_callback``, ``stopped_epoch`` (0-based), ``stopping_reason`` (an
     ``EarlyStoppingReason``), ``stopping_reason_message`` and the checkpointed state work as for the parent;
     :attr:`stop_rule` names the rule that stopped the run. A run resumed from a checkpoint written after the
@@ -104,7 +109,8 @@ class PlateauEarlyStopping(EarlyStopping):
         min_delta: only to state it: the plateau must use ``threshold_mode="abs"`` with ``threshold`` equal
             to it. ``None``: the plateau's improvement rule, whatever it is.
         strict: only to state it: must equal the plateau's ``strict``. ``None``: the plateau's.
-        check_finite: stop when the value judged is NaN or infinite.
+        check_finite: stop when the value judged is NaN or infinite. ``None``: yes, unless the plateau skips such
+            values (``PlateauConfig(on_nonfinite="skip")``).
         stopping_threshold: stop once the value judged is better than this (``<`` for min, ``>`` for max).
         divergence_threshold: stop once the value judged is worse than this (``>`` for min, ``<`` for max).
         check_on_train_epoch_end: must be ``None``: there is no choice of where to decide.
@@ -138,7 +144,7 @@ class PlateauEarlyStopping(EarlyStopping):
         mode: Optional[str] = None,
         min_delta: Optional[float] = None,
         strict: Optional[bool] = None,
-        check_finite: bool = True,
+        check_finite: Optional[bool] = None,
         stopping_threshold: Optional[float] = None,
         divergence_threshold: Optional[float] = None,
         check_on_train_epoch_end: Optional[bool] = None,
@@ -155,7 +161,9 @@ class PlateauEarlyStopping(EarlyStopping):
         _check_optional_count("max_reductions", max_reductions)
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
             raise ValueError(f"`monitor` must be a metric name or None (the plateau's), got {monitor!r}")
-        flags = (("wait_for_min_lr", wait_for_min_lr), ("reset_on_cut", reset_on_cut))
+        flags: list[tuple[str, Any]] = [("wait_for_min_lr", wait_for_min_lr), ("reset_on_cut", reset_on_cut)]
+        if check_finite is not None:
+            flags.append(("check_finite", check_finite))
         for name, flag in (*flags, ("log_rank_zero_only", log_rank_zero_only)):
             if not isinstance(flag, bool):
                 raise ValueError(f"`{name}` must be True or False, got {flag!r}")
@@ -173,7 +181,7 @@ class PlateauEarlyStopping(EarlyStopping):
             verbose=verbose,
             mode="min" if mode is None else mode,
             strict=True if strict is None else strict,
-            check_finite=check_finite,
+            check_finite=True if check_finite is None else check_finite,
             stopping_threshold=None if stopping_threshold is None else float(stopping_threshold),
             divergence_threshold=None if divergence_threshold is None else float(divergence_threshold),
             log_rank_zero_only=log_rank_zero_only,
@@ -192,6 +200,7 @@ class PlateauEarlyStopping(EarlyStopping):
         self._requested_patience = patience
         self._requested_min_delta = min_delta
         self._requested_strict = strict
+        self._requested_check_finite = check_finite
         self._plateau: Optional[PlateauCallback] = None
         self._config: Optional[PlateauConfig] = None
         # evaluation after which the LR was exhausted (0: from the start) and its epoch; None while it is not
@@ -386,6 +395,8 @@ class PlateauEarlyStopping(EarlyStopping):
         self.monitor = config.monitor
         self.mode = config.mode
         self.strict = config.strict
+        requested = self._requested_check_finite
+        self.check_finite = config.on_nonfinite != "skip" if requested is None else requested
         patience = self._requested_patience
         self.patience = config.patience + 1 + config.cooldown if patience is None else patience
         if not self._seen_any_value():
@@ -420,7 +431,8 @@ class PlateauEarlyStopping(EarlyStopping):
         assert config is not None
         if math.isfinite(row.best):
             self.best_score = torch.tensor(row.best)
-        self._track_exhaustion(row, scheduler)
+        if not row.warmup:  # the LR is the warmup's: neither at nor below the floor the plateau cuts to
+            self._track_exhaustion(row, scheduler)
         if self.check_finite and not math.isfinite(row.value):
             return self._stop(
                 _NON_FINITE,
@@ -428,6 +440,8 @@ class PlateauEarlyStopping(EarlyStopping):
                 f"non-finite metric: {config.monitor} = {row.value} is not finite, at {_where(row)};"
                 f" best so far {format_value(row.best)}",
             )
+        if row.skipped:
+            return False, None
         sign = 1.0 if config.mode == "min" else -1.0
         better, worse = ("<", ">") if config.mode == "min" else (">", "<")
         if self.stopping_threshold is not None and sign * row.value < sign * self.stopping_threshold:
@@ -444,9 +458,13 @@ class PlateauEarlyStopping(EarlyStopping):
                 f"Divergence threshold reached: {config.monitor} = {format_value(row.value)} {worse}"
                 f" {self.divergence_threshold:g} at {_where(row)}",
             )
+        if row.warmup:
+            # Patience counts what the plateau judges: nothing yet.
+            self.wait_count = 0
+            return False, None
         best_evaluation = scheduler.best_evaluation or 0
         if self.max_reductions is not None and row.withheld and scheduler.withheld is not None:
-            self.wait_count = row.evaluation - best_evaluation
+            self.wait_count = _judged(scheduler, best_evaluation, row.evaluation)
             return self._stop(
                 _MAX_REDUCTIONS,
                 EarlyStoppingReason.PATIENCE_EXHAUSTED,
@@ -459,7 +477,7 @@ class PlateauEarlyStopping(EarlyStopping):
             if self._exhausted_at is None:
                 self.wait_count = 0
                 return False, None
-            self.wait_count = row.evaluation - max(best_evaluation, self._exhausted_at)
+            self.wait_count = _judged(scheduler, max(best_evaluation, self._exhausted_at), row.evaluation)
             if not self._patience_exhausted():
                 return False, None
             return self._stop(
@@ -470,7 +488,8 @@ class PlateauEarlyStopping(EarlyStopping):
             )
         last_cut = scheduler.last_cut
         since_cut = self.reset_on_cut and last_cut is not None and last_cut.evaluation > best_evaluation
-        self.wait_count = row.evaluation - (last_cut.evaluation if since_cut and last_cut else best_evaluation)
+        start = last_cut.evaluation if since_cut and last_cut else best_evaluation
+        self.wait_count = _judged(scheduler, start, row.evaluation)
         if not self._patience_exhausted():
             return False, None
         counted = " since the last cut" if since_cut else ""
@@ -516,6 +535,11 @@ class PlateauEarlyStopping(EarlyStopping):
         if self._exhausted_at == 0:
             return f"{reached} from the start"
         return f"{reached} by evaluation {self._exhausted_at}"
+
+
+def _judged(scheduler: PlateauScheduler, after: int, upto: int) -> int:
+    """Evaluations the plateau judged in ``after < evaluation <= upto``: those of a warmup or skipped do not count."""
+    return upto - after - scheduler.uncounted_between(after, upto)
 
 
 def _where(row: PlateauEvaluation) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -11,7 +12,7 @@ from typing import Any, NamedTuple, Optional, SupportsFloat, Union, overload
 import torch
 
 from lightning_plateau._format import format_cut
-from lightning_plateau._rule import PlateauCut, PlateauEvaluation, _PlateauRule
+from lightning_plateau._rule import PlateauCut, PlateauEvaluation, _PlateauRule, warmup_lrs
 from lightning_plateau._window import Span, window_means
 from lightning_plateau.config import PlateauConfig
 
@@ -32,6 +33,9 @@ class ReplayRow(NamedTuple):
         reason: why it cut, in words (the text the live callback logs); ``None`` when it did not.
         window: with ``window_steps``, the first and last optimizer step (1-based) of the window whose mean this
             row judged; ``None`` otherwise.
+        warmup: whether it falls in the warmup (``global_step < warmup_steps``): recorded, not judged; ``lrs`` is
+            the warmup's LR at that step.
+        skipped: whether its value was not finite and ``on_nonfinite="skip"`` left it out of the rule.
     """
 
     evaluation: int
@@ -45,10 +49,12 @@ class ReplayRow(NamedTuple):
     cut: bool
     reason: Optional[str]
     window: Optional[Span] = None
+    warmup: bool = False
+    skipped: bool = False
 
     def as_evaluation(self) -> PlateauEvaluation:
         """This row as the :class:`~lightning_plateau.PlateauEvaluation` the live callback records."""
-        return PlateauEvaluation(*self[:9], window=self.window)
+        return PlateauEvaluation(*self[:9], window=self.window, warmup=self.warmup, skipped=self.skipped)
 
 
 class Replay(Sequence[ReplayRow]):
@@ -75,6 +81,8 @@ class Replay(Sequence[ReplayRow]):
         epochs: Optional[Sequence[Optional[int]]],
         global_steps: Optional[Sequence[Optional[int]]],
         windows: Optional[Sequence[Span]] = None,
+        warmup_rows: int = 0,
+        skipped: frozenset[int] = frozenset(),
     ) -> None:
         self.config = config
         self.initial_lrs = initial_lrs
@@ -88,6 +96,10 @@ class Replay(Sequence[ReplayRow]):
         self._windows = windows
         self._cut_evaluations = [cut.evaluation for cut in cuts]
         self._reasons: dict[int, str] = {}
+        # The first `warmup_rows` values fall in the warmup (the steps never decrease); `skipped`: 1-based
+        # evaluations left out as non-finite.
+        self._warmup_rows = warmup_rows
+        self._skipped = skipped
 
     def __len__(self) -> int:
         return len(self._values)
@@ -116,6 +128,7 @@ class Replay(Sequence[ReplayRow]):
         steps = self._global_steps
         windows = self._windows
         columns = zip(self._values, self._bests, self._num_bad, self._cooldowns, strict=True)
+        plain = not self._warmup_rows and not self._skipped
         for index, (value, best, num_bad, cooldown) in enumerate(columns):
             evaluation = index + 1
             reason = None
@@ -123,7 +136,7 @@ class Replay(Sequence[ReplayRow]):
                 lrs = next_cut.lrs_after
                 reason = self._reason(next_cut)
                 next_cut = next(cuts, None)
-            yield ReplayRow(
+            row = ReplayRow(
                 evaluation,
                 None if epochs is None else epochs[index],
                 None if steps is None else steps[index],
@@ -136,6 +149,7 @@ class Replay(Sequence[ReplayRow]):
                 reason,
                 None if windows is None else windows[index],
             )
+            yield row if plain else self._flagged(row)
 
     def __repr__(self) -> str:
         return f"Replay({len(self)} evaluations, {len(self.cuts)} cuts, {self.config.describe()})"
@@ -143,7 +157,19 @@ class Replay(Sequence[ReplayRow]):
     @property
     def final_lrs(self) -> tuple[float, ...]:
         """LR of each param group after the last value."""
+        if self._warmup_rows and self._warmup_rows == len(self):
+            return self._row(len(self) - 1).lrs  # still in the warmup
         return self.cuts[-1].lrs_after if self.cuts else self.initial_lrs
+
+    @property
+    def warmup_evaluations(self) -> int:
+        """How many of the first values fall in the warmup (0 without one)."""
+        return self._warmup_rows
+
+    @property
+    def skipped_evaluations(self) -> list[int]:
+        """The 1-based evaluations left out of the rule as non-finite (``on_nonfinite="skip"``), oldest first."""
+        return sorted(self._skipped)
 
     def cut_rows(self) -> list[ReplayRow]:
         """The rows that cut the LR, without reading the others."""
@@ -159,17 +185,21 @@ class Replay(Sequence[ReplayRow]):
         This is what :func:`lightning_plateau.chart.plot_plateau` draws. With ``restore_best_on_cut``, a cut's row
         names the evaluation the run went on from (``restored_from``), as the live history does.
         """
+        rows = [row.as_evaluation() for row in self]
         if not self.config.restore_best_on_cut:
-            return [row.as_evaluation() for row in self]
+            return rows
         restored = {cut.evaluation: cut.restored_from for cut in self.cuts}
-        return [PlateauEvaluation(*row[:9], restored_from=restored.get(row.evaluation)) for row in self]
+        return [
+            dataclasses.replace(row, restored_from=restored[row.evaluation]) if row.evaluation in restored else row
+            for row in rows
+        ]
 
     def _row(self, index: int) -> ReplayRow:
         evaluation = index + 1
         position = bisect.bisect_right(self._cut_evaluations, evaluation)
         lrs = self.cuts[position - 1].lrs_after if position else self.initial_lrs
         cut = position > 0 and self._cut_evaluations[position - 1] == evaluation
-        return ReplayRow(
+        row = ReplayRow(
             evaluation,
             None if self._epochs is None else self._epochs[index],
             None if self._global_steps is None else self._global_steps[index],
@@ -182,6 +212,20 @@ class Replay(Sequence[ReplayRow]):
             self._reason(self.cuts[position - 1]) if cut else None,
             None if self._windows is None else self._windows[index],
         )
+        return row if not self._warmup_rows and not self._skipped else self._flagged(row)
+
+    def _flagged(self, row: ReplayRow) -> ReplayRow:
+        """``row`` with its warmup and skipped flags, and the warmup's LR during the warmup."""
+        warmup = row.evaluation <= self._warmup_rows
+        skipped = row.evaluation in self._skipped
+        if not (warmup or skipped):
+            return row
+        lrs = row.lrs
+        if warmup:
+            config, step = self.config, row.global_step
+            assert step is not None  # replay() refuses a warmup without steps
+            lrs = warmup_lrs(self.initial_lrs, step, config.warmup_steps, config.warmup_start_factor)
+        return row._replace(lrs=lrs, warmup=warmup, skipped=skipped)
 
     def _reason(self, cut: PlateauCut) -> str:
         reason = self._reasons.get(cut.evaluation)
@@ -211,7 +255,8 @@ def replay(
 
     Args:
         values: the monitored value at each evaluation, oldest first (floats, 0-dim tensors, numpy scalars).
-            NaN is judged as training judges it: never an improvement.
+            NaN and infinity are judged as training judges them, as ``on_nonfinite`` says: by default never an
+            improvement; with ``"skip"`` left out of the rule; with ``"raise"`` an error naming the evaluation.
         config: the policy, a :class:`~lightning_plateau.PlateauConfig` or a dict of its fields (``None``: the
             defaults). ``monitor`` only names the values in the reasons.
         lr: the starting LR, or one per param group (``min_lr`` may then be a list of the same length).
@@ -221,7 +266,12 @@ def replay(
         global_steps: a step label per value, likewise. With windows, the optimizer step (1-based, as
             ``trainer.global_step`` reads after it) each value belongs to, non-decreasing: the micro-batches of one
             step under gradient accumulation share it; ``None``: one value per step, from step 1. A row's
-            ``global_step`` is then its window's last step.
+            ``global_step`` is then its window's last step. With ``warmup_steps`` in the config (and no windows)
+            they are needed and must be the trainer's global step at each evaluation
+            (``PlateauEvaluation.global_step``, the ``plateau/global_step`` trace), which decides the evaluations
+            that fall in the warmup and their LR. Lightning's logging step (the ``step`` column of a CSVLogger,
+            W&B's ``trainer/global_step``) lags it by one after a batch that stepped the optimizer, so it would
+            misplace the warmup's end.
 
     Returns:
         A :class:`Replay`: a sequence of :class:`ReplayRow`, one per value, with the recorded ``cuts``.
@@ -229,8 +279,9 @@ def replay(
     Raises:
         ValueError: if ``lr`` is not a positive float or a non-empty list of them, if ``epochs`` or
             ``global_steps`` do not have one label per value, if a value is not a number, if the config
-            is invalid (``min_lr`` with another length than ``lr`` included), or, with windows, if a step is
-            missing, below 1 or goes back.
+            is invalid (``min_lr`` with another length than ``lr`` included), with windows if a step is missing,
+            below 1 or goes back, if the config has a warmup and ``global_steps`` are missing, hold ``None`` or
+            decrease, or, with ``on_nonfinite="raise"``, at the first value that is not finite.
 
     Example::
 
@@ -250,10 +301,14 @@ def replay(
     windows: Optional[list[Span]] = None
     if config.window_steps:
         floats, epochs, global_steps, windows = _windowed(floats, epochs, global_steps, config.window_steps)
+    if config.warmup_steps:
+        _check_warmup_steps(config, global_steps)
 
     # One dummy parameter per group: torch refuses a parameter in two groups.
     groups = [{"params": [torch.nn.Parameter(torch.zeros(()))], "lr": group_lr} for group_lr in initial_lrs]
     scheduler = _PlateauRule(torch.optim.SGD(groups), config)
+    if not scheduler._plain:
+        return _replay_flagged(scheduler, config, initial_lrs, floats, epochs, global_steps, windows)
     bests: list[float] = []
     num_bad: list[int] = []
     cooldowns: list[int] = []
@@ -294,6 +349,76 @@ def _windowed(
     means, lasts, windows = window_means(values, steps, window_steps)
     window_epochs = None if epochs is None else [epochs[index] for index in lasts]
     return means, window_epochs, [last for _, last in windows], windows
+
+
+def _replay_flagged(
+    scheduler: _PlateauRule,
+    config: PlateauConfig,
+    initial_lrs: tuple[float, ...],
+    floats: list[float],
+    epochs: Optional[list[Optional[int]]],
+    global_steps: Optional[list[Optional[int]]],
+    windows: Optional[list[Span]],
+) -> Replay:
+    """The replay of a config with a warmup or a non-finite policy: the live callback's steps, value by value."""
+    scheduler._warned_skip = True  # the rows say which values were skipped
+    bests: list[float] = []
+    num_bad: list[int] = []
+    cooldowns: list[int] = []
+    skipped: set[int] = set()
+    warmup_rows = 0
+    contexts = zip(epochs or [None] * len(floats), global_steps or [None] * len(floats), strict=True)
+    for index, (value, context) in enumerate(zip(floats, contexts, strict=True)):
+        scheduler._context = context
+        scheduler._window = None if windows is None else windows[index]
+        step = context[1]
+        if step is not None:
+            # The callback sets the warmup's LR after each training batch, before any evaluation that follows.
+            scheduler.apply_warmup(step)
+        scheduler._judge(value)
+        in_warmup, was_skipped = scheduler._flags
+        warmup_rows += in_warmup
+        if was_skipped:
+            skipped.add(scheduler.num_evaluations)
+        bests.append(scheduler.best)
+        num_bad.append(scheduler.num_bad_epochs)
+        cooldowns.append(scheduler.cooldown_counter)
+    return Replay(
+        config,
+        initial_lrs,
+        scheduler.cuts,
+        floats,
+        bests,
+        num_bad,
+        cooldowns,
+        epochs,
+        global_steps,
+        windows,
+        warmup_rows=warmup_rows,
+        skipped=frozenset(skipped),
+    )
+
+
+def _check_warmup_steps(config: PlateauConfig, global_steps: Optional[list[Optional[int]]]) -> None:
+    """Refuse a warmup replay whose values lack the trainer's global steps: the warmup's end would be a guess."""
+    needed = (
+        f"PlateauConfig(warmup_steps={config.warmup_steps}) needs the trainer's global step of every value"
+        " (`global_steps`): it decides which evaluations fall in the warmup and their LR"
+    )
+    if global_steps is None:
+        raise ValueError(
+            f"{needed}, and none were given. Pass PlateauEvaluation.global_step or the plateau/global_step trace."
+        )
+    missing = next((index for index, step in enumerate(global_steps) if step is None), None)
+    if missing is not None:
+        raise ValueError(f"{needed}; value {missing + 1} has none.")
+    steps = [step for step in global_steps if step is not None]
+    back = next((index for index in range(1, len(steps)) if steps[index] < steps[index - 1]), None)
+    if back is not None:
+        raise ValueError(
+            f"{needed}; they must not decrease, but value {back + 1} is at step {steps[back]} after step"
+            f" {steps[back - 1]}. Replay one run's evaluations, in order."
+        )
 
 
 def _check_lrs(lr: Union[float, Sequence[float]]) -> tuple[float, ...]:

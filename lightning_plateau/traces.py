@@ -1,13 +1,14 @@
 """Plateau traces: every decision logged to the Trainer's loggers at the evaluation that made it, plus W&B extras.
 
 At each evaluation the scheduler judges, :class:`~lightning_plateau.PlateauCallback` logs ``plateau/value``,
-``plateau/best``, ``plateau/num_bad``, ``plateau/cooldown``, ``plateau/reductions``, ``plateau/evaluation``
-and the LR after the decision (``plateau/lr``, or ``plateau/lr/pg0``, ``plateau/lr/pg1``, ... for several
-param groups) to every logger, on Lightning's own step axis; with ``restore_best_on_cut`` also
-``plateau/restores`` (restores so far) and, at an evaluation that restored, ``plateau/restored_from``. With a
-``WandbLogger`` the keys are also plotted against ``plateau/evaluation``, and at the end of fit the run gets a
-summary, a table of cuts and the chart. wandb and matplotlib are imported only when a ``WandbLogger`` is present
-or the chart is drawn.
+``plateau/best``, ``plateau/num_bad``, ``plateau/cooldown``, ``plateau/reductions``, ``plateau/evaluation``,
+``plateau/global_step`` (the trainer's, which a warmup counts) and the LR after the decision (``plateau/lr``, or
+``plateau/lr/pg0``, ``plateau/lr/pg1``, ... for several param groups) to every logger, on Lightning's own step axis;
+``plateau/warmup`` (1 during the warmup, else 0) with a warmup, ``plateau/skipped`` (1 for a non-finite value left
+out of the rule, else 0) with ``on_nonfinite="skip"``; with ``restore_best_on_cut`` also ``plateau/restores``
+(restores so far) and, at an evaluation that restored, ``plateau/restored_from``. With a ``WandbLogger`` the keys
+are also plotted against ``plateau/evaluation``, and at the end of fit the run gets a summary, a table of cuts and
+the chart. wandb and matplotlib are imported only when a ``WandbLogger`` is present or the chart is drawn.
 
 The chart takes a tenth of a second or more to draw (matplotlib's layout and PNG encoding), more than everything
 else the package does in a fit together. Without a ``WandbLogger`` it is drawn on a background thread, so
@@ -37,6 +38,7 @@ from lightning_plateau._format import (
     plural,
 )
 from lightning_plateau._lightning import logging_step
+from lightning_plateau._rule import warmup_lrs
 from lightning_plateau.config import PlateauConfig
 from lightning_plateau.scheduler import PlateauEvaluation, PlateauScheduler
 
@@ -48,10 +50,19 @@ _TABLE_KEY = "plateau/cuts"
 _IMAGE_KEY = "plateau/chart"
 
 
-def _trace_metrics(row: PlateauEvaluation, reductions: int, restores: Optional[int] = None) -> dict[str, float]:
+def _trace_metrics(
+    row: PlateauEvaluation,
+    reductions: int,
+    restores: Optional[int] = None,
+    *,
+    warmup: bool = False,
+    skip: bool = False,
+) -> dict[str, float]:
     """The metrics logged for one evaluation: the scheduler's state right after its decision, cuts so far.
 
     With ``restore_best_on_cut`` (``restores`` given), also the restores so far and the evaluation restored from here.
+    ``warmup`` and ``skip`` (whether the plateau has a warmup, whether it skips non-finite values) add the flags
+    ``plateau/warmup`` and ``plateau/skipped``, so a run with neither logs no column that is always 0.
     """
     metrics: dict[str, float] = {
         "plateau/value": row.value,
@@ -61,6 +72,13 @@ def _trace_metrics(row: PlateauEvaluation, reductions: int, restores: Optional[i
         "plateau/reductions": reductions,
         "plateau/evaluation": row.evaluation,
     }
+    if row.global_step is not None:
+        # The trainer's step, which a warmup counts; Lightning's logging step (the x axis) can lag it by one.
+        metrics["plateau/global_step"] = row.global_step
+    if warmup:
+        metrics["plateau/warmup"] = int(row.warmup)
+    if skip:
+        metrics["plateau/skipped"] = int(row.skipped)
     metrics.update(_lr_metrics(row.lrs))
     if restores is not None:
         metrics["plateau/restores"] = restores
@@ -148,7 +166,13 @@ class _Traces:
         if not trainer.loggers or not trainer.is_global_zero:
             return
         restores = _num_restores(scheduler) if scheduler.config.restore_best_on_cut else None
-        metrics = _trace_metrics(row, scheduler.num_reductions, restores)
+        metrics = _trace_metrics(
+            row,
+            scheduler.num_reductions,
+            restores,
+            warmup=scheduler.warmup_steps > 0,
+            skip=scheduler.on_nonfinite == "skip",
+        )
         # A window is judged at its last training batch's end: the step its last per-step value is logged at.
         step = self._last_step = logging_step(trainer, batch_end=row.window is not None)
         for logger in trainer.loggers:
@@ -330,6 +354,9 @@ def _initial_lrs(history: Sequence[PlateauEvaluation], scheduler: PlateauSchedul
     if not history:
         return None
     first = history[0]
+    if first.warmup:
+        # The warmup's first LR: where the LR line starts.
+        return warmup_lrs(scheduler.warmup_base_lrs, 0, scheduler.warmup_steps, scheduler.warmup_start_factor)
     if not first.cut:
         return first.lrs
     cut = next((c for c in scheduler.cuts if c.evaluation == first.evaluation), None)
@@ -349,10 +376,17 @@ def _summary_message(
     With windows, ``unjudged`` is the window the fit ended inside: named, as it was not judged.
     """
     parts = [f"PlateauCallback ({config.describe()}): {cuts_in_evaluations(scheduler.num_reductions, len(history))}"]
+    set_aside = _set_aside(history)
+    if set_aside:
+        parts[0] += f" ({set_aside})"
+    if history and scheduler.warmup_steps:
+        parts.append(_warmup_summary(scheduler, history))
     if config.restore_best_on_cut and scheduler.cuts:
         parts[0] += f", {_restores_text(scheduler)}"
     if history:
         first = _initial_lrs(history, scheduler) or history[0].lrs
+        if scheduler.warmup_steps:
+            first = scheduler.warmup_base_lrs
         lr = f"lr {format_lrs(first)} -> {format_lrs(history[-1].lrs)}"
         if scheduler.outside_changes:
             changes = "; ".join(
@@ -393,6 +427,27 @@ def _restores_text(scheduler: PlateauScheduler) -> str:
     return text
 
 
+def _set_aside(history: Sequence[PlateauEvaluation]) -> str:
+    """The evaluations recorded but not judged: ``3 during warmup, 1 skipped (not finite)``; ``""`` if none."""
+    in_warmup = sum(row.warmup for row in history)
+    skipped = sum(row.skipped for row in history)
+    parts = [f"{in_warmup} during warmup"] if in_warmup else []
+    parts += [f"{skipped} skipped (not finite)"] if skipped else []
+    return ", ".join(parts)
+
+
+def _warmup_summary(scheduler: PlateauScheduler, history: Sequence[PlateauEvaluation]) -> str:
+    """``warmup lr 1e-3 -> 0.01 over 40 steps, ended at step 40``, or where the fit ended inside it."""
+    start = warmup_lrs(scheduler.warmup_base_lrs, 0, scheduler.warmup_steps, scheduler.warmup_start_factor)
+    ramp = (
+        f"warmup lr {format_lrs(start)} -> {format_lrs(scheduler.warmup_base_lrs)} over {scheduler.warmup_steps} steps"
+    )
+    if scheduler.warmup_done:
+        return f"{ramp}, ended at step {scheduler.warmup_steps}"
+    last = history[-1].global_step
+    return f"{ramp}, not over when the fit ended" + ("" if last is None else f" (last evaluation at step {last})")
+
+
 def _lr_metrics(lrs: Sequence[float]) -> dict[str, float]:
     if len(lrs) == 1:
         return {"plateau/lr": lrs[0]}
@@ -401,6 +456,8 @@ def _lr_metrics(lrs: Sequence[float]) -> dict[str, float]:
 
 def _wandb_summary(scheduler: PlateauScheduler) -> dict[str, Any]:
     summary: dict[str, Any] = {"plateau/reductions": scheduler.num_reductions}
+    if scheduler.warmup_steps:
+        summary["plateau/warmup_done"] = scheduler.warmup_done
     if scheduler.config.restore_best_on_cut:
         summary["plateau/restores"] = _num_restores(scheduler)
     if scheduler.outside_changes:

@@ -129,9 +129,11 @@ def test_replay_is_a_sequence_of_rows() -> None:
     assert all(isinstance(row, ReplayRow) for row in rows)
     evaluations = result.evaluations()
     assert all(isinstance(row, PlateauEvaluation) for row in evaluations)
-    # a replay has no cut limit, so no cut is ever withheld; without window_steps no row has a window, and without
-    # restore_best_on_cut nothing is restored
-    assert [tuple(row.__dict__.values()) for row in evaluations] == [(*row[:9], False, None, None) for row in rows]
+    # a replay has no cut limit, so no cut is ever withheld; without window_steps no row has a window, without
+    # restore_best_on_cut nothing is restored, and without warmup or skip no row is in either
+    assert [tuple(row.__dict__.values()) for row in evaluations] == [
+        (*row[:9], False, None, None, False, False) for row in rows
+    ]
     assert result.reasons() == [row.reason for row in rows if row.cut]
     assert repr(result) == "Replay(20 evaluations, 3 cuts, val_loss (min), patience 3, factor 0.1)"
     with pytest.raises(IndexError, match="out of range for 20 rows"):

@@ -36,6 +36,7 @@ TRACE_KEYS = {
     "plateau/cooldown",
     "plateau/reductions",
     "plateau/evaluation",
+    "plateau/global_step",
 }
 # Two cuts at patience 1: after evaluations 4 and 8.
 VALUES = [1.0, 0.9, 0.95, 0.96, 0.97, 0.8, 0.85, 0.86, 0.87]
@@ -81,6 +82,8 @@ def expected_traces(history: Sequence[PlateauEvaluation]) -> list[dict[str, floa
             "plateau/reductions": reductions,
             "plateau/evaluation": row.evaluation,
         }
+        if row.global_step is not None:
+            expected["plateau/global_step"] = row.global_step
         if len(row.lrs) == 1:
             expected["plateau/lr"] = row.lrs[0]
         else:
@@ -570,6 +573,7 @@ def test_traces_scheduler_state_matches_trace_row() -> None:
         "plateau/cooldown": 2,
         "plateau/reductions": 1,
         "plateau/evaluation": 2,
+        "plateau/global_step": 40,
         "plateau/lr": pytest.approx(0.01),
         "epoch": 3,
     }

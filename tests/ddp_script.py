@@ -163,6 +163,7 @@ class _Recorder(pl.Callback):
     def __init__(self, out: str) -> None:
         self.out = out
         self.lrs: list[float] = []
+        self.batch_lrs: list[tuple[int, float]] = []
         self.counter: Optional[_CollectiveCounter] = None
         self.evaluated_weights: list[dict[str, list[float]]] = []
         self.epoch_start_weights: list[dict[str, list[float]]] = []
@@ -178,6 +179,9 @@ class _Recorder(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self.evaluated_weights.append(_weights(pl_module))
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        self.batch_lrs.append((trainer.global_step, trainer.optimizers[0].param_groups[0]["lr"]))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer, pl_module, error=None)
@@ -195,10 +199,12 @@ class _Recorder(pl.Callback):
             "strategy": type(trainer.strategy).__name__,
             "start_epoch": trainer.current_epoch - len(self.lrs),
             "lrs": self.lrs,
+            "batch_lrs": self.batch_lrs,
             "final_lr": trainer.optimizers[0].param_groups[0]["lr"],
             "history": [
                 {"epoch": row.epoch, "value": row.value, "lr": row.lrs[0], "cut": row.cut}
                 | ({} if row.window is None else {"window": list(row.window), "global_step": row.global_step})
+                | ({"warmup": row.warmup, "skipped": row.skipped} if row.warmup or row.skipped else {})
                 for row in plateau.history
             ],
             "cut_epochs": [] if scheduler is None else [cut.epoch for cut in scheduler.cuts],
@@ -232,6 +238,9 @@ def _parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", help="save last.ckpt there after every validation")
     parser.add_argument("--resume", help="checkpoint to resume from")
     parser.add_argument("--loaders", type=int, default=1, help="validation dataloaders; the last one logs the monitor")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="PlateauConfig(warmup_steps=...)")
+    parser.add_argument("--warmup-start-factor", type=float, default=0.1, help="PlateauConfig(warmup_start_factor=...)")
+    parser.add_argument("--on-nonfinite", default="bad", help="PlateauConfig(on_nonfinite=...)")
     parser.add_argument("--restore-best-on-cut", action="store_true", help="PlateauConfig(restore_best_on_cut=True)")
     parser.add_argument("--window-steps", type=int, default=0, help="judge train_loss in windows of N optimizer steps")
     parser.add_argument("--every-n-train-steps", type=int, help="with --checkpoint-dir: save every N steps, all kept")
@@ -250,6 +259,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         monitor=monitor,
         patience=args.patience,
         factor=0.5,
+        warmup_steps=args.warmup_steps,
+        warmup_start_factor=args.warmup_start_factor,
+        on_nonfinite=args.on_nonfinite,
         window_steps=args.window_steps,
         restore_best_on_cut=args.restore_best_on_cut,
     )

@@ -276,6 +276,42 @@ def test_distributed_nan_on_one_rank_gives_the_same_decision(tmp_path: Path) -> 
         _assert_one_collective_per_evaluation(result)
 
 
+# 2 optimizer steps per epoch on each rank (4 samples each): a 3-step warmup from 0.25 x 0.1 covers evaluation 1
+# (step 2); the NaN and inf of rank 1 make evaluations 3 and 4 non-finite on both ranks.
+WARMUP_ARGS = ("--warmup-steps", "3", "--warmup-start-factor", "0.25")
+
+
+def _warmup_lr(step: int) -> float:
+    return 0.1 * (0.25 + (1 - 0.25) * step / 3) if step < 3 else 0.1
+
+
+def test_distributed_warmup_and_skipped_nan_are_the_same_on_both_ranks(tmp_path: Path) -> None:
+    """Warmup and on_nonfinite='skip' under DDP: the same LR at every step, no collective per step, same rows."""
+    _check_ok(_launch("two_nodes", tmp_path, NAN_VALUES, *WARMUP_ARGS, "--on-nonfinite", "skip"))
+    results = _results(tmp_path)
+    _assert_same_on_every_rank(results)
+    assert results[0]["batch_lrs"] == results[1]["batch_lrs"]
+    for result in results:
+        assert result["batch_lrs"] == [[step, _warmup_lr(step)] for step in range(12)]
+        flags = [(row.get("warmup", False), row.get("skipped", False)) for row in result["history"]]
+        assert flags == [(True, False), (False, False), (False, True), (False, True), (False, False), (False, False)]
+        # means 4 (warmup), 3 (best), nan, inf (skipped), 0.5, 0.25 (better): never a cut, where "bad" cuts at 3
+        assert result["cut_epochs"] == []
+        _assert_one_collective_per_evaluation(result)
+
+
+def test_distributed_nan_on_one_rank_raises_on_every_rank(tmp_path: Path) -> None:
+    """on_nonfinite='raise' with NaN on rank 1 only: both ranks stop with the same error; none hangs."""
+    runs = _launch("two_nodes", tmp_path, NAN_VALUES, "--on-nonfinite", "raise")
+    expected = "val_loss is nan at evaluation 3 (epoch 2, global step 6)"
+    for node, (code, output) in enumerate(runs):
+        assert code != 0, f"node {node} exited 0:\n{output[-3000:]}"
+        assert expected in output, output[-3000:]
+    for result in _results(tmp_path):
+        assert result["error"].startswith(f"ValueError: {expected}")
+        assert [row["value"] for row in result["history"]] == [4.0, 3.0]
+
+
 @pytest.mark.parametrize("values", [[[4, 3, 2], [None]]])
 def test_distributed_monitor_on_one_rank_fails_every_rank_clearly(
     tmp_path: Path, values: list[list[Optional[float]]]

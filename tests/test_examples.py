@@ -134,3 +134,56 @@ def test_regression_example_reports_cuts_and_csv_logs(
     assert log_dir == tmp_path / "runs" / "regression" / "version_0"
     header = (log_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "val_mse" in header
+
+
+def test_warmup_config_parses_fits_and_explains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """configs/warmup.yaml gives digits.py its warmup; the fit ramps the LR, and explain replays the CSV log alike."""
+    import json
+
+    import lightning.pytorch as pl
+
+    from lightning_plateau.cli import main as explain_main
+
+    digits = load_example("digits")
+    config = str(ROOT / "configs" / "warmup.yaml")
+    parsed = digits.PlateauReportCLI(
+        digits.DigitsClassifier,
+        digits.DigitsDataModule,
+        args=["--config", config],
+        run=False,
+        auto_configure_optimizers=False,
+    )
+    assert parsed.model.plateau_config == PlateauConfig(
+        patience=2, factor=0.3, min_lr=5e-4, warmup_steps=115, warmup_start_factor=0.1, on_nonfinite="skip"
+    )
+
+    class StepLRs(pl.Callback):
+        def __init__(self) -> None:
+            self.lrs: list[float] = []
+
+        def on_before_optimizer_step(
+            self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: object
+        ) -> None:
+            self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    save_dir = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    # 2 batches per epoch: a 3-step warmup covers the first evaluation (step 2) only
+    short = ["--model.plateau.warmup_steps", "3", *TINY_TRAINER, *save_dir]
+    fitted = digits.PlateauReportCLI(
+        digits.DigitsClassifier,
+        digits.DigitsDataModule,
+        args=["fit", "--config", config, *short],
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [StepLRs()]},
+    )
+    (recorder,) = [cb for cb in fitted.trainer.callbacks if isinstance(cb, StepLRs)]
+    assert recorder.lrs == [0.01 * (0.1 + 0.9 * k / 3) if k < 3 else 0.01 for k in range(6)]
+    plateau = next(cb for cb in fitted.trainer.callbacks if getattr(cb, "scheduler", None) is not None)
+    assert [row.warmup for row in plateau.history] == [True, False, False]
+    capsys.readouterr()
+    assert explain_main(["explain", str(tmp_path / "runs" / "warmup"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [row["warmup"] for row in report["evaluations"]] == [True, False, False]
+    assert [tuple(row["lrs"]) for row in report["evaluations"]] == [row.lrs for row in plateau.history]
+    assert "warmup_steps 3, warmup_start_factor 0.1, on_nonfinite skip (from" in report["settings"]

@@ -107,6 +107,12 @@ def write_yaml(tmp_path: Path, plateau: Optional[dict[str, Any]]) -> list[str]:
             id="command-line-overrides-yaml",
         ),
         pytest.param(
+            {"warmup_steps": 3, "warmup_start_factor": 0.5, "on_nonfinite": "skip"},
+            ["--model.plateau.warmup_steps", "2"],
+            PlateauConfig(warmup_steps=2, warmup_start_factor=0.5, on_nonfinite="skip"),
+            id="warmup-and-non-finite",
+        ),
+        pytest.param(
             {"mode": "min", "threshold_mode": "abs", "threshold": 0.01, "min_lr": [1e-4], "strict": False},
             [],
             PlateauConfig(threshold_mode="abs", threshold=0.01, min_lr=[1e-4], strict=False),
@@ -157,6 +163,11 @@ def test_lightning_cli_plateau_reaches_scheduler(
             id="threshold-mode",
         ),
         pytest.param(["--model.plateau.patience", "three"], ["model.plateau.patience", "int", "three"], id="patience"),
+        pytest.param(
+            ["--model.plateau.on_nonfinite", "ignore"],
+            ["model.plateau.on_nonfinite", "'bad'", "'skip'", "'raise'", "ignore"],
+            id="on-nonfinite",
+        ),
     ],
 )
 def test_lightning_cli_bad_value_fails_parsing(
@@ -180,6 +191,9 @@ def test_lightning_cli_bad_value_fails_parsing(
         (["--model.plateau.min_lr", "-0.1"], ['Parser key "model.plateau.min_lr"', "-0.1"]),
         (["--model.plateau.threshold", "inf"], ['Parser key "model.plateau.threshold"']),
         (["--model.plateau.min_lr", "[]"], ['Parser key "model.plateau.min_lr"']),
+        (["--model.plateau.warmup_steps", "-1"], ['Parser key "model.plateau.warmup_steps"', "greater than or equal"]),
+        (["--model.plateau.warmup_start_factor", "0"], ['"model.plateau.warmup_start_factor"', "greater than 0"]),
+        (["--model.plateau.warmup_start_factor", "1.5"], ['"model.plateau.warmup_start_factor"', "less than or equal"]),
     ],
 )
 def test_lightning_cli_out_of_range_value_is_a_parser_error(
@@ -340,3 +354,30 @@ def test_lightning_cli_lr_scheduler_out_of_range_is_a_parser_error(
     assert "Traceback" not in error
     assert 'Parser key "factor"' in error
     assert "less than 1" in error
+
+
+def test_lightning_cli_lr_scheduler_takes_warmup_and_nonfinite(tmp_path: Path) -> None:
+    """`--lr_scheduler.warmup_steps` and `--lr_scheduler.on_nonfinite` reach the PlateauScheduler, which warms up."""
+    result = LightningCLI(
+        FlatModel,
+        args=[
+            "fit",
+            *("--trainer.default_root_dir", str(tmp_path), "--trainer.accelerator", "cpu"),
+            *("--trainer.max_epochs", "2", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false"),
+            *("--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false"),
+            *_SCHEDULER_ARGS,
+            *("--lr_scheduler.warmup_steps", "6", "--lr_scheduler.warmup_start_factor", "0.5"),
+            *("--lr_scheduler.on_nonfinite", "skip"),
+        ],
+        save_config_kwargs={"overwrite": True},
+    )
+    (scheduler_config,) = result.trainer.lr_scheduler_configs
+    scheduler = scheduler_config.scheduler
+    assert isinstance(scheduler, PlateauScheduler)
+    assert scheduler.config == PlateauConfig(
+        patience=1, factor=0.5, warmup_steps=6, warmup_start_factor=0.5, on_nonfinite="skip"
+    )
+    # 4 steps per epoch: the first evaluation (step 4) is in the warmup, the second (step 8) is judged
+    assert [row.warmup for row in plateau_of(result.trainer).history] == [True, False]
+    assert scheduler.warmup_done
+    assert result.trainer.optimizers[0].param_groups[0]["lr"] == 0.01

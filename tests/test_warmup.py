@@ -1,4 +1,4 @@
-"""Warmup: the LR rises linearly over optimizer steps, nothing judged during it counts, and a resume repeats it exactly."""
+"""Warmup: the LR rises linearly over optimizer steps, nothing judged during it counts, a resume repeats it exactly."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def test_warmup_evaluations_are_recorded_but_cannot_cut(
 
 
 def test_warmup_counts_optimizer_steps_under_gradient_accumulation(tmp_path: Path) -> None:
-    """accumulate_grad_batches=2: the warmup advances once per optimizer step, not per batch, and each step gets its LR."""
+    """accumulate_grad_batches=2: the warmup advances once per optimizer step, not per batch; each step gets its LR."""
     config = PlateauConfig(warmup_steps=6, warmup_start_factor=0.2)
     recorder = StepLRs()
     model = ScriptedPlateauModel([1.0, 0.9, 0.8], plateau=config, train_batches=8)

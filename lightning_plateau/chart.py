@@ -315,9 +315,7 @@ def _draw(
     if warmup:
         # The warmup ends between its last evaluation and the next: the band stops half-way.
         ax.axvspan(left, max(warmup) + 0.5, color=_WARMUP, alpha=0.12, linewidth=0, zorder=0)
-        handles.append(
-            Patch(color=_WARMUP, alpha=0.3, label=f"warmup ({config.warmup_steps} steps): recorded, not judged")
-        )
+        handles.append(Patch(color=_WARMUP, alpha=0.3, label=f"warmup ({config.warmup_steps} steps): not judged"))
     skipped = [row.evaluation for row in rows if row.skipped]
     for x in skipped:
         ax.axvline(x, color=_SKIPPED, linestyle="--", linewidth=1.0, zorder=1)
@@ -332,9 +330,7 @@ def _draw(
             transform=ax.get_xaxis_transform(),
             clip_on=False,
         )
-        handles.append(
-            Line2D([], [], color=_SKIPPED, marker="x", linestyle="--", label="skipped: not finite (on_nonfinite)")
-        )
+        handles.append(Line2D([], [], color=_SKIPPED, marker="x", linestyle="--", label="skipped (not finite)"))
 
     lr_ax = ax.twinx()
     lr_ax.set_yscale("log")
@@ -402,7 +398,13 @@ def _draw(
     ax.patch.set_visible(False)
     ax.grid(True, alpha=0.25)
     _label_x(ax, rows)
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=9, frameon=False)
+    # Four to a row once there are many: five long labels to a row run off the figure's edges. A third row of the
+    # legend takes room from the axes, not from the x axis label.
+    columns = 5 if len(handles) <= 8 else 4
+    legend_rows = math.ceil(len(handles) / columns)
+    if legend_rows > 2:
+        fig.subplots_adjust(bottom=0.14 + 0.035 * (legend_rows - 2))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), columns), fontsize=9, frameon=False)
 
 
 def _robust_limits(values: Sequence[float], *, headroom: float) -> Optional[tuple[float, float]]:

@@ -32,14 +32,20 @@ class PlateauScheduler(_PlateauRule, LightningReduceLROnPlateau):  # type: ignor
       patience, threshold, cooldown, min_lr, eps) stays this scheduler's config, with a warning naming what
       changed; torch's takes the policy from the checkpoint too;
     - while a :class:`~lightning_plateau.PlateauCallback` steps it, ``step()`` without a value does nothing
-      and ``step(value)`` raises; outside one, ``step()`` without a value raises ``TypeError`` as torch's does.
+      and ``step(value)`` raises; outside one, ``step()`` without a value raises ``TypeError`` as torch's does;
+    - two settings torch's class lacks, both off by default: ``warmup_steps`` (with ``warmup_start_factor``) ramps
+      each group's LR linearly up to its LR at construction, as torch's ``LinearLR`` stepped once per optimizer
+      step, through :meth:`apply_warmup` (the constructor sets the first step's LR, as ``LinearLR``'s does); a
+      value judged during the warmup is recorded but changes neither ``best`` nor the counters. ``on_nonfinite``
+      ``"skip"`` leaves a NaN or infinite value out of the rule the same way (one warning), ``"raise"`` raises
+      ``ValueError`` naming the evaluation and the value;
     - with ``restore_best_on_cut=True`` its PlateauCallback loads the best evaluation's weights and optimizer
       state at each cut (recorded in the cut's ``restored_from``); stepped by hand, it raises, since only the
       callback reaches the module's weights.
 
-    Kept as torch has them: a NaN value counts as a bad evaluation; with ``mode="min"``, ``"rel"`` and
-    ``threshold >= 1`` torch's bar over the starting ``inf`` is NaN or ``-inf``, so no value ever improves and
-    the LR is cut every ``patience + 1`` evaluations.
+    Kept as torch has them: a NaN value counts as a bad evaluation (with the default ``on_nonfinite="bad"``);
+    with ``mode="min"``, ``"rel"`` and ``threshold >= 1`` torch's bar over the starting ``inf`` is NaN or
+    ``-inf``, so no value ever improves and the LR is cut every ``patience + 1`` evaluations.
 
     Every cut is recorded in :attr:`cuts`. A cut called for beyond the limit that
     ``PlateauEarlyStopping(max_reductions=K)`` sets for a fit is not applied: it is recorded in :attr:`withheld`,
@@ -54,15 +60,15 @@ class PlateauScheduler(_PlateauRule, LightningReduceLROnPlateau):  # type: ignor
             else the defaults.
         monitor: the metric a Trainer's PlateauCallback judges (what LightningCLI's ``--lr_scheduler.monitor``
             sets); with ``mode``, ``factor``, ``patience``, ``threshold``, ``threshold_mode``, ``cooldown``,
-            ``min_lr``, ``eps``, ``strict``, ``window_steps`` and ``restore_best_on_cut`` the fields of
-            :class:`PlateauConfig`, as torch's ``ReduceLROnPlateau`` takes them: replacing ``ReduceLROnPlateau(``
-            by ``PlateauScheduler(`` keeps a line working. Fields not given take PlateauConfig's defaults, which are
-            torch's. Give these or
-            ``config``, not both.
+            ``min_lr``, ``eps``, ``strict``, ``warmup_steps``, ``warmup_start_factor``, ``on_nonfinite``,
+            ``window_steps`` and ``restore_best_on_cut`` the fields of :class:`PlateauConfig`, as torch's
+            ``ReduceLROnPlateau`` takes them: replacing ``ReduceLROnPlateau(`` by ``PlateauScheduler(`` keeps a line
+            working. Fields not given take PlateauConfig's defaults, which are torch's. Give these or ``config``,
+            not both.
 
     Raises:
         ValueError: if a field is outside its allowed range, or ``min_lr`` is a list whose length differs from the
-            number of param groups.
+            number of param groups; with ``on_nonfinite="raise"``, from ``step`` for a value that is not finite.
         TypeError: if ``optimizer`` is not a torch optimizer, ``config`` is not a config or dict, or ``config``
             and keyword fields are both given.
 

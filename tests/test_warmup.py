@@ -279,7 +279,9 @@ def test_warmup_traces_chart_and_summary(tmp_path: Path, caplog: pytest.LogCaptu
     assert len(summary) == 1
     assert "warmup 10 steps): 2 cuts in 5 evaluations (2 during warmup)" in summary[0]
     assert "warmup lr 0.01 -> 0.1 over 10 steps, ended at step 10" in summary[0]
-    assert (Path(logger.log_dir) / "plateau.png").read_bytes()[:4] == b"\x89PNG"
+    chart = plateau_of(fit).chart_path  # waits for the chart, drawn after fit returns
+    assert chart == Path(logger.log_dir) / "plateau.png"
+    assert chart.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_warmup_explain_replays_the_run_from_its_log_and_checkpoint(

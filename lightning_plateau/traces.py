@@ -386,15 +386,18 @@ def _summary_message(
     if history:
         first = _initial_lrs(history, scheduler) or history[0].lrs
         if scheduler.warmup_steps:
-            first = scheduler.warmup_base_lrs
-        lr = f"lr {format_lrs(first)} -> {format_lrs(history[-1].lrs)}"
+            first = scheduler.warmup_base_lrs  # the plateau's LRs start where the warmup ends
+        # A fit that ended inside its warmup made no cut: the warmup's part says where its LR got to.
+        ended_in_warmup = scheduler.warmup_steps > 0 and not scheduler.warmup_done
+        lr = [] if ended_in_warmup else [f"lr {format_lrs(first)} -> {format_lrs(history[-1].lrs)}"]
         if scheduler.outside_changes:
             changes = "; ".join(
                 f"{format_lrs(before)} -> {format_lrs(after)} before evaluation {evaluation}"
                 for evaluation, before, after in scheduler.outside_changes
             )
-            lr += f" (changed outside the plateau: {changes})"
-        parts.append(lr)
+            lr.append(f"(changed outside the plateau: {changes})")
+        if lr:
+            parts.append(" ".join(lr))
         best = float(scheduler.best)
         if math.isfinite(best):
             where = "" if scheduler.best_epoch is None else f" at epoch {scheduler.best_epoch}"

@@ -440,3 +440,17 @@ def test_warmup_old_checkpoint_without_warmup_state_does_not_start_one() -> None
     assert scheduler.warmup_done
     assert scheduler.apply_warmup(7) is False
     assert optimizer.param_groups[0]["lr"] == 0.01
+
+
+def test_warmup_summary_of_a_fit_that_ends_inside_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A fit shorter than its warmup: the summary says the warmup was not over, and names no LR change as a cut."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        fit = trainer(tmp_path, max_epochs=2)
+        fit.fit(ScriptedPlateauModel([1.0, 2.0], plateau=PlateauConfig(warmup_steps=100)))
+    (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("PlateauCallback (")]
+    assert summary.endswith(
+        "0 cuts in 2 evaluations (2 during warmup), warmup lr 0.01 -> 0.1 over 100 steps, not over when the fit"
+        " ended (last evaluation at step 8)"
+    )

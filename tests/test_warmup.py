@@ -454,3 +454,23 @@ def test_warmup_summary_of_a_fit_that_ends_inside_it(tmp_path: Path, caplog: pyt
         "0 cuts in 2 evaluations (2 during warmup), warmup lr 0.01 -> 0.1 over 100 steps, not over when the fit"
         " ended (last evaluation at step 8)"
     )
+
+
+def test_warmup_with_training_metric_windows(tmp_path: Path) -> None:
+    """Windows of 2 steps with a 4-step warmup: the window at step 2 is not judged, the one at step 4 is, at lr."""
+    from test_windows import StepModel
+
+    recorder = StepLRs()
+    config = PlateauConfig(monitor="train_loss", window_steps=2, patience=0, warmup_steps=4, warmup_start_factor=0.1)
+    fit = trainer(tmp_path, max_epochs=2, limit_val_batches=0, callbacks=[recorder])
+    fit.fit(StepModel([1.0], config))
+    history = plateau_of(fit).history
+    assert [(row.global_step, row.warmup, row.cut) for row in history] == [
+        (2, True, False),
+        (4, False, False),
+        (6, False, True),
+        (8, False, True),
+    ]
+    # the window judged at the warmup's last step sees the warmup's end already: the cuts that follow stand
+    assert [row.lrs for row in history] == [(hand_lr(2, 4, 0.1),), (LR,), (LR * 0.1,), (LR * 0.1 * 0.1,)]
+    assert recorder.lrs == [hand_lr(k, 4, 0.1) for k in range(4)] + [LR, LR, LR * 0.1, LR * 0.1]

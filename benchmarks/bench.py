@@ -1,9 +1,10 @@
 """`make bench`: every CPU benchmark in one table, with the date, machine and versions.
 
 Run: ``python benchmarks/bench.py [--runs 5] [--markdown PATH]``. It runs, in this order, the step overhead
-(``step_overhead.py``), the import cost (``import_cost.py``), the replay speed (``replay_speed.py``) and the DDP
-collective count (``ddp_collectives.py``), and prints one Markdown section; ``--markdown`` also writes it to a
-file, to paste unchanged into ``benchmarks/RESULTS.md``. The GPU check is ``gpu_check.py``, run on a GPU machine.
+(``step_overhead.py``), the per-step hooks of windows and warmup (``step_hooks.py``), the import cost
+(``import_cost.py``), the replay speed (``replay_speed.py``) and the DDP collective count (``ddp_collectives.py``),
+and prints one Markdown section; ``--markdown`` also writes it to a file, to paste unchanged into
+``benchmarks/RESULTS.md``. The GPU check is ``gpu_check.py``, run on a GPU machine.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ddp_collectives
 import import_cost
 import replay_speed
+import step_hooks
 import step_overhead
 
 import lightning_plateau
@@ -43,6 +45,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ]
     sections = [
         step_overhead.markdown(step_overhead.measure(args.runs, 3000)),
+        step_hooks.markdown(step_hooks.measure(3, 3000)),
         import_cost.markdown(import_cost.measure(10)),
         replay_speed.markdown(replay_speed.measure(1_000_000, 3)),
         ddp_collectives.markdown(ddp_collectives.measure()),

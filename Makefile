@@ -11,7 +11,8 @@ OLDEST_LIGHTNING ?= 2.4.0
 OLDEST_VENV ?= .venv-lightning-oldest
 OLDEST_CONSTRAINTS ?= constraints/lightning-2.4.txt
 OLDEST_TESTS ?= tests/test_stepping.py tests/test_resume.py tests/test_early_stopping.py tests/test_wiring.py \
-	tests/test_mixin.py tests/test_scheduler.py tests/test_dropin.py
+	tests/test_mixin.py tests/test_scheduler.py tests/test_dropin.py tests/test_warmup.py tests/test_windows.py \
+	tests/test_restore.py tests/test_nonfinite.py
 
 .PHONY: install demo test lint pytest test-oldest docs bench constraints clean
 
@@ -44,7 +45,7 @@ $(OLDEST_VENV)/.installed: pyproject.toml Makefile $(OLDEST_CONSTRAINTS)
 		"lightning==$(OLDEST_LIGHTNING)" pytest pytest-timeout hypothesis
 	touch $@
 
-# The stepping, resume, early-stopping and wiring tests on the oldest supported Lightning.
+# The stepping, resume, early-stopping, wiring and per-setting tests on the oldest supported Lightning.
 test-oldest: $(OLDEST_VENV)/.installed
 	$(OLDEST_VENV)/bin/python -m pytest -m "not distributed" $(OLDEST_TESTS)
 

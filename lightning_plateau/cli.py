@@ -36,7 +36,7 @@ _JSON_CHUNK = 10_000
 _NON_FINITE_FIELDS = ("value", "best", "smoothed")
 # The PlateauConfig fields that are options (`--threshold-mode` sets threshold_mode); `strict` means nothing here.
 # The options that take several values, to compare the policies they make.
-_GRID_OPTIONS = ("factor", "patience", "threshold", "cooldown", "smoothing", "detector")
+_GRID_OPTIONS = ("factor", "patience", "threshold", "cooldown", "detector", "smoothing")
 _CONFIG_OPTIONS = (
     "monitor",
     "mode",

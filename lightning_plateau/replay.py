@@ -265,6 +265,10 @@ def replay(
     window's mean is judged, one row per window (a window the values end inside is not judged). Replaying the
     values a fit logged on each micro-batch (all ranks' values, for the mean over ranks) gives its judged means.
 
+    Every detector and ``smoothing`` replay as they run live: give the raw values (``PlateauEvaluation.value``, the
+    ``plateau/value`` trace), and the replay averages them again; each row then has the average judged
+    (``smoothed``), and with ``detector="slope"`` ``num_bad`` is the slope's count.
+
     Args:
         values: the monitored value at each evaluation, oldest first (floats, 0-dim tensors, numpy scalars).
             NaN and infinity are judged as training judges them, as ``on_nonfinite`` says: by default never an

@@ -87,7 +87,9 @@ def compare(
         lr: the starting LR, or one per param group.
         epochs: an epoch label (0-based) per value.
         global_steps: a step label per value.
-        **grid: PlateauConfig fields and the values to try, e.g. ``patience=[2, 5, 10], factor=[0.1, 0.5]``.
+        **grid: PlateauConfig fields and the values to try, e.g. ``patience=[2, 5, 10], factor=[0.1, 0.5]``, or
+            ``detector=["best", "slope"], smoothing=[0, 0.6]``: with ``detector`` in the grid, the slope settings of
+            ``base`` apply to the slope policies only (the best ones take their defaults).
 
     Returns:
         One :class:`PolicyOutcome` per combination, in the order of the grid.

@@ -407,7 +407,8 @@ def _summary_message(
             where = "" if scheduler.best_epoch is None else f" at epoch {scheduler.best_epoch}"
             if scheduler.best_window is not None:
                 where = f" in {format_steps(scheduler.best_window)}"
-            parts.append(f"best {config.monitor} {format_value(best)}{where}")
+            average = f" (moving average {config.smoothing:g})" if config.smoothing else ""
+            parts.append(f"best {config.monitor}{average} {format_value(best)}{where}")
     if unjudged is not None:
         parts.append(
             f"{format_steps(unjudged)} not judged (the fit ended inside that window of {config.window_steps} steps)"

@@ -506,7 +506,7 @@ def test_live_run_equals_replay(tmp_path: Path, name: str) -> None:
 
 
 def test_live_traces_log_the_raw_and_the_smoothed_value(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """plateau/value is the raw value, plateau/smoothed the average judged; the cut message names the average."""
+    """plateau/value is the raw value, plateau/smoothed the average judged; the messages name the average."""
     config = _LIVE_CONFIGS["smoothing"]
     logger = CSVLogger(tmp_path, name="run")
     fit = trainer(tmp_path, max_epochs=len(_NOISY), logger=logger)
@@ -519,6 +519,7 @@ def test_live_traces_log_the_raw_and_the_smoothed_value(tmp_path: Path, caplog: 
     assert [float(row["plateau/value"]) for row in traced] == _NOISY
     assert [float(row["plateau/smoothed"]) for row in traced] == [row.smoothed for row in replay(_NOISY, config)]
     assert "eval 4: val_loss (moving average 0.5) has not improved on 0.7500 (epoch 1) for 2 evaluations" in caplog.text
+    assert "best val_loss (moving average 0.5) 0.4004 at epoch 7" in caplog.text  # the end-of-fit summary
 
 
 def test_resume_from_every_checkpoint_equals_the_uninterrupted_run(tmp_path: Path) -> None:

@@ -135,9 +135,9 @@ class _BestDetector:
 class _SlopeDetector:
     """dlib's count of evaluations without decrease, over the values judged since the last cut.
 
-    The history holds the values judged since the last cut's cooldown ended, the latest ``slope_values`` of them.
-    At an evaluation in cooldown the value is not added and the count is 0, as torch counts no bad evaluation
-    then. A cut empties the history: dlib's trainer drops its oldest values after each shrink so that its count
+    The history holds the values judged since the last cut's cooldown ended, the latest
+    ``config.effective_slope_window`` of them. At an evaluation in cooldown the value is not added and the count is
+    0, as torch counts no bad evaluation then. A cut empties the history: dlib's trainer drops its oldest values after each shrink so that its count
     falls below the threshold and the next shrink waits for values at the new rate; emptying it makes the next cut
     wait for a full window of values judged at the new LR (``patience + 1`` by default, as torch's rule waits),
     and keeps the jump a cut often causes out of the next line. ``best`` is tracked as torch's rule tracks it.
@@ -150,7 +150,7 @@ class _SlopeDetector:
     name = "slope"
 
     def __init__(self, config: PlateauConfig) -> None:
-        self.size = config.slope_values
+        self.size = config.effective_slope_window
         self.confidence = config.slope_confidence
         self.robust = config.slope_robust
         # Lower is better for the count: a metric to maximize is judged negated.

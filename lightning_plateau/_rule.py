@@ -185,11 +185,6 @@ class PlateauEvaluation:
     skipped: bool = False
     smoothed: Optional[float] = None
 
-    @property
-    def judged(self) -> float:
-        """The value the rule judged: ``smoothed`` with smoothing, else ``value``."""
-        return self.value if self.smoothed is None else self.smoothed
-
 
 def warmup_lrs(base_lrs: Sequence[float], step: int, warmup_steps: int, start_factor: float) -> tuple[float, ...]:
     """The LR of each param group at optimizer step ``step`` (steps already taken) of a linear warmup.

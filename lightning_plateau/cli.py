@@ -559,7 +559,7 @@ def _fields(config: PlateauConfig, names: Sequence[str]) -> str:
         elif name == "min_lr":
             text = format_lrs(value if isinstance(value, list) else [value])
         elif name == "slope_window" and not value:
-            text = f"0 (patience + 1: {config.slope_values})"
+            text = f"0 (patience + 1: {config.effective_slope_window})"
         else:
             text = f"{value:g}"
         texts.append(f"{name} {text}")

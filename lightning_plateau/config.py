@@ -266,7 +266,7 @@ class PlateauConfig:
             )
 
     @property
-    def slope_values(self) -> int:
+    def effective_slope_window(self) -> int:
         """How many of the latest evaluations the slope detector keeps: ``slope_window``, or its default."""
         return self.slope_window or max(self.patience + 1, _MIN_SLOPE_WINDOW)
 
@@ -348,7 +348,7 @@ class PlateauConfig:
         if self.smoothing:
             extra += f", smoothing {self.smoothing:g}"
         if self.detector != "best":
-            extra += f", {self.detector} detector over {self.slope_values} evaluations"
+            extra += f", {self.detector} detector over {self.effective_slope_window} evaluations"
             if self.slope_confidence != _SLOPE_DEFAULTS["slope_confidence"]:
                 extra += f" (confidence {self.slope_confidence:g})"
             if self.slope_robust:

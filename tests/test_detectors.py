@@ -390,7 +390,7 @@ def test_detection_settings_are_refused_out_of_range_or_unused(fields: dict[str,
 def test_slope_window_default_is_patience_plus_one(fields: dict[str, Any], expected: int) -> None:
     """0 keeps patience + 1 values (at least 3); the history never holds more than the window."""
     config = PlateauConfig(detector="slope", **fields)
-    assert config.slope_values == expected
+    assert config.effective_slope_window == expected
     scheduler = PlateauScheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=0.1), config)
     for value in [1.0 - 0.01 * i for i in range(50)]:
         scheduler.step(value)

@@ -137,10 +137,11 @@ class _SlopeDetector:
 
     The history holds the values judged since the last cut's cooldown ended, the latest
     ``config.effective_slope_window`` of them. At an evaluation in cooldown the value is not added and the count is
-    0, as torch counts no bad evaluation then. A cut empties the history: dlib's trainer drops its oldest values after each shrink so that its count
-    falls below the threshold and the next shrink waits for values at the new rate; emptying it makes the next cut
-    wait for a full window of values judged at the new LR (``patience + 1`` by default, as torch's rule waits),
-    and keeps the jump a cut often causes out of the next line. ``best`` is tracked as torch's rule tracks it.
+    0, as torch counts no bad evaluation then. A cut empties the history: dlib's trainer drops its oldest values
+    after each shrink so that its count falls below the threshold and the next shrink waits for values at the new
+    rate; emptying it makes the next cut wait for a full window of values judged at the new LR (``patience + 1`` by
+    default, as torch's rule waits), and keeps the jump a cut often causes out of the next line. ``best`` is
+    tracked as torch's rule tracks it.
 
     A value that is not finite (with ``on_nonfinite="bad"``) stays in the history as an evaluation without a
     point on the line, and the count is at least the number of such values in a row at the end: a run whose values

@@ -182,6 +182,7 @@ class _SlopeDetector:
         rule.last_epoch = rule.last_epoch + 1 if epoch is None else epoch
         if rule._is_better(value, rule.best):
             rule.best = value
+            rule._improved()  # before a cut this evaluation may call for, which restores the best state
         if rule.in_cooldown:
             rule.cooldown_counter -= 1
             rule.num_bad_epochs = 0

@@ -471,13 +471,21 @@ class _PlateauRule(ReduceLROnPlateau):
         if self.withheld is not None and self.withheld.evaluation == self.num_evaluations:
             # torch resets the counters after every cut it calls for; a withheld cut consumed none of them.
             self.num_bad_epochs, self.cooldown_counter = self.withheld.num_bad, 0
-        if self.best != best_before:
-            self.best_evaluation = self.num_evaluations
-            self.best_epoch = self._context[0]
-            self.best_window = self._window
-            if self._best_state is not None:
-                # An improvement never cuts (it resets the bad count), so this never meets a restore.
-                self._best_state.capture(self.best_evaluation, self.best_epoch)
+        if self.best != best_before and self.best_evaluation != self.num_evaluations:
+            self._improved()
+
+    def _improved(self) -> None:
+        """Record the evaluation being judged as the best so far; keep its state for ``restore_best_on_cut``.
+
+        torch's rule calls for no cut at an improvement (it resets the bad count), so the judge records it after
+        the step. The slope detector may cut at an evaluation that also improved the best: it calls this before
+        the cut, so the cut restores this evaluation's own state.
+        """
+        self.best_evaluation = self.num_evaluations
+        self.best_epoch = self._context[0]
+        self.best_window = self._window
+        if self._best_state is not None:
+            self._best_state.capture(self.best_evaluation, self.best_epoch)
 
     def _set_aside(self, value: float) -> bool:
         """Record ``value`` without judging it when it falls in the warmup or is a skipped non-finite value.

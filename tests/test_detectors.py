@@ -20,7 +20,7 @@ from typing import Any, Optional
 import pytest
 import torch
 from helpers import ScriptedPlateauModel, plateau_of, trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_plateau import PlateauCallback, PlateauConfig, PlateauScheduler, compare, replay
@@ -645,3 +645,31 @@ def test_callback_keywords_reach_the_config() -> None:
     scheduler = PlateauScheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=0.1), **fields)
     assert scheduler.config == PlateauConfig(**fields)
     assert "smoothing 0.2, slope detector over 7 evaluations (confidence 0.6), robust" in scheduler.config.describe()
+
+
+class _Weights(Callback):
+    """The weights each evaluation judged (at validation start) and each epoch trained from (at its start)."""
+
+    def __init__(self) -> None:
+        self.evaluated: list[list[float]] = []
+        self.epoch_start: list[list[float]] = []
+
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self.evaluated.append(torch.cat([p.detach().flatten() for p in pl_module.parameters()]).tolist())
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self.epoch_start.append(torch.cat([p.detach().flatten() for p in pl_module.parameters()]).tolist())
+
+
+def test_slope_cut_at_a_new_best_restores_that_evaluation(tmp_path: Path) -> None:
+    """A slope cut can come at an evaluation that improves the best: restore_best_on_cut keeps its own weights."""
+    # 1.0, 0.9 (best), 1.3, 1.3, 0.89: the newest value is a new best, yet the line through the 5 does not fall
+    values = [1.0, 0.9, 1.3, 1.3, 0.89, 0.89]
+    config = PlateauConfig(patience=4, detector="slope", restore_best_on_cut=True)
+    weights = _Weights()
+    fit = _fit(tmp_path, values, config, callbacks=[weights])
+    scheduler = plateau_of(fit).scheduler
+    assert scheduler is not None
+    assert [(cut.evaluation, cut.best_evaluation, cut.restored_from) for cut in scheduler.cuts] == [(5, 5, 5)]
+    assert weights.evaluated[4] != weights.evaluated[1], "the weights moved since evaluation 2, or this proves nothing"
+    assert weights.epoch_start[5] == weights.evaluated[4]  # not evaluation 2's, the best before this one

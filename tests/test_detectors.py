@@ -673,3 +673,24 @@ def test_slope_cut_at_a_new_best_restores_that_evaluation(tmp_path: Path) -> Non
     assert [(cut.evaluation, cut.best_evaluation, cut.restored_from) for cut in scheduler.cuts] == [(5, 5, 5)]
     assert weights.evaluated[4] != weights.evaluated[1], "the weights moved since evaluation 2, or this proves nothing"
     assert weights.epoch_start[5] == weights.evaluated[4]  # not evaluation 2's, the best before this one
+
+
+def test_slope_cut_withheld_by_max_reductions_keeps_the_count(tmp_path: Path) -> None:
+    """PlateauEarlyStopping(max_reductions=1): the slope's second cut is withheld, its count and history kept."""
+    from lightning_plateau import PlateauEarlyStopping
+
+    config = PlateauConfig(patience=4, detector="slope")
+    fit = _fit(tmp_path, [1.0] * 12, config, callbacks=[PlateauEarlyStopping(max_reductions=1)])
+    callback = plateau_of(fit)
+    scheduler = callback.scheduler
+    assert scheduler is not None
+    assert [cut.evaluation for cut in scheduler.cuts] == [5]
+    assert scheduler.withheld is not None
+    assert (scheduler.withheld.evaluation, scheduler.withheld.num_bad) == (10, 5)
+    assert [(row.num_bad, row.cut, row.withheld) for row in callback.history[-2:]] == [
+        (4, False, False),
+        (5, False, True),
+    ]
+    assert scheduler.state_dict()["detector_state"] == {"history": [1.0] * 5}
+    assert fit.early_stopping_callback is not None
+    assert fit.early_stopping_callback.stop_rule == "max_reductions"

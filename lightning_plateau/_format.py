@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from lightning_plateau._rule import PlateauCut
-from lightning_plateau.config import PlateauConfig
+if TYPE_CHECKING:  # the detectors word their cuts with these helpers, and the rule imports the detectors
+    from lightning_plateau._rule import PlateauCut
+    from lightning_plateau.config import PlateauConfig
 
 
 def format_lr(lr: float) -> str:
@@ -61,7 +63,7 @@ def format_steps(span: tuple[int, int]) -> str:
 
 
 def format_cut(cut: PlateauCut, config: PlateauConfig) -> str:
-    """Why a cut happened, in one line.
+    """Why a cut happened, in one line, in the words of the config's detector.
 
     Epochs are Lightning's (counted from 0, as its progress bar, checkpoint names and ``epoch`` column count
     them); evaluations are counted from 1. Example, the 16th epoch cutting after a best in the 5th:
@@ -69,26 +71,22 @@ def format_cut(cut: PlateauCut, config: PlateauConfig) -> str:
     lr 1e-3 -> 1e-4``, followed with ``restore_best_on_cut`` by ``; weights restored from eval 5 (epoch 4)``. With
     windows (``window_steps``) the steps of the window replace the epoch:
     ``steps 4001-5000, eval 5: train_loss has not improved on 0.4120 (steps 1001-2000) for 4 evaluations ...``.
+    With ``smoothing`` the subject is the average judged: ``val_loss (moving average 0.6) has not improved ...``;
+    with ``detector="slope"``: ``val_loss has not decreased over its last 11 evaluations (least-squares slope:
+    P(decrease) < 0.51; 11 > patience 10): ...``.
     """
+    # Imported here: the detectors word their reasons with this module's helpers.
+    from lightning_plateau._detectors import make_detector
+
     if cut.window is not None:
         where = f"{format_steps(cut.window)}, eval {cut.evaluation}"
     elif cut.epoch is None:
         where = f"eval {cut.evaluation}"
     else:
         where = f"epoch {cut.epoch}, eval {cut.evaluation}"
-    if math.isfinite(cut.best):
-        since = ""
-        if cut.best_window is not None:
-            since = f" ({format_steps(cut.best_window)})"
-        elif cut.best_epoch is not None:
-            since = f" (epoch {cut.best_epoch})"
-        elif cut.best_evaluation is not None:
-            since = f" (eval {cut.best_evaluation})"
-        judged = f"has not improved on {format_value(cut.best)}{since}"
-    else:
-        judged = "has had no finite value to improve on"
+    subject = config.monitor + (f" (moving average {config.smoothing:g})" if config.smoothing else "")
     return (
-        f"{where}: {config.monitor} {judged} for {cut.num_bad} evaluations (> patience {config.patience}):"
+        f"{where}: {subject} {make_detector(config).cut_phrase(cut, config)}:"
         f" lr {format_lrs(cut.lrs_before)} -> {format_lrs(cut.lrs_after)}{format_restore(cut, config)}"
     )
 

@@ -17,8 +17,18 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
+from lightning_plateau._detectors import make_detector, make_smoothing
 from lightning_plateau._restore import BestState
-from lightning_plateau.config import PlateauConfig, _Bounds, _Count, _Factor, _NonNegative, _StartFactor
+from lightning_plateau.config import (
+    PlateauConfig,
+    _Bounds,
+    _Confidence,
+    _Count,
+    _Factor,
+    _NonNegative,
+    _Smoothing,
+    _StartFactor,
+)
 
 # Attributes that belong to the running object, not to the decision state a checkpoint must restore.
 _TRANSIENT = frozenset(
@@ -33,6 +43,8 @@ _TRANSIENT = frozenset(
         "_best_state",
         "_plain",
         "_flags",
+        "_detector",
+        "_smoothing",
     }
 )
 # The policy comes from the config the scheduler is built with; a checkpoint brings back the counters only.
@@ -47,6 +59,11 @@ _POLICY = (
     "warmup_steps",
     "warmup_start_factor",
     "on_nonfinite",
+    "smoothing",
+    "detector",
+    "slope_window",
+    "slope_confidence",
+    "slope_robust",
 )
 _DERIVED_FROM_POLICY = frozenset({"min_lrs", "default_min_lr", "mode_worse", "monitor"})
 
@@ -59,11 +76,12 @@ class PlateauCut:
         evaluation: 1-based index of the evaluation (fresh value) that caused the cut.
         epoch: the trainer's epoch at that evaluation (0-based), ``None`` outside a Trainer.
         global_step: the trainer's global step at that evaluation, ``None`` outside a Trainer.
-        value: the value that was judged.
-        best: the best value so far (the one it failed to improve on).
+        value: the monitored value at that evaluation (the mean over ranks, or a window's mean).
+        best: the best value judged so far (the one it failed to improve on; with ``smoothing``, the best average).
         best_evaluation: evaluation index at which ``best`` was reached, ``None`` if no value ever improved.
         best_epoch: epoch at which ``best`` was reached, ``None`` when unknown.
-        num_bad: evaluations without improvement that triggered the cut (``patience + 1``).
+        num_bad: evaluations without improvement that triggered the cut (``patience + 1``); with
+            ``detector="slope"``, the count of evaluations without decrease.
         lrs_before: LR of each param group before the cut.
         lrs_after: LR of each param group after the cut.
         window: with ``PlateauConfig(window_steps=N)``, the first and last optimizer step (1-based) of the window
@@ -73,6 +91,7 @@ class PlateauCut:
             on from after this cut; ``None`` without the setting, or when no state was held (no value had
             improved, or a resume from a checkpoint that held none).
         restored_epoch: the epoch of ``restored_from``, ``None`` when unknown.
+        smoothed: with ``smoothing``, the moving average judged at that evaluation; ``None`` otherwise.
     """
 
     evaluation: int
@@ -89,6 +108,7 @@ class PlateauCut:
     best_window: Optional[tuple[int, int]] = None
     restored_from: Optional[int] = None
     restored_epoch: Optional[int] = None
+    smoothed: Optional[float] = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (lists for the LRs and windows), safe in any checkpoint and in JSON."""
@@ -130,9 +150,10 @@ class PlateauEvaluation:
         evaluation: 1-based index of the evaluation.
         epoch: the trainer's epoch (0-based), ``None`` outside a Trainer.
         global_step: the trainer's global step, ``None`` outside a Trainer.
-        value: the value judged.
-        best: best value so far, after this evaluation.
-        num_bad: evaluations without improvement counted so far (0 right after a cut).
+        value: the monitored value (the mean over ranks, or a window's mean): the value judged, unless ``smoothed``.
+        best: best value judged so far, after this evaluation.
+        num_bad: evaluations without improvement counted so far (0 right after a cut); with ``detector="slope"``,
+            the count of evaluations without decrease.
         cooldown: evaluations of cooldown left.
         lrs: LR of each param group after the decision.
         cut: whether this evaluation cut the LR.
@@ -144,6 +165,8 @@ class PlateauEvaluation:
         warmup: whether it was judged during the warmup (``global_step < warmup_steps``): recorded, not judged
             (``best``, ``num_bad`` and ``cooldown`` are left as they were, ``lrs`` is the warmup's LR).
         skipped: whether its value was NaN or infinite and ``on_nonfinite="skip"`` left it out of the rule.
+        smoothed: with ``smoothing``, the moving average the rule judged in place of ``value``; ``None`` otherwise,
+            and for an evaluation recorded but not judged (warmup, skipped).
     """
 
     evaluation: int
@@ -160,6 +183,7 @@ class PlateauEvaluation:
     restored_from: Optional[int] = None
     warmup: bool = False
     skipped: bool = False
+    smoothed: Optional[float] = None
 
 
 def warmup_lrs(base_lrs: Sequence[float], step: int, warmup_steps: int, start_factor: float) -> tuple[float, ...]:
@@ -202,6 +226,11 @@ class _PlateauRule(ReduceLROnPlateau):
         on_nonfinite: Optional[Literal["bad", "skip", "raise"]] = None,
         window_steps: Optional[_Count] = None,
         restore_best_on_cut: Optional[bool] = None,
+        smoothing: Optional[_Smoothing] = None,
+        detector: Optional[Literal["best", "slope"]] = None,
+        slope_window: Optional[_Count] = None,
+        slope_confidence: Optional[_Confidence] = None,
+        slope_robust: Optional[bool] = None,
     ) -> None:
         if isinstance(config, str):
             raise TypeError(
@@ -224,6 +253,11 @@ class _PlateauRule(ReduceLROnPlateau):
             on_nonfinite=on_nonfinite,
             window_steps=window_steps,
             restore_best_on_cut=restore_best_on_cut,
+            smoothing=smoothing,
+            detector=detector,
+            slope_window=slope_window,
+            slope_confidence=slope_confidence,
+            slope_robust=slope_robust,
         )
         # Whether the monitor was named (a config, or `monitor=`): torch's keywords name none, and then the
         # "monitor" of Lightning's scheduler dict says which metric this scheduler watches.
@@ -290,8 +324,18 @@ class _PlateauRule(ReduceLROnPlateau):
         self._warned_skip = False
         # (warmup, skipped) of the latest evaluation
         self._flags = (False, False)
-        # No warmup and torch's NaN rule: every value goes straight to torch's step.
+        # No warmup and torch's NaN rule: every value goes straight to the detector.
         self._plain = config.warmup_steps == 0 and config.on_nonfinite == "bad"
+        self.smoothing = config.smoothing
+        self.detector = config.detector
+        self.slope_window = config.slope_window
+        self.slope_confidence = config.slope_confidence
+        self.slope_robust = config.slope_robust
+        # What judges each value (torch's comparison, or the slope's count), and the average judged in its place.
+        self._detector = make_detector(config)
+        self._smoothing = make_smoothing(config)
+        # the average judged at the latest evaluation, None without smoothing or when it was not judged
+        self._smoothed: Optional[float] = None
         # As torch's LinearLR does, the first step's LR is set at once.
         self.apply_warmup(0)
 
@@ -337,6 +381,7 @@ class _PlateauRule(ReduceLROnPlateau):
             restored_from=last.restored_from if cut and last is not None else None,
             warmup=self._flags[0],
             skipped=self._flags[1],
+            smoothed=self._smoothed,
         )
 
     def apply_warmup(self, step: int) -> bool:
@@ -420,17 +465,27 @@ class _PlateauRule(ReduceLROnPlateau):
         best_before = self.best
         self._value = value
         self.num_evaluations += 1
-        super().step(value, epoch)
+        if self._smoothing is not None:
+            value = self._smoothed = self._smoothing(value)
+        self._detector.step(self, value, epoch)
         if self.withheld is not None and self.withheld.evaluation == self.num_evaluations:
             # torch resets the counters after every cut it calls for; a withheld cut consumed none of them.
             self.num_bad_epochs, self.cooldown_counter = self.withheld.num_bad, 0
-        if self.best != best_before:
-            self.best_evaluation = self.num_evaluations
-            self.best_epoch = self._context[0]
-            self.best_window = self._window
-            if self._best_state is not None:
-                # An improvement never cuts (it resets the bad count), so this never meets a restore.
-                self._best_state.capture(self.best_evaluation, self.best_epoch)
+        if self.best != best_before and self.best_evaluation != self.num_evaluations:
+            self._improved()
+
+    def _improved(self) -> None:
+        """Record the evaluation being judged as the best so far; keep its state for ``restore_best_on_cut``.
+
+        torch's rule calls for no cut at an improvement (it resets the bad count), so the judge records it after
+        the step. The slope detector may cut at an evaluation that also improved the best: it calls this before
+        the cut, so the cut restores this evaluation's own state.
+        """
+        self.best_evaluation = self.num_evaluations
+        self.best_epoch = self._context[0]
+        self.best_window = self._window
+        if self._best_state is not None:
+            self._best_state.capture(self.best_evaluation, self.best_epoch)
 
     def _set_aside(self, value: float) -> bool:
         """Record ``value`` without judging it when it falls in the warmup or is a skipped non-finite value.
@@ -454,6 +509,7 @@ class _PlateauRule(ReduceLROnPlateau):
         if not (warmup or skipped):
             return False
         self._value = value
+        self._smoothed = None
         self.num_evaluations += 1
         self._uncounted.append(self.num_evaluations)
         if skipped and not self._warned_skip:
@@ -522,6 +578,11 @@ class _PlateauRule(ReduceLROnPlateau):
         bounds = self.min_lr_bounds()
         return all(lr - max(lr * self.factor, bound) <= self.eps for lr, bound in zip(lrs, bounds, strict=True))
 
+    def _call_for_cut(self, epoch: Optional[int]) -> bool:
+        """Cut as torch's rule does, for a detector that decides by other means; whether the cut was not withheld."""
+        self._reduce_lr(epoch)
+        return self.withheld is None or self.withheld.evaluation != self.num_evaluations
+
     @override
     def _reduce_lr(self, epoch: Any) -> None:
         groups = self.optimizer.param_groups
@@ -584,6 +645,7 @@ class _PlateauRule(ReduceLROnPlateau):
             best_window=_span(self.best_window),
             restored_from=restored[0],
             restored_epoch=restored[1],
+            smoothed=self._smoothed,
         )
 
     @override
@@ -594,6 +656,8 @@ class _PlateauRule(ReduceLROnPlateau):
         state["withheld"] = None if self.withheld is None else self.withheld.as_dict()
         state["monitor"] = self.monitor
         state["best_window"] = _span_list(self.best_window)
+        state["detector_state"] = self._detector.state_dict()
+        state["smoothing_state"] = None if self._smoothing is None else self._smoothing.state_dict()
         return state
 
     @override
@@ -648,7 +712,8 @@ class _PlateauRule(ReduceLROnPlateau):
                 UserWarning,
                 stacklevel=2,
             )
-        skip = _TRANSIENT | _DERIVED_FROM_POLICY | set(_POLICY)
+        self._load_detection(state_dict)
+        skip = _TRANSIENT | _DERIVED_FROM_POLICY | set(_POLICY) | {"detector_state", "smoothing_state"}
         state = {key: value for key, value in state_dict.items() if key not in skip}
         state.update(warmup)
         state["cuts"] = [PlateauCut.from_dict(cut) for cut in state.get("cuts", [])]
@@ -656,3 +721,14 @@ class _PlateauRule(ReduceLROnPlateau):
         state["withheld"] = None if withheld is None else PlateauCut.from_dict(withheld)
         state["best_window"] = _span(state.get("best_window"))
         super().load_state_dict(state)
+
+    def _load_detection(self, state_dict: dict[str, Any]) -> None:
+        """Restore the detector's history and the moving average; a detector of another kind starts afresh.
+
+        A checkpoint written before detectors existed was torch's rule without smoothing: nothing to restore.
+        """
+        if state_dict.get("detector", "best") == self.detector:
+            self._detector.load_state_dict(state_dict.get("detector_state") or {})
+        saved = state_dict.get("smoothing_state")
+        if self._smoothing is not None and saved:
+            self._smoothing.load_state_dict(saved)

@@ -324,6 +324,11 @@ def _scheduler_policy(state: Mapping[str, Any]) -> dict[str, Any]:
             "warmup_steps",
             "warmup_start_factor",
             "on_nonfinite",
+            "smoothing",
+            "detector",
+            "slope_window",
+            "slope_confidence",
+            "slope_robust",
         )
         if key in state
     }

@@ -73,11 +73,13 @@ class PlateauCallback(Callback):
         monitor: shorthand for ``PlateauConfig(monitor=...)``, as ``EarlyStopping(monitor=...)`` is written;
             likewise ``mode``, ``factor``, ``patience``, ``threshold``, ``threshold_mode``, ``cooldown``,
             ``min_lr``, ``eps``, ``strict``, ``warmup_steps``, ``warmup_start_factor``, ``on_nonfinite``,
-            ``window_steps`` and ``restore_best_on_cut``. Fields not given take PlateauConfig's defaults. Give these
+            ``window_steps``, ``restore_best_on_cut``, ``smoothing``, ``detector``, ``slope_window``,
+            ``slope_confidence`` and ``slope_robust``. Fields not given take PlateauConfig's defaults. Give these
             or ``config``, not both.
         verbose: log a rank-zero message at each cut, and one at the end of fit naming the chart; show the
             plateau's state in Lightning's progress bar (``plateau=lr 1e-3 · bad 2/3``).
-        log_traces: at each evaluation, log ``plateau/value``, ``plateau/best``, ``plateau/num_bad``,
+        log_traces: at each evaluation, log ``plateau/value`` (and with ``smoothing`` ``plateau/smoothed``, the
+            average judged), ``plateau/best``, ``plateau/num_bad``,
             ``plateau/cooldown``, ``plateau/reductions``, ``plateau/evaluation`` and the LR after the decision
             (``plateau/lr``, or ``plateau/lr/pg0``, ... for several param groups) to every logger of the Trainer,
             on rank zero, at Lightning's step; at the end of fit write ``plateau.png`` beside the first logger's
@@ -124,6 +126,11 @@ class PlateauCallback(Callback):
         on_nonfinite: Optional[Literal["bad", "skip", "raise"]] = None,
         window_steps: Optional[int] = None,
         restore_best_on_cut: Optional[bool] = None,
+        smoothing: Optional[float] = None,
+        detector: Optional[Literal["best", "slope"]] = None,
+        slope_window: Optional[int] = None,
+        slope_confidence: Optional[float] = None,
+        slope_robust: Optional[bool] = None,
         verbose: bool = True,
         log_traces: bool = True,
     ) -> None:
@@ -148,6 +155,11 @@ class PlateauCallback(Callback):
             on_nonfinite=on_nonfinite,
             window_steps=window_steps,
             restore_best_on_cut=restore_best_on_cut,
+            smoothing=smoothing,
+            detector=detector,
+            slope_window=slope_window,
+            slope_confidence=slope_confidence,
+            slope_robust=slope_robust,
         )
         self.config: Optional[PlateauConfig] = None
         if config is not None or any(value is not None for value in fields.values()):

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from lightning_plateau._detectors import make_detector
 from lightning_plateau._format import cuts_in_evaluations, format_lr, format_lrs, plural
 from lightning_plateau._rule import PlateauEvaluation
 from lightning_plateau.config import PlateauConfig
@@ -22,6 +23,7 @@ _COOLDOWN = "#7f7f7f"
 _PATIENCE = "#ffbf00"
 _WARMUP = "#9467bd"
 _SKIPPED = "#8c564b"
+_SMOOTHED = "#17becf"
 # Beyond this many cuts the labels would overlap: only the cut number is written.
 _MAX_LABELLED_CUTS = 12
 # Values spanning more than this ratio (a loss falling from 2.3 to 0.02) are drawn on a log scale.
@@ -249,6 +251,17 @@ def _draw(
     handles += ax.plot(
         xs, values, color=_VALUE, marker="o", markersize=3, linewidth=1.4, label=config.monitor, zorder=3
     )
+    if any(row.smoothed is not None for row in rows):
+        # The average the rule judged: the best, the counts and the cuts follow it, not the raw values.
+        averages = _scaled(_finite([math.nan if row.smoothed is None else row.smoothed for row in rows]), exponent)
+        handles += ax.plot(
+            xs,
+            averages,
+            color=_SMOOTHED,
+            linewidth=1.6,
+            label=f"moving average {config.smoothing:g} (judged)",
+            zorder=3,
+        )
     # The best holds until the next improvement: a step, not a slope between evaluations.
     handles += ax.step(
         xs, bests, where="post", color=_BEST, linestyle="--", linewidth=1.2, label="best so far", zorder=2
@@ -286,6 +299,8 @@ def _draw(
                 Line2D([], [], color=_VALUE, marker="^", linestyle="none", label="off the axis (early values)")
             )
 
+    # What the detector counts: evaluations without improvement (torch's rule), or without decrease (the slope).
+    lacking = make_detector(config).lacking(config.mode)
     windows = _patience_windows(rows, config, cuts)
     for start, end in windows:
         ax.axvspan(start, end, color=_PATIENCE, alpha=0.13, linewidth=0, zorder=0)
@@ -296,8 +311,7 @@ def _draw(
             Patch(
                 color=_PATIENCE,
                 alpha=0.3,
-                label=f"patience {config.patience}: the {_ordinal(config.patience + 1)} evaluation without"
-                " improvement cuts",
+                label=f"patience {config.patience}: the {_ordinal(config.patience + 1)} evaluation {lacking} cuts",
             )
         )
     open_window = _open_window(rows)
@@ -305,7 +319,7 @@ def _draw(
         start, end, count = open_window
         hatch: dict[str, Any] = {"facecolor": "none", "edgecolor": (1.0, 0.75, 0.0, 0.45), "hatch": "//"}
         ax.axvspan(start, end, linewidth=0, zorder=0, **hatch)
-        handles.append(Patch(label=f"without improvement so far: {count} of {config.patience + 1}", **hatch))
+        handles.append(Patch(label=f"{lacking} so far: {count} of {config.patience + 1}", **hatch))
     cooldowns = _cooldown_spans(rows)
     for start, end in cooldowns:
         ax.axvspan(start, end, color=_COOLDOWN, alpha=0.15, linewidth=0, zorder=0)
@@ -436,7 +450,8 @@ def _draw_counts(ax: Any, rows: Sequence[PlateauEvaluation], config: PlateauConf
     counts = [config.patience + 1 if row.cut or row.withheld else row.num_bad for row in rows]
     ax.step([row.evaluation for row in rows], counts, where="mid", color=_PATIENCE, linewidth=1.4)
     ax.axhline(config.patience + 1, color=_CUT, linestyle=":", linewidth=1.0)
-    ax.set_ylim(0, config.patience + 1.8)
+    # The slope's count may pass patience + 1 with a window longer than that.
+    ax.set_ylim(0, max(config.patience + 1, *counts) + 0.8)
     ax.set_yticks([0, config.patience + 1])
     ax.set_ylabel("bad", fontsize=9)
     ax.grid(True, alpha=0.25)

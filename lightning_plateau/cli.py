@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, Optional, TextIO, Union
 
 from lightning_plateau import __version__
+from lightning_plateau._detectors import make_detector
 from lightning_plateau._format import cuts_in_evaluations, format_lr, format_lrs, format_steps, format_value, plural
 from lightning_plateau._rule import warmup_lrs
 from lightning_plateau._sources import History, optimizer_steps, read_history
@@ -32,10 +33,10 @@ _BOLD_RED = "\033[1;31m"
 _RESET = "\033[0m"
 _JSON_CHUNK = 10_000
 # The fields of a ReplayRow and of a PlateauCut that can be NaN or infinite.
-_NON_FINITE_FIELDS = ("value", "best")
+_NON_FINITE_FIELDS = ("value", "best", "smoothed")
 # The PlateauConfig fields that are options (`--threshold-mode` sets threshold_mode); `strict` means nothing here.
 # The options that take several values, to compare the policies they make.
-_GRID_OPTIONS = ("factor", "patience", "threshold", "cooldown")
+_GRID_OPTIONS = ("factor", "patience", "threshold", "cooldown", "detector", "smoothing")
 _CONFIG_OPTIONS = (
     "monitor",
     "mode",
@@ -51,11 +52,18 @@ _CONFIG_OPTIONS = (
     "on_nonfinite",
     "window_steps",
     "restore_best_on_cut",
+    "smoothing",
+    "detector",
+    "slope_window",
+    "slope_confidence",
+    "slope_robust",
 )
+# The settings of the slope detector, named only with it.
+_SLOPE_OPTIONS = ("slope_window", "slope_confidence", "slope_robust")
 # Settings named on the settings line only where given or stored with the run: off, they change nothing a replay shows.
 _NAMED_WHEN_SET = ("restore_best_on_cut",)
 # Settings of features that are off, left out of the `settings:` line whatever their source: (field, its "off" value).
-_OFF = (("warmup_steps", 0), ("on_nonfinite", "bad"))
+_OFF = (("warmup_steps", 0), ("on_nonfinite", "bad"), ("smoothing", 0.0), ("detector", "best"))
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -129,7 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     policy = explain.add_argument_group(
         "plateau policy (the PlateauConfig fields; defaults as in the library). Give several values to --patience,"
-        " --factor, --threshold or --cooldown to compare the policies: one table, a row per combination"
+        " --factor, --threshold, --cooldown, --smoothing or --detector to compare the policies: one table, a row per"
+        " combination"
     )
     defaults = {field.name: field.default for field in dataclasses.fields(PlateauConfig)}
     policy.add_argument(
@@ -223,6 +232,43 @@ def _parser() -> argparse.ArgumentParser:
             " the cuts and LRs are the same; each cut names the evaluation the run went on from, and the values"
             " after it depend on that (default: read from the run, else off)"
         ),
+    )
+    policy.add_argument(
+        "--smoothing",
+        type=_number,
+        nargs="+",
+        metavar="WEIGHT",
+        help="judge an exponential moving average of the values, s = w * s + (1 - w) * value, w a float in [0, 1);"
+        f" 0: the values as they are (default: {defaults['smoothing']:g})",
+    )
+    policy.add_argument(
+        "--detector",
+        choices=("best", "slope"),
+        nargs="+",
+        help="best: a value better than the best so far by the threshold (torch's rule); slope: dlib's count of"
+        " evaluations over which a least-squares line shows no confident decrease (default:"
+        f" {defaults['detector']})",
+    )
+    policy.add_argument(
+        "--slope-window",
+        type=_number,
+        metavar="N",
+        help="with --detector slope: the latest evaluations the count looks at, an int > patience and >= 3; 0:"
+        f" patience + 1 (default: {defaults['slope_window']})",
+    )
+    policy.add_argument(
+        "--slope-confidence",
+        type=_number,
+        metavar="P",
+        help="with --detector slope: the probability of a decrease below which a stretch counts as without one,"
+        f" a float in (0.5, 1) (default: {defaults['slope_confidence']:g})",
+    )
+    policy.add_argument(
+        "--slope-robust",
+        action="store_true",
+        default=None,
+        help="with --detector slope: cut only when the count with the largest 10%% of the values left out also"
+        " exceeds patience, as dlib's trainer does (default: read from the run, else off)",
     )
     policy.add_argument(
         "--lr",
@@ -419,7 +465,7 @@ def _compare(
 
 
 def _comparison_table(outcomes: Sequence[Any]) -> Iterator[str]:
-    names = [", ".join(f"{key} {value:g}" for key, value in outcome.varied.items()) for outcome in outcomes]
+    names = [", ".join(f"{key} {_text(value)}" for key, value in outcome.varied.items()) for outcome in outcomes]
     width = max(len("policy"), *(len(name) for name in names))
     yield f"{'policy':<{width}}  cuts  first cut  final lr  early stop  evaluations at each lr\n"
     for name, outcome in zip(names, outcomes, strict=True):
@@ -441,6 +487,11 @@ def _comparison_table(outcomes: Sequence[Any]) -> Iterator[str]:
     )
 
 
+def _text(value: Any) -> str:
+    """A setting's value in a table or the settings line: a number as ``%g``, a name as it is."""
+    return value if isinstance(value, str) else f"{value:g}"
+
+
 def _where(evaluation: int, epoch: Optional[int]) -> str:
     return f"{evaluation}" if epoch is None else f"{evaluation} (ep {epoch})"
 
@@ -452,15 +503,25 @@ def _config(args: argparse.Namespace, stored: Mapping[str, Any]) -> PlateauConfi
         value = getattr(args, name)
         if value is None:
             continue
+        if name == "detector":
+            # The slope detector when it is among several: the policy then holds the slope settings, which
+            # compare() applies to the slope rows only.
+            value = ["slope"] if "slope" in value else value
         if name in _GRID_OPTIONS:
             value = value[0]  # the first of several values: each is checked; compare() tries them all
         fields[name] = value[0] if name == "min_lr" and len(value) == 1 else value
+    if fields.get("detector", "best") == "best":
+        # A run that used the slope detector stored its settings; `--detector best` replays it without them.
+        for name in _SLOPE_OPTIONS:
+            if getattr(args, name) is None:
+                fields.pop(name, None)
     return PlateauConfig(**fields)
 
 
 def _settings(args: argparse.Namespace, history: History, config: PlateauConfig, lr_text: str) -> str:
     """Where each setting of the replay came from: given, stored with the run, or PlateauConfig's default."""
-    names = [name for name in _CONFIG_OPTIONS if name != "monitor" and _shown(config, name)]
+    compared = [name for name in _GRID_OPTIONS if len(getattr(args, name) or []) > 1]
+    names = [name for name in _CONFIG_OPTIONS if name != "monitor" and (_shown(config, name) or name in compared)]
     given = [name for name in names if getattr(args, name) is not None]
     stored = [name for name in names if name in history.policy and name not in given]
     defaults = [name for name in names if name not in given and name not in stored and name not in _NAMED_WHEN_SET]
@@ -468,7 +529,7 @@ def _settings(args: argparse.Namespace, history: History, config: PlateauConfig,
     if given:
         several = [name for name in given if name in _GRID_OPTIONS and len(getattr(args, name)) > 1]
         texts = [_fields(config, [name]) for name in given if name not in several]
-        texts += [f"{name} " + "/".join(f"{value:g}" for value in getattr(args, name)) for name in several]
+        texts += [f"{name} " + "/".join(_text(value) for value in getattr(args, name)) for name in several]
         parts.append(f"{', '.join(texts)} (given)")
     if stored:
         parts.append(f"{_fields(config, stored)} (from {history.policy_from})")
@@ -482,6 +543,8 @@ def _shown(config: PlateauConfig, name: str) -> bool:
     """Whether the ``settings:`` line names ``name``: not the settings of a feature that is off."""
     if name == "warmup_start_factor":
         return config.warmup_steps > 0
+    if name in _SLOPE_OPTIONS:
+        return config.detector == "slope"
     return all(getattr(config, field) != off for field, off in _OFF if field == name)
 
 
@@ -495,6 +558,8 @@ def _fields(config: PlateauConfig, names: Sequence[str]) -> str:
             text = "on" if value else "off"
         elif name == "min_lr":
             text = format_lrs(value if isinstance(value, list) else [value])
+        elif name == "slope_window" and not value:
+            text = f"0 (patience + 1: {config.effective_slope_window})"
         else:
             text = f"{value:g}"
         texts.append(f"{name} {text}")
@@ -542,11 +607,14 @@ def _table(
     width = max(len(config.monitor), 10)
     header = "     eval" + ("  epoch" if with_epoch else "") + ("      step" if with_step else "")
     header += f"  {'steps':>{span_width}}" if windows else ""
-    yield f"{header}  {config.monitor:>{width}}  {'best':>{width}}   bad  cooldown  lr\n"
+    smoothing = config.smoothing > 0
+    header += f"  {config.monitor:>{width}}" + (f"  {'smoothed':>{width}}" if smoothing else "")
+    yield f"{header}  {'best':>{width}}   bad  cooldown  lr\n"
     # The LR and the best change rarely: their text is made once per change, which keeps a million rows quick.
     lr_texts: dict[tuple[float, ...], str] = {}
     last_best, best_text = math.nan, ""
-    for evaluation, epoch, step, value, best, num_bad, cooldown, lrs, cut, reason, window, warmup, skipped in rows:
+    for row in rows:
+        evaluation, epoch, step, value, best, num_bad, cooldown, lrs, cut, reason, window, warmup, skipped = row[:13]
         lr_text = lr_texts.get(lrs)
         if lr_text is None:
             lr_text = lr_texts[lrs] = format_lrs(lrs)
@@ -559,9 +627,14 @@ def _table(
             labels += f"  {'-' if step is None else step:>8}"
         if windows:
             labels += f"  {'-' if window is None else f'{window[0]}-{window[1]}':>{span_width}}"
+        if smoothing:
+            judged = "-" if row.smoothed is None else format_value(row.smoothed)
+            labels += f"  {format_value(value):>{width}}  {judged:>{width}}"
+        else:
+            labels += f"  {format_value(value):>{width}}"
         line = (
-            f"{'CUT' if cut else '   '}{evaluation:>6}{labels}  {format_value(value):>{width}}  {best_text:>{width}}"
-            f"  {num_bad:>4}  {cooldown:>8}  {lr_text}"
+            f"{'CUT' if cut else '   '}{evaluation:>6}{labels}  {best_text:>{width}}  {num_bad:>4}  {cooldown:>8}"
+            f"  {lr_text}"
         )
         if warmup or skipped:
             notes = (["warmup: not judged"] if warmup else []) + (["skipped: not finite"] if skipped else [])
@@ -607,7 +680,7 @@ def _summary(result: Replay) -> str:
         text += f" It ends in cooldown ({plural(last.cooldown, 'evaluation')} left)."
     elif not last.cut:
         text += (
-            f" It ends with {plural(last.num_bad, 'evaluation')} without improvement;"
+            f" It ends with {plural(last.num_bad, 'evaluation')} {make_detector(config).lacking(config.mode)};"
             f" a cut needs {config.patience + 1} (patience {config.patience})."
         )
     return text
@@ -687,7 +760,7 @@ def _json_value(value: Any) -> str:
 def _finite_floats(data: dict[str, Any]) -> dict[str, Any]:
     # JSON has no NaN or infinity: a NaN value, or a best before any finite one, becomes null.
     for key in _NON_FINITE_FIELDS:
-        if not math.isfinite(data[key]):
+        if data.get(key) is not None and not math.isfinite(data[key]):
             data[key] = None
     return data
 

@@ -11,7 +11,7 @@ from typing import Any, Optional, SupportsFloat, Union
 import torch
 
 from lightning_plateau._rule import PlateauCut, _PlateauRule
-from lightning_plateau.config import PlateauConfig
+from lightning_plateau.config import _SLOPE_DEFAULTS, PlateauConfig
 from lightning_plateau.replay import Replay, replay
 
 
@@ -87,7 +87,9 @@ def compare(
         lr: the starting LR, or one per param group.
         epochs: an epoch label (0-based) per value.
         global_steps: a step label per value.
-        **grid: PlateauConfig fields and the values to try, e.g. ``patience=[2, 5, 10], factor=[0.1, 0.5]``.
+        **grid: PlateauConfig fields and the values to try, e.g. ``patience=[2, 5, 10], factor=[0.1, 0.5]``, or
+            ``detector=["best", "slope"], smoothing=[0, 0.6]``: with ``detector`` in the grid, the slope settings of
+            ``base`` apply to the slope policies only (the best ones take their defaults).
 
     Returns:
         One :class:`PolicyOutcome` per combination, in the order of the grid.
@@ -118,11 +120,24 @@ def compare(
     outcomes = []
     for combination in itertools.product(*(list(grid[key]) for key in keys)):
         varied = dict(zip(keys, combination, strict=True))
-        config = dataclasses.replace(base_config, **varied)
+        config = _policy(base_config, varied)
         result = replay(floats, config, lr=lr, epochs=epochs, global_steps=global_steps)
         stop, reason = _early_stop(result)
         outcomes.append(PolicyOutcome(config, varied, result, stop, reason))
     return outcomes
+
+
+def _policy(base: PlateauConfig, varied: dict[str, Any]) -> PlateauConfig:
+    """``base`` with the ``varied`` settings; a row of the best detector in a grid of detectors drops the slope's.
+
+    ``compare(values, PlateauConfig(detector="slope", slope_robust=True), detector=["best", "slope"])`` compares
+    the two detectors: the slope settings belong to the slope rows (a config refuses them with ``"best"``). Slope
+    settings varied in the grid itself are kept, and refused with ``"best"``.
+    """
+    fields = dict(varied)
+    if "detector" in varied and varied["detector"] == "best":
+        fields = {**_SLOPE_DEFAULTS, **fields}
+    return dataclasses.replace(base, **fields)
 
 
 def _early_stop(result: Replay) -> tuple[Optional[int], Optional[str]]:

@@ -23,16 +23,25 @@ try:
     _Count = Annotated[int, Ge(0)]
     _NonNegative = Annotated[float, Ge(0), Predicate(math.isfinite)]
     _Bounds = Annotated[list[_NonNegative], MinLen(1)]
+    _Smoothing = Annotated[float, Ge(0), Lt(1)]
+    _Confidence = Annotated[float, Gt(0.5), Lt(1)]
 except ImportError:  # pragma: no cover - a plain install
     _Factor = float  # type: ignore[misc]
     _StartFactor = float  # type: ignore[misc]
     _Count = int  # type: ignore[misc]
     _NonNegative = float  # type: ignore[misc]
     _Bounds = list[float]  # type: ignore[misc]
+    _Smoothing = float  # type: ignore[misc]
+    _Confidence = float  # type: ignore[misc]
 
 _MODES = ("min", "max")
 _THRESHOLD_MODES = ("rel", "abs")
 _NON_FINITE_POLICIES = ("bad", "skip", "raise")
+_DETECTORS = ("best", "slope")
+# The settings of the slope detector, with their defaults: given with detector="best", they would change nothing.
+_SLOPE_DEFAULTS = {"slope_window": 0, "slope_confidence": 0.51, "slope_robust": False}
+# The fewest values a least-squares line gives a standard error for: dlib's count needs more than 2.
+_MIN_SLOPE_WINDOW = 3
 
 # Numbers torch's ReduceLROnPlateau takes (it checks only `factor < 1`) that the config refuses: what torch does
 # with them and why they are refused here, appended to the error so a user porting a torch config sees both.
@@ -102,6 +111,30 @@ class PlateauConfig:
             momentum; a checkpoint holds the copy too, so it grows by about as much. Refused under strategies
             that shard the module (FSDP, DeepSpeed, ModelParallel). ``False`` (the default): torch's behaviour,
             training goes on from the current weights.
+        smoothing: the weight ``a`` of an exponential moving average of the monitored values, in [0, 1), judged in
+            their place by either detector: ``s_1 = x_1``, ``s_t = a * s_(t-1) + (1 - a) * x_t`` over the values
+            judged (not those of a warmup or skipped), from the first, cuts included; ``0`` (the default): no
+            smoothing. A NaN or infinite value is judged as it is and left out of the average, which goes on from
+            the last finite values. ``best`` is then the best average.
+        detector: what says the value has stopped improving. ``"best"`` (the default): torch's rule, a value
+            better than the best so far by ``threshold``; ``patience`` counts the evaluations since.
+            ``"slope"``: dlib's ``count_steps_without_decrease``, as its DNN trainer uses it: the count is the
+            largest ``j`` such that a least-squares line through the last ``j`` values judged does not slope
+            down with probability ``slope_confidence`` (the slope's normal approximation); a cut when it exceeds
+            ``patience``. The values since the last cut (and its cooldown) are kept, at most ``slope_window``;
+            a cut empties them. ``mode="max"`` judges the negated values. ``best`` is still tracked, by
+            ``threshold``, for the reports, ``restore_best_on_cut`` and early stopping.
+        slope_window: with ``detector="slope"``, how many of the latest evaluations the count looks at;
+            ``0`` (the default): ``patience + 1`` (at least 3), dlib's trainer's choice (its history holds as many
+            values as its threshold), so a cut needs every value kept to show no decrease. A larger window lets
+            a cut come from a longer stretch without decrease. The count never exceeds it, so it must be more
+            than ``patience`` and at least 3.
+        slope_confidence: with ``detector="slope"``, the probability of a decrease below which a stretch counts
+            as without decrease, in (0.5, 1): dlib's ``probability_of_decrease``, 0.51 by default. Higher counts
+            a slow, noisy decrease as none sooner.
+        slope_robust: with ``detector="slope"``, also require the count with the largest 10% of the kept values
+            left out (dlib's ``count_steps_without_decrease_robust``; the smallest 10% for ``mode="max"``) to
+            exceed ``patience``, as dlib's trainer does: one bad spike then cannot cause a cut.
 
     Raises:
         ValueError: if a field is outside its allowed range; the message names the value given and, for a number
@@ -129,11 +162,16 @@ class PlateauConfig:
     on_nonfinite: Literal["bad", "skip", "raise"] = "bad"
     window_steps: _Count = 0
     restore_best_on_cut: bool = False
+    smoothing: _Smoothing = 0.0
+    detector: Literal["best", "slope"] = "best"
+    slope_window: _Count = 0
+    slope_confidence: _Confidence = 0.51
+    slope_robust: bool = False
 
     def __post_init__(self) -> None:
         # NumPy's and torch's scalars (np.str_, np.bool_, np.float32, a 0-dim tensor) as the plain values they
         # hold, so YAML, checkpoints and LightningCLI read the config anywhere.
-        for name in ("monitor", "mode", "threshold_mode", "on_nonfinite"):
+        for name in ("monitor", "mode", "threshold_mode", "on_nonfinite", "detector"):
             value = getattr(self, name)
             if isinstance(value, str) and type(value) is not str:
                 object.__setattr__(self, name, str(value))
@@ -148,6 +186,10 @@ class PlateauConfig:
             "warmup_start_factor",
             "window_steps",
             "restore_best_on_cut",
+            "smoothing",
+            "slope_window",
+            "slope_confidence",
+            "slope_robust",
         ):
             value = getattr(self, name)
             if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
@@ -183,11 +225,50 @@ class PlateauConfig:
             raise ValueError(f"`on_nonfinite` can be 'bad', 'skip' or 'raise', got {self.on_nonfinite!r}")
         if not isinstance(self.restore_best_on_cut, bool):
             raise ValueError(f"`restore_best_on_cut` must be True or False, got {self.restore_best_on_cut!r}")
+        self._check_detection()
         # Plain numbers (not the parser's range-checked subclasses), so hparams and YAML hold plain data.
-        for name in ("factor", "threshold", "eps", "warmup_start_factor"):
+        for name in ("factor", "threshold", "eps", "warmup_start_factor", "smoothing", "slope_confidence"):
             object.__setattr__(self, name, float(getattr(self, name)))
-        for name in ("patience", "cooldown", "warmup_steps", "window_steps"):
+        for name in ("patience", "cooldown", "warmup_steps", "window_steps", "slope_window"):
             object.__setattr__(self, name, int(getattr(self, name)))
+
+    def _check_detection(self) -> None:
+        """Refuse a smoothing, detector or slope setting out of range, or a slope setting that could change nothing."""
+        _check_number("smoothing", self.smoothing, "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
+        if self.detector not in _DETECTORS:
+            raise ValueError(f"`detector` can be 'best' or 'slope', got {self.detector!r}")
+        _check_int("slope_window", self.slope_window)
+        _check_number("slope_confidence", self.slope_confidence, "a float in (0.5, 1)", lambda v: 0.5 < v < 1.0)
+        if not isinstance(self.slope_robust, bool):
+            raise ValueError(f"`slope_robust` must be True or False, got {self.slope_robust!r}")
+        if self.detector == "best":
+            given = [
+                f"{name}={getattr(self, name)!r}"
+                for name, default in _SLOPE_DEFAULTS.items()
+                if getattr(self, name) != default
+            ]
+            if given:
+                what = "a setting" if len(given) == 1 else "settings"
+                raise ValueError(
+                    f"{', '.join(given)}: {what} of the slope detector, but detector='best' (the default) compares"
+                    " each value with the best so far and would ignore it. Set detector='slope' to use the slope"
+                    " detector, or leave the slope settings out."
+                )
+            return
+        window = self.slope_window
+        if window and (window < _MIN_SLOPE_WINDOW or window <= self.patience):
+            raise ValueError(
+                f"`slope_window` must be more than patience ({self.patience}) and at least {_MIN_SLOPE_WINDOW}, or 0"
+                f" (patience + 1, at least {_MIN_SLOPE_WINDOW}), got {window}: the slope's count never exceeds the"
+                f" number of values kept, so with {window} it could never exceed patience {self.patience} and the LR"
+                " would never be cut"
+                + ("" if window >= _MIN_SLOPE_WINDOW else f" (a line's slope needs {_MIN_SLOPE_WINDOW} values)")
+            )
+
+    @property
+    def effective_slope_window(self) -> int:
+        """How many of the latest evaluations the slope detector keeps: ``slope_window``, or its default."""
+        return self.slope_window or max(self.patience + 1, _MIN_SLOPE_WINDOW)
 
     def __hash__(self) -> int:
         # The generated hash fails on a list `min_lr`, which stays a list because LightningCLI and YAML read it as
@@ -264,6 +345,14 @@ class PlateauConfig:
             extra += f", windows of {self.window_steps} steps"
         if self.restore_best_on_cut:
             extra += ", restoring the best weights at each cut"
+        if self.smoothing:
+            extra += f", smoothing {self.smoothing:g}"
+        if self.detector != "best":
+            extra += f", {self.detector} detector over {self.effective_slope_window} evaluations"
+            if self.slope_confidence != _SLOPE_DEFAULTS["slope_confidence"]:
+                extra += f" (confidence {self.slope_confidence:g})"
+            if self.slope_robust:
+                extra += ", robust"
         return f"{self.monitor} ({self.mode}), patience {self.patience}, factor {self.factor:g}{extra}"
 
 

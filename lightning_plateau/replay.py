@@ -24,9 +24,10 @@ class ReplayRow(NamedTuple):
         evaluation: 1-based index of the value in the replayed history.
         epoch: the epoch label given for the value (0-based, as Lightning counts), ``None`` without labels.
         global_step: the step label given for the value, ``None`` without labels.
-        value: the value judged.
-        best: best value so far, after this evaluation (``inf``/``-inf`` before any finite improvement).
-        num_bad: evaluations without improvement counted so far (0 right after a cut).
+        value: the value replayed (a window's mean with ``window_steps``): the value judged, unless ``smoothed``.
+        best: best value judged so far, after this evaluation (``inf``/``-inf`` before any finite improvement).
+        num_bad: evaluations without improvement counted so far (0 right after a cut); with ``detector="slope"``,
+            the count of evaluations without decrease.
         cooldown: evaluations of cooldown left.
         lrs: LR of each param group after the decision.
         cut: whether this evaluation cut the LR.
@@ -36,6 +37,8 @@ class ReplayRow(NamedTuple):
         warmup: whether it falls in the warmup (``global_step < warmup_steps``): recorded, not judged; ``lrs`` is
             the warmup's LR at that step.
         skipped: whether its value was not finite and ``on_nonfinite="skip"`` left it out of the rule.
+        smoothed: with ``smoothing``, the moving average judged in place of ``value``; ``None`` otherwise, and for a
+            row in the warmup or skipped.
     """
 
     evaluation: int
@@ -51,10 +54,13 @@ class ReplayRow(NamedTuple):
     window: Optional[Span] = None
     warmup: bool = False
     skipped: bool = False
+    smoothed: Optional[float] = None
 
     def as_evaluation(self) -> PlateauEvaluation:
         """This row as the :class:`~lightning_plateau.PlateauEvaluation` the live callback records."""
-        return PlateauEvaluation(*self[:9], window=self.window, warmup=self.warmup, skipped=self.skipped)
+        return PlateauEvaluation(
+            *self[:9], window=self.window, warmup=self.warmup, skipped=self.skipped, smoothed=self.smoothed
+        )
 
 
 class Replay(Sequence[ReplayRow]):
@@ -83,6 +89,7 @@ class Replay(Sequence[ReplayRow]):
         windows: Optional[Sequence[Span]] = None,
         warmup_rows: int = 0,
         skipped: frozenset[int] = frozenset(),
+        smoothed: Optional[list[Optional[float]]] = None,
     ) -> None:
         self.config = config
         self.initial_lrs = initial_lrs
@@ -100,6 +107,8 @@ class Replay(Sequence[ReplayRow]):
         # evaluations left out as non-finite.
         self._warmup_rows = warmup_rows
         self._skipped = skipped
+        # with smoothing, the average judged at each row (None where none was)
+        self._smoothed = smoothed
 
     def __len__(self) -> int:
         return len(self._values)
@@ -127,6 +136,7 @@ class Replay(Sequence[ReplayRow]):
         epochs = self._epochs
         steps = self._global_steps
         windows = self._windows
+        smoothed = self._smoothed
         columns = zip(self._values, self._bests, self._num_bad, self._cooldowns, strict=True)
         plain = not self._warmup_rows and not self._skipped
         for index, (value, best, num_bad, cooldown) in enumerate(columns):
@@ -148,6 +158,7 @@ class Replay(Sequence[ReplayRow]):
                 reason is not None,
                 reason,
                 None if windows is None else windows[index],
+                smoothed=None if smoothed is None else smoothed[index],
             )
             yield row if plain else self._flagged(row)
 
@@ -211,6 +222,7 @@ class Replay(Sequence[ReplayRow]):
             cut,
             self._reason(self.cuts[position - 1]) if cut else None,
             None if self._windows is None else self._windows[index],
+            smoothed=None if self._smoothed is None else self._smoothed[index],
         )
         return row if not self._warmup_rows and not self._skipped else self._flagged(row)
 
@@ -252,6 +264,10 @@ def replay(
     the fit logged: they are cut into windows of N optimizer steps by the live callback's own rule and each
     window's mean is judged, one row per window (a window the values end inside is not judged). Replaying the
     values a fit logged on each micro-batch (all ranks' values, for the mean over ranks) gives its judged means.
+
+    Every detector and ``smoothing`` replay as they run live: give the raw values (``PlateauEvaluation.value``, the
+    ``plateau/value`` trace), and the replay averages them again; each row then has the average judged
+    (``smoothed``), and with ``detector="slope"`` ``num_bad`` is the slope's count.
 
     Args:
         values: the monitored value at each evaluation, oldest first (floats, 0-dim tensors, numpy scalars).
@@ -307,7 +323,7 @@ def replay(
     # One dummy parameter per group: torch refuses a parameter in two groups.
     groups = [{"params": [torch.nn.Parameter(torch.zeros(()))], "lr": group_lr} for group_lr in initial_lrs]
     scheduler = _PlateauRule(torch.optim.SGD(groups), config)
-    if not scheduler._plain:
+    if not scheduler._plain or config.smoothing:
         return _replay_flagged(scheduler, config, initial_lrs, floats, epochs, global_steps, windows)
     bests: list[float] = []
     num_bad: list[int] = []
@@ -360,8 +376,9 @@ def _replay_flagged(
     global_steps: Optional[list[Optional[int]]],
     windows: Optional[list[Span]],
 ) -> Replay:
-    """The replay of a config with a warmup or a non-finite policy: the live callback's steps, value by value."""
+    """The replay of a config with a warmup, a non-finite policy or smoothing: the live callback's steps, one by one."""
     scheduler._warned_skip = True  # the rows say which values were skipped
+    smoothed: Optional[list[Optional[float]]] = [] if config.smoothing else None
     bests: list[float] = []
     num_bad: list[int] = []
     cooldowns: list[int] = []
@@ -380,6 +397,8 @@ def _replay_flagged(
         warmup_rows += in_warmup
         if was_skipped:
             skipped.add(scheduler.num_evaluations)
+        if smoothed is not None:
+            smoothed.append(scheduler._smoothed)
         bests.append(scheduler.best)
         num_bad.append(scheduler.num_bad_epochs)
         cooldowns.append(scheduler.cooldown_counter)
@@ -396,6 +415,7 @@ def _replay_flagged(
         windows,
         warmup_rows=warmup_rows,
         skipped=frozenset(skipped),
+        smoothed=smoothed,
     )
 
 

@@ -41,7 +41,12 @@ class PlateauScheduler(_PlateauRule, LightningReduceLROnPlateau):  # type: ignor
       ``ValueError`` naming the evaluation and the value;
     - with ``restore_best_on_cut=True`` its PlateauCallback loads the best evaluation's weights and optimizer
       state at each cut (recorded in the cut's ``restored_from``); stepped by hand, it raises, since only the
-      callback reaches the module's weights.
+      callback reaches the module's weights;
+    - two more, off by default (``smoothing=0``, ``detector="best"`` keep torch's rule): ``smoothing`` judges an
+      exponential moving average of the values in their place; ``detector="slope"`` replaces the comparison with
+      the best by dlib's count of evaluations over which a least-squares line shows no confident decrease
+      (``slope_window``, ``slope_confidence``, ``slope_robust``), reported as ``num_bad_epochs``. Its history and
+      the average are in :meth:`state_dict`.
 
     Kept as torch has them: a NaN value counts as a bad evaluation (with the default ``on_nonfinite="bad"``);
     with ``mode="min"``, ``"rel"`` and ``threshold >= 1`` torch's bar over the starting ``inf`` is NaN or
@@ -61,7 +66,8 @@ class PlateauScheduler(_PlateauRule, LightningReduceLROnPlateau):  # type: ignor
         monitor: the metric a Trainer's PlateauCallback judges (what LightningCLI's ``--lr_scheduler.monitor``
             sets); with ``mode``, ``factor``, ``patience``, ``threshold``, ``threshold_mode``, ``cooldown``,
             ``min_lr``, ``eps``, ``strict``, ``warmup_steps``, ``warmup_start_factor``, ``on_nonfinite``,
-            ``window_steps`` and ``restore_best_on_cut`` the fields of :class:`PlateauConfig`, as torch's
+            ``window_steps``, ``restore_best_on_cut``, ``smoothing``, ``detector``, ``slope_window``,
+            ``slope_confidence`` and ``slope_robust`` the fields of :class:`PlateauConfig`, as torch's
             ``ReduceLROnPlateau`` takes them: replacing ``ReduceLROnPlateau(`` by ``PlateauScheduler(`` keeps a line
             working. Fields not given take PlateauConfig's defaults, which are torch's. Give these or ``config``,
             not both.

@@ -1,8 +1,9 @@
 """Plateau traces: every decision logged to the Trainer's loggers at the evaluation that made it, plus W&B extras.
 
-At each evaluation the scheduler judges, :class:`~lightning_plateau.PlateauCallback` logs ``plateau/value``,
-``plateau/best``, ``plateau/num_bad``, ``plateau/cooldown``, ``plateau/reductions``, ``plateau/evaluation``,
-``plateau/global_step`` (the trainer's, which a warmup counts) and the LR after the decision (``plateau/lr``, or
+At each evaluation the scheduler judges, :class:`~lightning_plateau.PlateauCallback` logs ``plateau/value`` (with
+``smoothing`` also ``plateau/smoothed``, the moving average judged), ``plateau/best``, ``plateau/num_bad``,
+``plateau/cooldown``, ``plateau/reductions``, ``plateau/evaluation``, ``plateau/global_step`` (the trainer's,
+which a warmup counts) and the LR after the decision (``plateau/lr``, or
 ``plateau/lr/pg0``, ``plateau/lr/pg1``, ... for several param groups) to every logger, on Lightning's own step axis;
 ``plateau/warmup`` (1 during the warmup, else 0) with a warmup, ``plateau/skipped`` (1 for a non-finite value left
 out of the rule, else 0) with ``on_nonfinite="skip"``; with ``restore_best_on_cut`` also ``plateau/restores``
@@ -64,8 +65,11 @@ def _trace_metrics(
     ``warmup`` and ``skip`` (whether the plateau has a warmup, whether it skips non-finite values) add the flags
     ``plateau/warmup`` and ``plateau/skipped``, so a run with neither logs no column that is always 0.
     """
-    metrics: dict[str, float] = {
-        "plateau/value": row.value,
+    metrics: dict[str, float] = {"plateau/value": row.value}
+    if row.smoothed is not None:
+        # The average the rule judged, beside the value it averages: the best and the counts follow the average.
+        metrics["plateau/smoothed"] = row.smoothed
+    metrics |= {
         "plateau/best": row.best,
         "plateau/num_bad": row.num_bad,
         "plateau/cooldown": row.cooldown,
@@ -403,7 +407,8 @@ def _summary_message(
             where = "" if scheduler.best_epoch is None else f" at epoch {scheduler.best_epoch}"
             if scheduler.best_window is not None:
                 where = f" in {format_steps(scheduler.best_window)}"
-            parts.append(f"best {config.monitor} {format_value(best)}{where}")
+            average = f" (moving average {config.smoothing:g})" if config.smoothing else ""
+            parts.append(f"best {config.monitor}{average} {format_value(best)}{where}")
     if unjudged is not None:
         parts.append(
             f"{format_steps(unjudged)} not judged (the fit ended inside that window of {config.window_steps} steps)"
@@ -482,7 +487,8 @@ def _wandb_summary(scheduler: PlateauScheduler) -> dict[str, Any]:
 def _cuts_table(wandb: Any, scheduler: PlateauScheduler, config: PlateauConfig) -> Any:
     groups = max((len(cut.lrs_after) for cut in scheduler.cuts), default=1)
     suffixes = [""] if groups == 1 else [f"/pg{index}" for index in range(groups)]
-    columns = ["cut", "evaluation", "epoch", "global_step", "value", "best"]
+    smoothing = config.smoothing > 0
+    columns = ["cut", "evaluation", "epoch", "global_step", "value", *(["smoothed"] if smoothing else []), "best"]
     columns += [f"lr_before{s}" for s in suffixes] + [f"lr_after{s}" for s in suffixes]
     restoring = config.restore_best_on_cut
     columns += ["restored_from", "reason"] if restoring else ["reason"]
@@ -490,7 +496,8 @@ def _cuts_table(wandb: Any, scheduler: PlateauScheduler, config: PlateauConfig) 
     for number, cut in enumerate(scheduler.cuts, start=1):
         before = [_at(cut.lrs_before, index) for index in range(groups)]
         after = [_at(cut.lrs_after, index) for index in range(groups)]
-        head = [number, cut.evaluation, cut.epoch, cut.global_step, cut.value, cut.best]
+        head = [number, cut.evaluation, cut.epoch, cut.global_step, cut.value, *([cut.smoothed] if smoothing else [])]
+        head.append(cut.best)
         restored = [cut.restored_from] if restoring else []
         rows.append([*head, *before, *after, *restored, format_cut(cut, config)])
     return wandb.Table(columns=columns, data=rows)

@@ -202,7 +202,8 @@ class _Recorder(pl.Callback):
             "batch_lrs": self.batch_lrs,
             "final_lr": trainer.optimizers[0].param_groups[0]["lr"],
             "history": [
-                {"epoch": row.epoch, "value": row.value, "lr": row.lrs[0], "cut": row.cut}
+                {"epoch": row.epoch, "value": row.value, "lr": row.lrs[0], "cut": row.cut, "num_bad": row.num_bad}
+                | ({} if row.smoothed is None else {"smoothed": row.smoothed})
                 | ({} if row.window is None else {"window": list(row.window), "global_step": row.global_step})
                 | ({"warmup": row.warmup, "skipped": row.skipped} if row.warmup or row.skipped else {})
                 for row in plateau.history
@@ -244,6 +245,9 @@ def _parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--restore-best-on-cut", action="store_true", help="PlateauConfig(restore_best_on_cut=True)")
     parser.add_argument("--window-steps", type=int, default=0, help="judge train_loss in windows of N optimizer steps")
     parser.add_argument("--every-n-train-steps", type=int, help="with --checkpoint-dir: save every N steps, all kept")
+    parser.add_argument("--detector", default="best", help="PlateauConfig(detector=...)")
+    parser.add_argument("--slope-robust", action="store_true", help="PlateauConfig(slope_robust=True)")
+    parser.add_argument("--smoothing", type=float, default=0.0, help="PlateauConfig(smoothing=...)")
     return parser.parse_args(argv)
 
 
@@ -264,6 +268,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         on_nonfinite=args.on_nonfinite,
         window_steps=args.window_steps,
         restore_best_on_cut=args.restore_best_on_cut,
+        smoothing=args.smoothing,
+        detector=args.detector,
+        slope_robust=args.slope_robust,
     )
     model = RankScriptedModel(values, config, args.loaders)
     callbacks: list[pl.Callback] = [_Recorder(args.out)]

@@ -130,6 +130,14 @@ def write_yaml(tmp_path: Path, plateau: Optional[dict[str, Any]]) -> list[str]:
             PlateauConfig(patience=3, restore_best_on_cut=True),
             id="yaml-restore-best-on-cut",
         ),
+        pytest.param(
+            {"patience": 5, "detector": "slope", "slope_window": 6, "slope_confidence": 0.6},
+            ["--model.plateau.smoothing", "0.6", "--model.plateau.slope_robust", "true"],
+            PlateauConfig(
+                patience=5, smoothing=0.6, detector="slope", slope_window=6, slope_confidence=0.6, slope_robust=True
+            ),
+            id="detectors",
+        ),
     ],
 )
 def test_lightning_cli_plateau_reaches_scheduler(
@@ -168,6 +176,11 @@ def test_lightning_cli_plateau_reaches_scheduler(
             ["model.plateau.on_nonfinite", "'bad'", "'skip'", "'raise'", "ignore"],
             id="on-nonfinite",
         ),
+        pytest.param(
+            ["--model.plateau.detector", "mean"],
+            ["model.plateau.detector", "'best'", "'slope'", "mean"],
+            id="detector",
+        ),
     ],
 )
 def test_lightning_cli_bad_value_fails_parsing(
@@ -194,6 +207,9 @@ def test_lightning_cli_bad_value_fails_parsing(
         (["--model.plateau.warmup_steps", "-1"], ['Parser key "model.plateau.warmup_steps"', "greater than or equal"]),
         (["--model.plateau.warmup_start_factor", "0"], ['"model.plateau.warmup_start_factor"', "greater than 0"]),
         (["--model.plateau.warmup_start_factor", "1.5"], ['"model.plateau.warmup_start_factor"', "less than or equal"]),
+        (["--model.plateau.smoothing", "1"], ['Parser key "model.plateau.smoothing"', "less than 1"]),
+        (["--model.plateau.slope_confidence", "0.5"], ['"model.plateau.slope_confidence"', "greater than 0.5"]),
+        (["--model.plateau.slope_window", "-1"], ['"model.plateau.slope_window"', "greater than or equal to 0"]),
     ],
 )
 def test_lightning_cli_out_of_range_value_is_a_parser_error(
@@ -381,3 +397,27 @@ def test_lightning_cli_lr_scheduler_takes_warmup_and_nonfinite(tmp_path: Path) -
     assert [row.warmup for row in plateau_of(result.trainer).history] == [True, False]
     assert scheduler.warmup_done
     assert result.trainer.optimizers[0].param_groups[0]["lr"] == 0.01
+
+
+def test_lightning_cli_lr_scheduler_takes_the_slope_detector(tmp_path: Path) -> None:
+    """`--lr_scheduler.detector slope` and its settings reach the PlateauScheduler, which counts on a flat metric."""
+    result = LightningCLI(
+        FlatModel,
+        args=[
+            "fit",
+            *("--trainer.default_root_dir", str(tmp_path), "--trainer.accelerator", "cpu"),
+            *("--trainer.max_epochs", "4", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false"),
+            *("--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false"),
+            *_SCHEDULER_ARGS,
+            *("--lr_scheduler.detector", "slope", "--lr_scheduler.slope_robust", "true"),
+            *("--lr_scheduler.smoothing", "0.5"),
+        ],
+        save_config_kwargs={"overwrite": True},
+    )
+    (scheduler_config,) = result.trainer.lr_scheduler_configs
+    scheduler = scheduler_config.scheduler
+    assert isinstance(scheduler, PlateauScheduler)
+    assert scheduler.config == PlateauConfig(patience=1, factor=0.5, smoothing=0.5, detector="slope", slope_robust=True)
+    # val_loss is 1.0 at every evaluation: 3 values show no decrease (patience 1, a window of 3) -> cut at 3
+    assert [cut.evaluation for cut in scheduler.cuts] == [3]
+    assert [row.num_bad for row in plateau_of(result.trainer).history] == [0, 0, 0, 0]

@@ -130,9 +130,10 @@ def test_replay_is_a_sequence_of_rows() -> None:
     evaluations = result.evaluations()
     assert all(isinstance(row, PlateauEvaluation) for row in evaluations)
     # a replay has no cut limit, so no cut is ever withheld; without window_steps no row has a window, without
-    # restore_best_on_cut nothing is restored, and without warmup or skip no row is in either
+    # restore_best_on_cut nothing is restored, without warmup or skip no row is in either, without smoothing no
+    # row has an average
     assert [tuple(row.__dict__.values()) for row in evaluations] == [
-        (*row[:9], False, None, None, False, False) for row in rows
+        (*row[:9], False, None, None, False, False, None) for row in rows
     ]
     assert result.reasons() == [row.reason for row in rows if row.cut]
     assert repr(result) == "Replay(20 evaluations, 3 cuts, val_loss (min), patience 3, factor 0.1)"

@@ -93,7 +93,7 @@ TASKS = {
         Task("digits-smallval", "val 5% (90 images)", "digits", 0.05, 50, 1e-2, "adam", _DIGITS_PLATEAU),
         Task(
             "digits-labelnoise",
-            "val 20%, 30% of training labels random",
+            "val 20%, 30% of training labels redrawn at random",
             "digits",
             0.2,
             50,

@@ -5,6 +5,7 @@ Run: ``python benchmarks/bench.py [--runs 5] [--markdown PATH]``. It runs, in th
 (``import_cost.py``), the replay speed (``replay_speed.py``) and the DDP collective count (``ddp_collectives.py``),
 and prints one Markdown section; ``--markdown`` also writes it to a file, to paste unchanged into
 ``benchmarks/RESULTS.md``. The GPU check is ``gpu_check.py``, run on a GPU machine.
+The comparison of plateau detectors on real training, ``detectors.py``, runs on its own (minutes, not seconds).
 """
 
 from __future__ import annotations

@@ -94,11 +94,16 @@ def format_cut(cut: PlateauCut, config: PlateauConfig) -> str:
 def format_restore(cut: PlateauCut, config: PlateauConfig) -> str:
     """What ``restore_best_on_cut`` did at a cut, as the end of its line; ``""`` without the setting.
 
-    Example: ``; weights restored from eval 5 (epoch 4)``.
+    Example: ``; weights restored from eval 5 (epoch 4)``; with windows ``; weights restored from eval 5 (steps
+    41-50)``, the window of the best evaluation, whose weights are the ones restored.
     """
     if not config.restore_best_on_cut:
         return ""
     if cut.restored_from is None:
         return "; no weights restored (no best weights were kept)"
-    epoch = "" if cut.restored_epoch is None else f" (epoch {cut.restored_epoch})"
-    return f"; weights restored from eval {cut.restored_from}{epoch}"
+    where = "" if cut.restored_epoch is None else f" (epoch {cut.restored_epoch})"
+    if cut.window is not None:
+        # Windows are named by their steps, never by the epoch (one epoch may hold many windows).
+        best_window = cut.best_window if cut.restored_from == cut.best_evaluation else None
+        where = "" if best_window is None else f" ({format_steps(best_window)})"
+    return f"; weights restored from eval {cut.restored_from}{where}"

@@ -45,6 +45,9 @@ _TRANSIENT = frozenset(
         "_flags",
         "_detector",
         "_smoothing",
+        "_restored",
+        "_warmup_at",
+        "_stepped_at",
     }
 )
 # The policy comes from the config the scheduler is built with; a checkpoint brings back the counters only.
@@ -199,6 +202,14 @@ def warmup_lrs(base_lrs: Sequence[float], step: int, warmup_steps: int, start_fa
     return tuple(base * scale for base in base_lrs)
 
 
+def _warmup_end_of(state: Mapping[str, Any]) -> Optional[int]:
+    """Where the warmup of a checkpoint written before ``warmup_end_step`` was kept ended; ``None``: not, or none."""
+    steps = int(state.get("warmup_steps") or 0)
+    if not state.get("warmup_done") or steps == 0:
+        return None
+    return int(state.get("warmup_start_step", 0)) + steps
+
+
 class _PlateauRule(ReduceLROnPlateau):
     """Everything :class:`~lightning_plateau.PlateauScheduler` does, with no import of Lightning.
 
@@ -319,6 +330,19 @@ class _PlateauRule(ReduceLROnPlateau):
         self.warmup_base_lrs = tuple(float(group["lr"]) for group in optimizer.param_groups)
         #: whether the warmup is over (or there is none): from then on the LR moves by the plateau's cuts only
         self.warmup_done = config.warmup_steps == 0
+        #: the step the warmup counts from: 0 outside a Trainer; inside one, the global step its fit started at (a
+        #: reused Trainer's second fit starts past 0, and warms up from there, as a LinearLR built for it does)
+        self.warmup_start_step = 0
+        #: the step at which the warmup ended (``warmup_start_step + warmup_steps`` of the fit that ran it), ``None``
+        #: while it runs or when this run had none: what the summary reports, whatever ``warmup_steps`` says later
+        self.warmup_end_step: Optional[int] = None
+        # Whether `load_state_dict` brought the warmup's progress from a checkpoint: a resumed fit goes on from it,
+        # a fresh one starts its warmup at its own first step.
+        self._restored = False
+        # The latest step `apply_warmup` was given, and where it stood at the previous `step(value)` by hand: a
+        # warmup that never advances between two values would leave every value unjudged.
+        self._warmup_at = 0
+        self._stepped_at: Optional[int] = None
         # 1-based evaluations recorded but not judged (during warmup, or skipped as non-finite), oldest first
         self._uncounted: list[int] = []
         self._warned_skip = False
@@ -387,41 +411,65 @@ class _PlateauRule(ReduceLROnPlateau):
     def apply_warmup(self, step: int) -> bool:
         """Set each param group's LR for optimizer step ``step`` (the steps already taken) of the warmup.
 
-        The LR is ``lr * (start + (1 - start) * step / warmup_steps)``, ``lr`` being the group's LR when the
-        scheduler was built (:attr:`warmup_base_lrs`); from ``step >= warmup_steps`` on it is ``lr``, the warmup is
-        over and this does nothing any more. A few float operations, no tensor. Inside a Trainer the
-        :class:`~lightning_plateau.PlateauCallback` calls it after every training batch with
-        ``trainer.global_step``; outside one, call it before each optimizer step. Param groups added after the
-        scheduler was built (``BaseFinetuning``) keep their own LR.
+        The LR is ``lr * (start + (1 - start) * k / warmup_steps)`` with ``k = step - warmup_start_step``, ``lr``
+        being the group's LR when the scheduler was built (:attr:`warmup_base_lrs`); from ``k >= warmup_steps`` on it
+        is ``lr``, the warmup is over and this does nothing any more. A few float operations, no tensor. Inside a
+        Trainer the :class:`~lightning_plateau.PlateauCallback` calls it after every training batch with
+        ``trainer.global_step``, and the warmup counts from the step its fit started at (:attr:`warmup_start_step`).
+        Outside one ``warmup_start_step`` is 0: call it after each optimizer step with the number of optimizer steps
+        taken so far, before the next ``step(value)``. Param groups added after the scheduler was built
+        (``BaseFinetuning``) keep their own LR.
 
         Args:
             step: optimizer steps taken so far.
 
         Returns:
             Whether it set the LR (``False`` once the warmup is over, or without one).
+
+        Raises:
+            ValueError: if ``step`` is before the warmup's start (below 0 outside a Trainer).
         """
         if self.warmup_done:
             return False
-        lrs = warmup_lrs(self.warmup_base_lrs, step, self.warmup_steps, self.warmup_start_factor)
+        taken = step - self.warmup_start_step
+        if taken < 0:
+            raise ValueError(
+                f"PlateauScheduler.apply_warmup({step}): the warmup starts at step {self.warmup_start_step}; pass the"
+                " number of optimizer steps taken so far (0 or more)."
+            )
+        self._warmup_at = step
+        lrs = warmup_lrs(self.warmup_base_lrs, taken, self.warmup_steps, self.warmup_start_factor)
         groups = self.optimizer.param_groups
         for group, lr in zip(groups, lrs, strict=False):
             group["lr"] = lr
         self._last_lr = [float(group["lr"]) for group in groups]
-        if step >= self.warmup_steps:
+        if taken >= self.warmup_steps:
             self.warmup_done = True
+            self.warmup_end_step = step
         return True
+
+    def _start_warmup_at(self, step: int) -> None:
+        """Count a fresh fit's warmup from ``step``, the global step it starts at; a resumed fit keeps its own start.
+
+        Called by the PlateauCallback at train start, after Lightning restored a checkpoint's state (if any).
+        """
+        if not self._restored:
+            self.warmup_start_step = step
+        self.apply_warmup(step)
 
     @property
     def in_warmup(self) -> bool:
         """Whether an evaluation judged now falls in the warmup.
 
-        At ``global_step < warmup_steps`` when the step is known (inside a Trainer, in ``replay``), else until
-        :meth:`apply_warmup` has reached ``warmup_steps``.
+        Never once the warmup is over, or when the run never had one (a resume keeps it so, whatever
+        ``warmup_steps`` says now): the LR and the judging always agree. Before that, at
+        ``global_step - warmup_start_step < warmup_steps`` when the step is known (inside a Trainer, in ``replay``),
+        else until :meth:`apply_warmup` has reached ``warmup_steps``.
         """
-        if self.warmup_steps == 0:
+        if self.warmup_done:
             return False
         step = self._context[1]
-        return step < self.warmup_steps if step is not None else not self.warmup_done
+        return step is None or step - self.warmup_start_step < self.warmup_steps
 
     @override
     def step(self, metrics: Optional[SupportsFloat] = None, epoch: Optional[int] = None) -> None:  # type: ignore[override]
@@ -431,13 +479,17 @@ class _PlateauRule(ReduceLROnPlateau):
         a value passed here by hand is refused, and Lightning's own loop calls ``step()`` without a value,
         which is ignored.
 
+        Stepped by hand with ``warmup_steps``, call :meth:`apply_warmup` after each optimizer step (torch's class has
+        no warmup, so a loop written for it does not): a value judged while the warmup stands still is refused.
+
         Args:
             metrics: the value (a float or a 0-dim tensor).
             epoch: deprecated by torch; passed through to torch's class.
 
         Raises:
             RuntimeError: if a value is passed by hand while a PlateauCallback owns the stepping, or with
-                ``restore_best_on_cut=True`` (only a PlateauCallback reaches the weights it restores).
+                ``restore_best_on_cut=True`` (only a PlateauCallback reaches the weights it restores), or with a
+                warmup that has not advanced (no :meth:`apply_warmup` with a later step) since the previous value.
         """
         if self._driver is not None:
             if metrics is None:
@@ -457,7 +509,26 @@ class _PlateauRule(ReduceLROnPlateau):
                 " them. Fit with a Trainer (PlateauMixin, or PlateauCallback), or set restore_best_on_cut=False and"
                 " keep the best weights yourself."
             )
+        if not self.warmup_done:
+            self._check_warmup_advances()
         self._judge(float(metrics), epoch)
+
+    def _check_warmup_advances(self) -> None:
+        """Refuse a second value by hand while the warmup stands still: it would never end, and nothing be judged.
+
+        The first value may come before any optimizer step (a validation before training); from the second on, an
+        :meth:`apply_warmup` with a later step must have come in between.
+        """
+        if self._stepped_at is not None and self._stepped_at == self._warmup_at:
+            raise RuntimeError(
+                f"PlateauScheduler(warmup_steps={self.warmup_steps}) is stepped by hand, but its warmup has not"
+                f" advanced since the previous value (it stands at optimizer step {self._warmup_at}): every value"
+                " would be recorded as warmup and never judged, and the LR would stay at the warmup's. Call"
+                " `scheduler.apply_warmup(optimizer_steps_taken)` after each optimizer step (torch's"
+                " ReduceLROnPlateau has no warmup, so a loop written for it does not), or fit with a Lightning"
+                " Trainer and PlateauCallback (which sets the warmup for you), or drop warmup_steps."
+            )
+        self._stepped_at = self._warmup_at
 
     def _judge(self, value: float, epoch: Optional[int] = None) -> None:
         if not self._plain and self._set_aside(value):
@@ -671,12 +742,17 @@ class _PlateauRule(ReduceLROnPlateau):
         this plateau starts afresh (with a warning; the LR is the optimizer's, restored by its own state).
 
         The warmup's progress is restored in every case: a warmup that is over, or that the checkpoint's run never
-        had (a checkpoint written before warmups existed), does not start again, whatever ``warmup_steps`` says now.
+        had (a checkpoint written before warmups existed), does not start again, whatever ``warmup_steps`` says now,
+        and no evaluation after it counts as one of the warmup's. So is the step it counts from (0 for checkpoints
+        written before it was kept), so a resumed fit goes on with its own warmup, not one of its own start.
         """
+        self._restored = True
         # Never restarted mid-run: it would set the LR back to the ramp, or to the base over a cut LR.
         warmup: dict[str, Any] = {
             key: state_dict[key] for key in ("warmup_base_lrs", "warmup_done") if key in state_dict
         }
+        warmup["warmup_start_step"] = int(state_dict.get("warmup_start_step", 0))
+        warmup["warmup_end_step"] = state_dict.get("warmup_end_step", _warmup_end_of(state_dict))
         if "warmup_done" not in warmup:
             warmup["warmup_done"] = True
             if self.warmup_steps:

@@ -293,8 +293,9 @@ class PlateauCallback(Callback):
             self._resume_best_state((self._restored_state or {}).get("best_state") or {})
         self._restored_state = None
         self._checkpoint_states = []
-        # The warmup's LR of the step training starts (or resumes) at: the checkpoint's own LR, set again.
-        self.scheduler.apply_warmup(trainer.global_step)
+        # The warmup's LR of the step training starts (or resumes) at: the checkpoint's own LR, set again. A fresh fit
+        # of a reused Trainer starts past step 0 and warms up from there, as a LinearLR built for it would.
+        self.scheduler._start_warmup_at(trainer.global_step)
         # After the checkpoint's optimizer state is restored: the LRs the plateau leaves the run with.
         self._expected_lrs = _lrs(self.scheduler)
         self._restore_window(trainer)
@@ -381,6 +382,8 @@ class PlateauCallback(Callback):
         scheduler = self.scheduler
         if scheduler is not None and not scheduler.warmup_done and scheduler.apply_warmup(trainer.global_step):
             self._expected_lrs = _lrs(scheduler)
+            if scheduler.warmup_done:
+                self._show_warmup_end(trainer)
         window = self._window
         if window is None:
             return  # the default: no work per step beyond the checks above
@@ -423,6 +426,8 @@ class PlateauCallback(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.scheduler is None or self.config is None:
             return
+        # An LR written by other code after the last evaluation: named in the summary, which reports the final LR.
+        self._notice_outside_changes(at_end=True)
         # Rank zero only, and no collective: this runs after the strategy's teardown.
         written = self._traces.finish(trainer, self.scheduler, self.history, self.config) if self.log_traces else []
         unjudged = None if self._window is None else self._window.pending(trainer.global_step)
@@ -583,6 +588,19 @@ class PlateauCallback(Callback):
         if row.warmup or row.skipped:
             state = f"lr {format_lrs(row.lrs)} · {'warmup' if row.warmup else 'skipped'}"
         trainer.progress_bar_metrics["plateau"] = state  # type: ignore[index,assignment]
+
+    def _show_warmup_end(self, trainer: pl.Trainer) -> None:
+        """At the step the warmup ends, a bar that says ``· warmup`` (from an evaluation in it) shows the new state.
+
+        Once per fit: the bar would otherwise name the warmup's LR and state until the next evaluation.
+        """
+        metrics: dict[str, Any] = trainer.progress_bar_metrics
+        if not self.verbose or trainer.progress_bar_callback is None or "plateau" not in metrics:
+            return
+        scheduler = self.scheduler
+        assert scheduler is not None
+        needed = self._require_config().patience + 1
+        metrics["plateau"] = f"lr {format_lrs(_lrs(scheduler))} · bad {scheduler.num_bad_epochs}/{needed}"
 
     def _notify(self, trainer: pl.Trainer, hook_name: str, *args: Any) -> None:
         """Call ``hook_name(trainer, *args)`` on every other callback that defines it."""
@@ -768,8 +786,12 @@ class PlateauCallback(Callback):
                 category=UserWarning,
             )
 
-    def _notice_outside_changes(self) -> None:
-        """Warn once when something other than the plateau changed an LR since the last decision; keep a record."""
+    def _notice_outside_changes(self, at_end: bool = False) -> None:
+        """Warn once when something other than the plateau changed an LR since the last decision; keep a record.
+
+        ``at_end``: at the end of fit, after the last evaluation (recorded as noticed before evaluation
+        ``num_evaluations + 1``, which never came).
+        """
         scheduler = self.scheduler
         if scheduler is None or self._expected_lrs is None:
             return
@@ -780,10 +802,12 @@ class PlateauCallback(Callback):
             return
         evaluation = scheduler.num_evaluations + 1
         before = self._expected_lrs[: len(now)]
+        self._expected_lrs = now
         if not scheduler.outside_changes:
+            when = "after the last evaluation" if at_end else f"before evaluation {evaluation}"
             rank_zero_warn(
-                f"The learning rate changed from {format_lrs(before)} to {format_lrs(now[: len(before)])} before"
-                f" evaluation {evaluation} of '{self.monitor}', and not by the plateau: something else writes"
+                f"The learning rate changed from {format_lrs(before)} to {format_lrs(now[: len(before)])} {when}"
+                f" of '{self.monitor}', and not by the plateau: something else writes"
                 " `param_group['lr']` (your code, another scheduler or callback). The plateau's cuts apply to"
                 " whatever LR it finds; the end-of-fit summary lists these changes. Warned once.",
                 category=UserWarning,

@@ -36,7 +36,10 @@ class PlateauScheduler(_PlateauRule, LightningReduceLROnPlateau):  # type: ignor
     - two settings torch's class lacks, both off by default: ``warmup_steps`` (with ``warmup_start_factor``) ramps
       each group's LR linearly up to its LR at construction, as torch's ``LinearLR`` stepped once per optimizer
       step, through :meth:`apply_warmup` (the constructor sets the first step's LR, as ``LinearLR``'s does); a
-      value judged during the warmup is recorded but changes neither ``best`` nor the counters. ``on_nonfinite``
+      value judged during the warmup is recorded but changes neither ``best`` nor the counters. The drop-in promise
+      covers torch's keywords, and warmup is not one of them: stepped by hand, call ``apply_warmup(steps_taken)``
+      after each optimizer step, or a second ``step(value)`` with the warmup standing still raises ``RuntimeError``
+      (it would never end, and nothing would be judged). ``on_nonfinite``
       ``"skip"`` leaves a NaN or infinite value out of the rule the same way (one warning), ``"raise"`` raises
       ``ValueError`` naming the evaluation and the value;
     - with ``restore_best_on_cut=True`` its PlateauCallback loads the best evaluation's weights and optimizer
@@ -87,5 +90,15 @@ class PlateauScheduler(_PlateauRule, LightningReduceLROnPlateau):  # type: ignor
         scheduler = PlateauScheduler(optimizer, mode="min", factor=0.5, patience=3)  # torch's keywords
         scheduler = PlateauScheduler(optimizer, PlateauConfig(patience=3))  # or a config
         for epoch in range(20):
+            scheduler.step(validate(model))
+
+        # with a warmup, by hand: the warmup advances with the optimizer steps you report
+        scheduler = PlateauScheduler(optimizer, patience=3, warmup_steps=500)
+        steps = 0
+        for epoch in range(20):
+            for batch in loader:
+                train_step(batch)  # one optimizer step
+                steps += 1
+                scheduler.apply_warmup(steps)
             scheduler.step(validate(model))
     """

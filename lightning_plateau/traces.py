@@ -58,12 +58,15 @@ def _trace_metrics(
     *,
     warmup: bool = False,
     skip: bool = False,
+    warmup_start: int = 0,
 ) -> dict[str, float]:
     """The metrics logged for one evaluation: the scheduler's state right after its decision, cuts so far.
 
     With ``restore_best_on_cut`` (``restores`` given), also the restores so far and the evaluation restored from here.
     ``warmup`` and ``skip`` (whether the plateau has a warmup, whether it skips non-finite values) add the flags
-    ``plateau/warmup`` and ``plateau/skipped``, so a run with neither logs no column that is always 0.
+    ``plateau/warmup`` and ``plateau/skipped``, so a run with neither logs no column that is always 0. With a warmup
+    that counts from a step other than 0 (``warmup_start``: a reused Trainer's fresh fit), ``plateau/warmup_start_step``
+    says where, so a replay of the log places the warmup as the run did.
     """
     metrics: dict[str, float] = {"plateau/value": row.value}
     if row.smoothed is not None:
@@ -81,6 +84,8 @@ def _trace_metrics(
         metrics["plateau/global_step"] = row.global_step
     if warmup:
         metrics["plateau/warmup"] = int(row.warmup)
+        if warmup_start:
+            metrics["plateau/warmup_start_step"] = warmup_start
     if skip:
         metrics["plateau/skipped"] = int(row.skipped)
     metrics.update(_lr_metrics(row.lrs))
@@ -176,6 +181,7 @@ class _Traces:
             restores,
             warmup=scheduler.warmup_steps > 0,
             skip=scheduler.on_nonfinite == "skip",
+            warmup_start=scheduler.warmup_start_step,
         )
         # A window is judged at its last training batch's end: the step its last per-step value is logged at.
         step = self._last_step = logging_step(trainer, batch_end=row.window is not None)
@@ -360,7 +366,7 @@ def _initial_lrs(history: Sequence[PlateauEvaluation], scheduler: PlateauSchedul
     first = history[0]
     if first.warmup:
         # The warmup's first LR: where the LR line starts.
-        return warmup_lrs(scheduler.warmup_base_lrs, 0, scheduler.warmup_steps, scheduler.warmup_start_factor)
+        return _warmup_start_lrs(scheduler)
     if not first.cut:
         return first.lrs
     cut = next((c for c in scheduler.cuts if c.evaluation == first.evaluation), None)
@@ -383,20 +389,28 @@ def _summary_message(
     set_aside = _set_aside(history)
     if set_aside:
         parts[0] += f" ({set_aside})"
-    if history and scheduler.warmup_steps:
+    warmed_up = _had_warmup(scheduler)
+    if history and warmed_up:
         parts.append(_warmup_summary(scheduler, history))
     if config.restore_best_on_cut and scheduler.cuts:
         parts[0] += f", {_restores_text(scheduler)}"
     if history:
         first = _initial_lrs(history, scheduler) or history[0].lrs
-        if scheduler.warmup_steps:
+        if warmed_up:
             first = scheduler.warmup_base_lrs  # the plateau's LRs start where the warmup ends
         # A fit that ended inside its warmup made no cut: the warmup's part says where its LR got to.
-        ended_in_warmup = scheduler.warmup_steps > 0 and not scheduler.warmup_done
-        lr = [] if ended_in_warmup else [f"lr {format_lrs(first)} -> {format_lrs(history[-1].lrs)}"]
+        ended_in_warmup = not scheduler.warmup_done
+        # The LRs the fit ended with, not those of the last evaluation: a warmup may end after it.
+        final = tuple(float(group["lr"]) for group in scheduler.optimizer.param_groups)
+        lr = [] if ended_in_warmup else [f"lr {format_lrs(first)} -> {format_lrs(final[: len(first)])}"]
         if scheduler.outside_changes:
             changes = "; ".join(
-                f"{format_lrs(before)} -> {format_lrs(after)} before evaluation {evaluation}"
+                f"{format_lrs(before)} -> {format_lrs(after)} "
+                + (
+                    "after the last evaluation"
+                    if evaluation > scheduler.num_evaluations
+                    else f"before evaluation {evaluation}"
+                )
                 for evaluation, before, after in scheduler.outside_changes
             )
             lr.append(f"(changed outside the plateau: {changes})")
@@ -444,14 +458,28 @@ def _set_aside(history: Sequence[PlateauEvaluation]) -> str:
     return ", ".join(parts)
 
 
+def _warmup_start_lrs(scheduler: PlateauScheduler) -> tuple[float, ...]:
+    """The warmup's first LRs (of step 0 of a warmup of any length)."""
+    return warmup_lrs(scheduler.warmup_base_lrs, 0, 1, scheduler.warmup_start_factor)
+
+
+def _had_warmup(scheduler: PlateauScheduler) -> bool:
+    """Whether this run had a warmup: one running, or one that ended (a resume keeps what the run had)."""
+    return not scheduler.warmup_done or scheduler.warmup_end_step is not None
+
+
 def _warmup_summary(scheduler: PlateauScheduler, history: Sequence[PlateauEvaluation]) -> str:
-    """``warmup lr 1e-3 -> 0.01 over 40 steps, ended at step 40``, or where the fit ended inside it."""
-    start = warmup_lrs(scheduler.warmup_base_lrs, 0, scheduler.warmup_steps, scheduler.warmup_start_factor)
-    ramp = (
-        f"warmup lr {format_lrs(start)} -> {format_lrs(scheduler.warmup_base_lrs)} over {scheduler.warmup_steps} steps"
-    )
-    if scheduler.warmup_done:
-        return f"{ramp}, ended at step {scheduler.warmup_steps}"
+    """``warmup lr 1e-3 -> 0.01 over 40 steps, ended at step 40``, or where the fit ended inside it.
+
+    The steps are the trainer's: a reused Trainer's fresh fit warms up from the step it started at.
+    """
+    start = _warmup_start_lrs(scheduler)
+    end = scheduler.warmup_end_step
+    # The warmup the run had, which a resume with another warmup_steps does not change.
+    steps = scheduler.warmup_steps if end is None else end - scheduler.warmup_start_step
+    ramp = f"warmup lr {format_lrs(start)} -> {format_lrs(scheduler.warmup_base_lrs)} over {steps} steps"
+    if end is not None:
+        return f"{ramp}, ended at step {end}"
     last = history[-1].global_step
     return f"{ramp}, not over when the fit ended" + ("" if last is None else f" (last evaluation at step {last})")
 

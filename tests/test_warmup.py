@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -430,7 +431,16 @@ def test_warmup_old_checkpoint_without_warmup_state_does_not_start_one() -> None
     """A scheduler state without warmup keys (an older checkpoint) resumes with the warmup over, and says so."""
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
     old = PlateauScheduler(optimizer).state_dict()
-    for key in ("warmup_done", "warmup_base_lrs", "warmup_steps", "warmup_start_factor", "on_nonfinite", "_uncounted"):
+    for key in (
+        "warmup_done",
+        "warmup_base_lrs",
+        "warmup_steps",
+        "warmup_start_factor",
+        "warmup_start_step",
+        "warmup_end_step",
+        "on_nonfinite",
+        "_uncounted",
+    ):
         old.pop(key)
     optimizer.param_groups[0]["lr"] = 0.01  # a cut LR the checkpoint's optimizer holds
     scheduler = PlateauScheduler(optimizer, PlateauConfig(warmup_steps=5))
@@ -438,8 +448,23 @@ def test_warmup_old_checkpoint_without_warmup_state_does_not_start_one() -> None
     with pytest.warns(UserWarning, match="its run had no warmup, so warmup_steps=5 does not apply"):
         scheduler.load_state_dict(old)
     assert scheduler.warmup_done
+    assert (scheduler.warmup_start_step, scheduler.warmup_end_step) == (0, None)  # no warmup counted from 0
     assert scheduler.apply_warmup(7) is False
     assert optimizer.param_groups[0]["lr"] == 0.01
+
+
+def test_warmup_checkpoint_without_its_end_step_reports_where_it_ended() -> None:
+    """A warmup's state written before the start and end steps were kept: counted from 0, over at warmup_steps."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
+    ran = PlateauScheduler(optimizer, PlateauConfig(warmup_steps=5))
+    ran.apply_warmup(5)
+    saved = ran.state_dict()
+    assert (saved["warmup_start_step"], saved["warmup_end_step"]) == (0, 5)
+    saved.pop("warmup_start_step")
+    saved.pop("warmup_end_step")
+    scheduler = PlateauScheduler(optimizer, PlateauConfig(warmup_steps=5))
+    scheduler.load_state_dict(saved)
+    assert (scheduler.warmup_done, scheduler.warmup_start_step, scheduler.warmup_end_step) == (True, 0, 5)
 
 
 def test_warmup_summary_of_a_fit_that_ends_inside_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -474,3 +499,253 @@ def test_warmup_with_training_metric_windows(tmp_path: Path) -> None:
     # the window judged at the warmup's last step sees the warmup's end already: the cuts that follow stand
     assert [row.lrs for row in history] == [(hand_lr(2, 4, 0.1),), (LR,), (LR * 0.1,), (LR * 0.1 * 0.1,)]
     assert recorder.lrs == [hand_lr(k, 4, 0.1) for k in range(4)] + [LR, LR, LR * 0.1, LR * 0.1]
+
+
+_LONGER_VALUES = [1.0, 0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+
+
+@pytest.mark.parametrize(
+    ("first_warmup", "expected_warmup_part"),
+    [
+        # a warmup that was over at the checkpoint: the summary reports it as it ran, not as the new setting says
+        pytest.param(4, "warmup lr 0.01 -> 0.1 over 4 steps, ended at step 4, ", id="warmup-over"),
+        # a run that never had one: none is reported
+        pytest.param(0, None, id="no-warmup"),
+    ],
+)
+def test_warmup_resume_with_a_longer_warmup_judges_as_the_uninterrupted_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, first_warmup: int, expected_warmup_part: Optional[str]
+) -> None:
+    """Resumed with warmup_steps=40 after a warmup that was over (or none): every later evaluation is judged."""
+    import logging
+
+    reference = StepLRs()
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    first = PlateauConfig(patience=1, warmup_steps=first_warmup)
+    uninterrupted = trainer(tmp_path, max_epochs=8, callbacks=[reference, saver], enable_checkpointing=True)
+    uninterrupted.fit(ScriptedPlateauModel(_LONGER_VALUES, plateau=first))
+    full = plateau_of(uninterrupted)
+    assert full.scheduler is not None
+    assert [cut.evaluation for cut in full.scheduler.cuts] == [4, 6, 8]
+
+    checkpoint = tmp_path / "ckpt" / "epoch=2-step=12.ckpt"
+    recorder = StepLRs()
+    model = ScriptedPlateauModel(_LONGER_VALUES, plateau=PlateauConfig(patience=1, warmup_steps=40))
+    model.evaluations = 3
+    resumed = trainer(tmp_path / "resumed", max_epochs=8, callbacks=[recorder])
+    with caplog.at_level(logging.INFO), pytest.warns(UserWarning, match="does not start again"):
+        resumed.fit(model, ckpt_path=checkpoint)
+    callback = plateau_of(resumed)
+    assert callback.scheduler is not None
+    assert not any(row.warmup for row in callback.history[3:])
+    assert callback.history == full.history
+    assert callback.scheduler.cuts == full.scheduler.cuts
+    # the LR and the judging agree: no ramp again either
+    assert recorder.lrs == reference.lrs[12:]
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("PlateauCallback (")][-1]
+    if expected_warmup_part is None:
+        assert "warmup lr" not in summary
+    else:
+        assert expected_warmup_part in summary
+
+
+class _WarmupSteps(pl.Callback):
+    """Records (global step, LR) of each optimizer step, over several fits of one Trainer."""
+
+    def __init__(self) -> None:
+        self.lrs: list[tuple[int, float]] = []
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        self.lrs.append((trainer.global_step, optimizer.param_groups[0]["lr"]))
+
+
+class _LinearLRModel(ScriptedModel):
+    """torch's LinearLR stepped per optimizer step: the warmup that warmup_steps ports."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr)
+        linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.25, total_iters=6)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": linear, "interval": "step"}}
+
+
+def test_warmup_reused_trainer_fresh_fit_warms_up_from_its_own_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second fit of a fresh model on a reused Trainer (starting at step 12) warms up from there, as LinearLR does."""
+    import csv
+    import logging
+
+    config = PlateauConfig(patience=1, warmup_steps=6, warmup_start_factor=0.25)
+    recorder = _WarmupSteps()
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    logger = CSVLogger(tmp_path, name="run")
+    fit = trainer(tmp_path, max_epochs=3, callbacks=[recorder, saver], enable_checkpointing=True, logger=logger)
+    fit.fit(ScriptedPlateauModel([1.0] * 6, plateau=config))
+    fit.fit_loop.max_epochs = 6
+    with caplog.at_level(logging.INFO):
+        fit.fit(ScriptedPlateauModel([1.0] * 6, plateau=config))
+    second = recorder.lrs[12:]
+    assert [step for step, _ in second] == list(range(12, 24))
+    assert [lr for _, lr in second] == [hand_lr(step - 12, 6, 0.25) for step in range(12, 24)]
+    # torch's LinearLR in the same reuse: each fit warms up from its own first step
+    baseline = _WarmupSteps()
+    reused = trainer(tmp_path / "linear", max_epochs=3, callbacks=[baseline])
+    reused.fit(_LinearLRModel([1.0]))
+    reused.fit_loop.max_epochs = 6
+    reused.fit(_LinearLRModel([1.0]))
+    assert [step for step, _ in baseline.lrs] == [step for step, _ in recorder.lrs]
+    assert [lr for _, lr in second] == pytest.approx([lr for _, lr in baseline.lrs[12:]], rel=1e-12)
+
+    callback = plateau_of(fit)
+    scheduler = callback.scheduler
+    assert scheduler is not None
+    assert scheduler.warmup_start_step == 12
+    # evaluations at steps 16 (4 steps into the warmup), 20 and 24; the flat values cut at the 2nd bad one
+    assert [(row.global_step, row.warmup) for row in callback.history] == [(16, True), (20, False), (24, False)]
+    assert [cut.evaluation for cut in scheduler.cuts] == []
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("PlateauCallback (")][-1]
+    assert "(1 during warmup), warmup lr 0.025 -> 0.1 over 6 steps, ended at step 18, lr 0.1 -> 0.1" in summary
+    with (Path(logger.log_dir) / "metrics.csv").open() as handle:
+        traced = [row for row in csv.DictReader(handle) if row.get("plateau/value")]
+    # the second fit's rows say where its warmup counts from; the first fit's (from 0) need not
+    assert [(row["plateau/global_step"], row["plateau/warmup_start_step"]) for row in traced[3:]] == [
+        ("16", "12"),
+        ("20", "12"),
+        ("24", "12"),
+    ]
+    assert {row["plateau/warmup_start_step"] for row in traced[:3]} == {""}
+
+    # resumed from the second fit's checkpoint written mid-warmup (step 16): the same LRs and rows from there on
+    checkpoint = tmp_path / "ckpt" / "epoch=3-step=16.ckpt"
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["lr_schedulers"][0]["warmup_start_step"] == 12
+    resumed_recorder = _WarmupSteps()
+    model = ScriptedPlateauModel([1.0] * 6, plateau=config)
+    model.evaluations = 1
+    resumed = trainer(tmp_path / "resumed", max_epochs=6, callbacks=[resumed_recorder])
+    resumed.fit(model, ckpt_path=checkpoint)
+    assert resumed_recorder.lrs == recorder.lrs[16:]
+    assert plateau_of(resumed).history == callback.history
+
+
+class _SetLR(pl.Callback):
+    """Writes the LR at the start of epoch ``epoch``: a change the plateau did not make."""
+
+    def __init__(self, epoch: int, lr: float) -> None:
+        self.epoch, self.lr = epoch, lr
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.optimizers[0].param_groups[0]["lr"] = self.lr
+
+
+_OUTSIDE_WARNING = (
+    "The learning rate changed from 0.1 to 0.05 after the last evaluation of 'val_loss', and not by the plateau:"
+    " something else writes `param_group['lr']` (your code, another scheduler or callback). The plateau's cuts apply"
+    " to whatever LR it finds; the end-of-fit summary lists these changes. Warned once."
+)
+
+
+@pytest.mark.parametrize(
+    ("warmup_steps", "callbacks", "expected"),
+    [
+        # the only evaluation (step 8) is in the warmup, which ends at step 10: the fit ends at 0.1, not 0.082
+        pytest.param(
+            10,
+            [],
+            "0 cuts in 1 evaluation (1 during warmup), warmup lr 0.01 -> 0.1 over 10 steps, ended at step 10,"
+            " lr 0.1 -> 0.1",
+            id="warmup-ends-after-the-last-evaluation",
+        ),
+        # an LR written after the last evaluation is the final LR, and named as not the plateau's
+        pytest.param(
+            0,
+            [_SetLR(2, 0.05)],
+            "0 cuts in 1 evaluation, lr 0.1 -> 0.05 (changed outside the plateau: 0.1 -> 0.05 after the last"
+            " evaluation), best",
+            id="outside-change-after-the-last-evaluation",
+        ),
+    ],
+)
+def test_warmup_summary_reports_the_final_lr(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    warmup_steps: int,
+    callbacks: list[pl.Callback],
+    expected: str,
+) -> None:
+    """The summary's "lr A -> B" ends at the LR the fit ended with, and a change the plateau did not make is named."""
+    import logging
+
+    model = ScriptedPlateauModel([1.0], plateau=PlateauConfig(patience=1, warmup_steps=warmup_steps))
+    fit = trainer(tmp_path, max_epochs=3, check_val_every_n_epoch=2, callbacks=callbacks)
+    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit.fit(model)
+    outside = [str(w.message) for w in caught if "not by the plateau" in str(w.message)]
+    assert outside == ([] if warmup_steps else [_OUTSIDE_WARNING])
+    assert fit.optimizers[0].param_groups[0]["lr"] == (0.1 if warmup_steps else 0.05)
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("PlateauCallback (")][-1]
+    assert expected in summary
+
+
+def test_warmup_scheduler_by_hand_without_apply_warmup_is_refused() -> None:
+    """Stepped by hand as torch's class is, with a warmup that never advances: the second value is refused."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
+    scheduler = PlateauScheduler(optimizer, patience=1, warmup_steps=5)
+    for _ in range(3):
+        optimizer.step()
+    scheduler.step(1.0)  # the first value may come before any step: recorded in the warmup
+    for _ in range(3):
+        optimizer.step()
+    with pytest.raises(
+        RuntimeError, match=re.escape("Call `scheduler.apply_warmup(optimizer_steps_taken)` after each")
+    ):
+        scheduler.step(1.0)
+    assert scheduler.num_evaluations == 1
+
+
+def test_warmup_scheduler_by_hand_with_apply_warmup_cuts_as_torch_after_it() -> None:
+    """Stepped by hand with apply_warmup after each optimizer step: the ramp's LRs, then torch's cuts."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
+    scheduler = PlateauScheduler(optimizer, patience=1, warmup_steps=15, warmup_start_factor=0.5)
+    torch_optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
+    torch_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(torch_optimizer, patience=1)
+    scheduler.step(1.0)  # a validation before training
+    step_lrs, lrs, torch_lrs, steps = [], [], [], 0
+    for _ in range(8):
+        for _ in range(10):
+            step_lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            steps += 1
+            scheduler.apply_warmup(steps)
+        scheduler.step(1.0)
+        if steps > 15:  # the values after the warmup, judged as torch judges them
+            torch_scheduler.step(1.0)
+            lrs.append(optimizer.param_groups[0]["lr"])
+            torch_lrs.append(torch_optimizer.param_groups[0]["lr"])
+    assert step_lrs[:20] == [hand_lr(k, 15, 0.5) for k in range(15)] + [LR] * 5
+    assert scheduler.num_evaluations == 9
+    assert lrs == torch_lrs
+    assert torch_lrs == pytest.approx([LR, LR, LR * 0.1, LR * 0.1, LR * 0.01, LR * 0.01, LR * 0.001])
+    assert [cut.evaluation for cut in scheduler.cuts] == [5, 7, 9]
+
+
+def test_warmup_progress_bar_state_changes_when_the_warmup_ends(tmp_path: Path) -> None:
+    """The bar's "· warmup" (from an evaluation in it) gives way to the plateau's state at the warmup's last step."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    class BarStates(pl.Callback):
+        def __init__(self) -> None:
+            self.states: dict[int, Any] = {}
+
+        def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            self.states[trainer.global_step] = trainer.progress_bar_metrics.get("plateau")
+
+    states = BarStates()
+    model = ScriptedPlateauModel([1.0, 0.9], plateau=PlateauConfig(patience=1, warmup_steps=6))
+    fit = trainer(tmp_path, max_epochs=2, enable_progress_bar=True, callbacks=[TQDMProgressBar(), states])
+    fit.fit(model)
+    assert states.states[5] == f"lr {hand_lr(4, 6, 0.1):.4g} · warmup"
+    assert states.states[6] == "lr 0.1 · bad 0/2"
+    assert states.states[7] == "lr 0.1 · bad 0/2"

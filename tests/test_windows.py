@@ -215,6 +215,17 @@ def test_windows_reasons_and_summary_name_the_steps(tmp_path: Path, caplog: pyte
     assert "steps 7-8 not judged (the fit ended inside that window of 3 steps)" in summary
 
 
+def test_windows_restore_note_names_the_best_windows_steps(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With restore_best_on_cut, the cut's note names the restored evaluation by its window's steps, not an epoch."""
+    spec: dict[str, Any] = CASES["trailing-window"]
+    with caplog.at_level(logging.INFO):
+        _fit(tmp_path, spec["values"], _config(3, 0, restore_best_on_cut=True), **spec["trainer"])
+    assert (
+        "steps 4-6, eval 2: train_loss has not improved on 2.0000 (steps 1-3) for 1 evaluations (> patience 0):"
+        " lr 0.1 -> 0.01; weights restored from eval 1 (steps 1-3)"
+    ) in [record.getMessage() for record in caplog.records]
+
+
 @pytest.mark.parametrize(
     ("values", "window_steps", "steps", "expected"),
     [

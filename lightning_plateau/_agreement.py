@@ -298,23 +298,35 @@ def judged_windows(history: History, config: PlateauConfig) -> Optional[list[tup
     return spans
 
 
-def check_means(history: History, result: Replay) -> None:
-    """Refuse windows of a per-step column whose means are not the values the run judged at the same windows.
+def check_means(history: History, result: Replay) -> int:
+    """Refuse windows of a per-step column whose means are not the values the run judged in the same windows.
 
     The logger keeps one value per optimizer step: under gradient accumulation one micro-batch's, under DDP rank
-    zero's alone, where the run judged the mean of every micro-batch on every rank.
+    zero's alone, where the run judged the mean of every micro-batch on every rank. Only the windows that are the
+    run's (the same steps) are compared: other windows (another ``window_steps``) hold other values.
+
+    Returns:
+        How many windows were compared (0: none could be, the means are unchecked).
 
     Raises:
         ValueError: at the first window whose mean here is not the run's ``plateau/value`` there.
     """
     recorded = history.recorded
     if recorded is None or recorded.values is None:
-        return
-    judged = {step: value for step, value in zip(recorded.steps, recorded.values, strict=True) if step is not None}
+        return 0
+    judged: dict[tuple[int, int], float] = {}
+    previous = 0
+    for step, value in zip(recorded.steps, recorded.values, strict=True):
+        if step is None or step <= previous:
+            return 0
+        judged[(previous + 1, step)] = value  # a window ends at its evaluation's step, after the previous one's
+        previous = step
+    compared = 0
     for row in result:
-        if row.window is None or row.window[1] not in judged:
+        run = judged.get(row.window) if row.window is not None else None
+        if run is None or row.window is None:
             continue
-        run = judged[row.window[1]]
+        compared += 1
         if _same_value(run, row.value):
             continue
         raise ValueError(
@@ -325,6 +337,7 @@ def check_means(history: History, result: Replay) -> None:
             " zero's alone), where the run judged the mean of every value it logged. Replay the values the run"
             " judged: leave --monitor out, or give --monitor plateau/value, or explain the run's checkpoint."
         )
+    return compared
 
 
 def _same_value(a: float, b: float) -> bool:

@@ -321,7 +321,10 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     )
     _check_windows(history, result)
     if replayed.window_steps and windows is None:
-        check_means(history, result)  # a per-step column windowed here: its means must be what the run judged
+        # A per-step column windowed here: its means must be what the run judged, or what is assumed is said.
+        note = check_trainer(history, history.monitor or "the metric")
+        if not check_means(history, result) and note is not None:
+            print(f"{_PROG} explain: {note}", file=sys.stderr)
     origins = _origins(args, history)
     warnings = check_flags(history, result, origins)
     result, restores = restores_as_recorded(history, result, origins["restore_best_on_cut"])
@@ -362,10 +365,13 @@ def _judged_series(args: argparse.Namespace, history: History, config: PlateauCo
     Returns the history to replay and whether it is the traced one.
     """
     recorded = history.recorded
+    # Another window_steps than the run's is a what-if on the per-step values: the run's means are no answer to it.
+    own_windows = args.window_steps is None or args.window_steps == history.policy.get("window_steps")
     if (
         not config.window_steps
         or history.judged
         or args.monitor is not None
+        or not own_windows
         or recorded is None
         or recorded.values is None
         or not recorded.values
@@ -407,9 +413,7 @@ def _windowing(
         if windows is not None:
             return config, None if not config.warmup_steps else history.global_steps, windows
         return dataclasses.replace(config, window_steps=0), history.global_steps, None
-    note = check_trainer(history, history.monitor or "the metric")
-    if note is not None and (history.recorded is None or history.recorded.values is None):
-        print(f"{_PROG} explain: {note}", file=sys.stderr)
+    check_trainer(history, history.monitor or "the metric")  # refused before anything is replayed
     return config, optimizer_steps(history), None
 
 

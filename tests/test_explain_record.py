@@ -289,6 +289,11 @@ def test_explain_windows_replays_the_means_the_run_judged(tmp_path: Path, capsys
     assert (code, out) == (2, "")
     assert "but the run judged 3.0000 there" in err
     assert "under gradient accumulation one micro-batch's" in err
+    # another window_steps is a what-if on the per-step values: replayed, with what it assumes said
+    code, out, err = explain(capsys, logger.log_dir, "--window-steps", "3")
+    assert code == 0
+    assert "2 evaluations of train_loss" in out
+    assert "assuming they are every value the run judged" in err
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,9 @@ def check_flags(history: History, result: Replay, origins: Mapping[str, str]) ->
     recorded = aligned(history, result)
     if recorded is None:
         return []
+    flagged = result.warmup_evaluations or result.skipped_evaluations
+    if not flagged and not any(recorded.warmup) and not any(recorded.skipped):
+        return []  # neither has a warmup or a skip: nothing to compare, row by row
     config = result.config
     for row, warmup, skipped in zip(result, recorded.warmup, recorded.skipped, strict=False):
         if row.warmup != warmup:

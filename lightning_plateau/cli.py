@@ -497,6 +497,9 @@ def _compare(
         **grid,
     )
     _check_windows(history, outcomes[0].replay)
+    # The policies differ in factor, patience, threshold or cooldown only: their warmups and skips are the same.
+    for warning in check_flags(history, outcomes[0].replay, _origins(args, history)):
+        print(f"{_PROG} explain: warning: {warning}", file=sys.stderr)
     settings = _settings(args, history, config, f"lr {format_lrs(outcomes[0].replay.initial_lrs)} ({lr_from})", limit)
     note = _restore_note(config, compared=True)
     varied = " x ".join(grid)

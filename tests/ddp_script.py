@@ -27,6 +27,7 @@ import lightning.pytorch as pl
 import torch
 from helpers import loader, plateau_of
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
 import lightning_plateau
 from lightning_plateau import PlateauConfig, PlateauEarlyStopping, PlateauMixin
@@ -244,6 +245,7 @@ def _parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--restore-best-on-cut", action="store_true", help="PlateauConfig(restore_best_on_cut=True)")
     parser.add_argument("--window-steps", type=int, default=0, help="judge train_loss in windows of N optimizer steps")
     parser.add_argument("--every-n-train-steps", type=int, help="with --checkpoint-dir: save every N steps, all kept")
+    parser.add_argument("--log-dir", help="log every step with a CSVLogger there (run/version_0), rank 0 writing")
     return parser.parse_args(argv)
 
 
@@ -286,7 +288,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=bool(args.checkpoint_dir),
-        logger=False,
+        logger=CSVLogger(args.log_dir, name="run", version=0) if args.log_dir else False,
+        log_every_n_steps=1,
         callbacks=callbacks,
     )
     try:

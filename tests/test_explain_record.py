@@ -214,10 +214,11 @@ def test_explain_refuses_an_assumed_setting_the_run_recorded_otherwise(
 ) -> None:
     """The run stored no settings but its traces mark a skip or a warmup: refused, naming the option; given, exact."""
     plateau, log_dir = _unstored_run(tmp_path, values, **setting)
-    code, out, err = explain(capsys, log_dir, "--patience", "1")
-    assert (code, out) == (2, "")
-    assert message in err
-    assert f"Pass {option[0]}" in err
+    for compared in ([], ["2"]):  # one policy, or a what-if table of several
+        code, out, err = explain(capsys, log_dir, "--patience", "1", *compared)
+        assert (code, out) == (2, "")
+        assert message in err
+        assert f"Pass {option[0]}" in err
     code, out, err = explain(capsys, log_dir, "--patience", "1", *option, "--json")
     assert (code, err) == (0, "")
     report = json.loads(out)
@@ -437,3 +438,26 @@ def test_replay_windows_and_max_reductions() -> None:
         replay(means, config, windows=[(1, 3)])
     with pytest.raises(ValueError, match="`max_reductions` must be an int >= 0"):
         replay(means, config, max_reductions=-1)
+
+
+@pytest.mark.distributed
+def test_explain_windows_of_a_ddp_run_replays_the_mean_over_ranks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """2-process DDP: the log keeps rank 0's per-step values, the run judged the mean over ranks. plateau/value
+    replays the run's cut, naming its window's steps; the rank-0 column rebuilt into windows is refused."""
+    from test_distributed import WINDOW_ARGS, WINDOW_CUT, WINDOW_VALUES, _check_ok, _launch
+
+    _check_ok(_launch("two_nodes", tmp_path, WINDOW_VALUES, *WINDOW_ARGS, "--log-dir", str(tmp_path / "logs")))
+    log_dir = tmp_path / "logs" / "run" / "version_0"
+    policy = ("--window-steps", "3", "--patience", "1", "--factor", "0.5", "--lr", "0.1")
+    code, out, err = explain(capsys, log_dir, "--monitor", "plateau/value", *policy, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert [row["value"] for row in report["evaluations"]] == [4.0, 3.0, 3.0, 3.0]
+    assert [cut["window"] for cut in report["cuts"]] == [WINDOW_CUT]
+    assert report["cuts"][0]["reason"].startswith("steps 10-12, eval 4: plateau/value has not improved on 3.0000")
+    code, out, err = explain(capsys, log_dir, "--monitor", "train_loss", *policy)
+    assert (code, out) == (2, "")
+    assert "is 6.0000, but the run judged 4.0000 there" in err
+    assert "under DDP rank zero's alone" in err

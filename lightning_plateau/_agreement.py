@@ -68,7 +68,7 @@ def check_flags(history: History, result: Replay, origins: Mapping[str, str]) ->
 def _refuse_or_warn(problem: str, advice: str, origin: str) -> list[str]:
     if origin == ASSUMED:
         raise ValueError(f"{problem} {advice}")
-    changed = " (a setting changed at a resume? The run stores its last fit's)" if origin == STORED else ""
+    changed = " Was the setting changed at a resume? The run stores its last fit's." if origin == STORED else ""
     return [f"{problem}{changed} The rows from there on show what these settings would do, not what the run did."]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -25,12 +26,74 @@ _WANDB_LABELS = ("epoch", "trainer/global_step")
 _TB_EVENTS = "events.out.tfevents."
 # Between the values of a history given on one line: a comma (spaces or tabs around it allowed), or blanks alone.
 _ONE_LINE_SEPARATOR = re.compile(r"\s*,\s*|\s+")
-# The plateau traces read besides the LRs.
-_TRACE_TAGS = ("plateau/reductions", "plateau/evaluation", "plateau/global_step", "plateau/warmup")
+# The plateau traces read besides the LRs (and Lightning's epoch, which labels them).
+_TRACE_TAGS = (
+    "plateau/reductions",
+    "plateau/evaluation",
+    "plateau/global_step",
+    "plateau/warmup",
+    "plateau/value",
+    "plateau/skipped",
+    "plateau/restores",
+    "plateau/restored_from",
+    "epoch",
+)
+# The Trainer settings of a LightningCLI run (its config.yaml) that say whether a per-step column holds every value a
+# window judged: one micro-batch's value per step is logged under gradient accumulation, rank 0's alone under DDP.
+_TRAINER_SETTINGS = ("accumulate_grad_batches", "devices", "num_nodes", "strategy")
+#: (first, last) optimizer step of a window, 1-based
+Span = tuple[int, int]
 
 
 class SourceError(ValueError):
     """A SOURCE that cannot be read as a metric history; the message says where and why."""
+
+
+@dataclass
+class Recorded:
+    """What the run itself recorded at each evaluation it judged: its plateau traces, or a checkpoint's history.
+
+    Each list holds one entry per recorded evaluation, oldest first. A replay of the run's own values and settings
+    agrees with every entry; where it does not, the run did something the replay does not (a setting not stored
+    with the run, or one changed at a resume), and ``explain`` says so instead of showing the replay as the run.
+
+    Attributes:
+        where: the record, for messages (``"the checkpoint's plateau history"``, ``"metrics.csv's plateau traces"``).
+        values: the value judged (``plateau/value``; with windows, the window's mean); ``None`` where not recorded.
+        steps: the trainer's global step (``plateau/global_step``), ``None`` entries where not recorded.
+        epochs: the epoch (0-based), ``None`` entries where not recorded.
+        cuts: whether it cut the LR (a checkpoint's rows; the traces' ``plateau/reductions`` rising).
+        warmup: whether it fell in the warmup (``plateau/warmup``; a run without a warmup logs no such column).
+        skipped: whether its non-finite value was left out of the rule (``plateau/skipped``, logged with
+            ``on_nonfinite="skip"`` only).
+        restores: at a cut that restored the best weights, ``(restored_from, its epoch)``, else ``None``
+            (``plateau/restored_from``, logged with ``restore_best_on_cut`` only).
+        withheld: the evaluation whose cut ``PlateauEarlyStopping(max_reductions=K)`` withheld (the run stopped
+            there), ``None`` if none or not recorded.
+        knows_withheld: whether the source records a withheld cut: a checkpoint does, the traces do not.
+        traces: whether the record is the run's plateau traces (``plateau/...`` columns), not a checkpoint's rows.
+        windows: with windows, the steps of the window each evaluation judged (a checkpoint's rows), else ``None``.
+    """
+
+    where: str
+    values: Optional[list[float]]
+    steps: list[Optional[int]]
+    epochs: list[Optional[int]]
+    cuts: list[bool]
+    warmup: list[bool]
+    skipped: list[bool]
+    restores: list[Optional[tuple[int, Optional[int]]]]
+    withheld: Optional[int] = None
+    knows_withheld: bool = False
+    windows: Optional[list[Optional[Span]]] = None
+    traces: bool = True
+
+    def __len__(self) -> int:
+        return len(self.warmup)
+
+    def column(self, flag: str) -> str:
+        """Where the record holds ``flag`` (``"warmup"``, ``"skipped"``): a trace's column, or a row's field."""
+        return f"plateau/{flag}" if self.traces else f"the rows' {flag} field"
 
 
 @dataclass
@@ -53,6 +116,11 @@ class History:
         trainer_steps: the trainer's global step at each evaluation (a checkpoint's history, the
             ``plateau/global_step`` trace), which a warmup counts; ``None`` if unknown. ``global_steps`` holds the
             source's own step labels, which for a logger are Lightning's logging steps.
+        recorded: what the run recorded at each evaluation it judged (see :class:`Recorded`), ``None`` without
+            plateau traces or a checkpoint's history.
+        trainer: the Trainer settings a LightningCLI run stored in its ``config.yaml`` that a window's mean depends
+            on (``accumulate_grad_batches``, ``devices``, ``num_nodes``, ``strategy``), ``{}`` if none.
+        warnings: what the reader found doubtful but readable (a W&B run not finished), for the command to say.
     """
 
     values: list[float]
@@ -67,6 +135,9 @@ class History:
     traced_lrs: Optional[list[tuple[float, ...]]] = None
     judged: bool = False
     trainer_steps: Optional[list[Optional[int]]] = None
+    recorded: Optional[Recorded] = None
+    trainer: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
@@ -116,6 +187,7 @@ def _read(source: str, monitor: Optional[str], stdin: TextIO) -> History:
         if file.read(4) == b":W&B":
             return _read_wandb(path, monitor)
     policy, policy_from = _policy_beside(path)
+    trainer = _trainer_settings(path.parent) if path.name == "metrics.csv" else {}
     if policy and monitor is None:
         monitor = policy.get("monitor")
     try:
@@ -125,7 +197,7 @@ def _read(source: str, monitor: Optional[str], stdin: TextIO) -> History:
             f"{source} is neither text (CSV, JSON, one value per line) nor a W&B run file (.wandb)"
         ) from None
     history = _parse_text(text, source, monitor, policy)
-    history.policy, history.policy_from = policy, policy_from
+    history.policy, history.policy_from, history.trainer = policy, policy_from, trainer
     return history
 
 
@@ -175,6 +247,16 @@ def _policy_in(directory: Path) -> tuple[dict[str, Any], Optional[str]]:
     return {}, None
 
 
+def _trainer_settings(directory: Path) -> dict[str, Any]:
+    """The Trainer settings of :data:`_TRAINER_SETTINGS` a LightningCLI run stored in its ``config.yaml``."""
+    cli_config = directory / "config.yaml"
+    stored = _yaml(cli_config) if cli_config.is_file() else None
+    trainer = stored.get("trainer") if isinstance(stored, Mapping) else None
+    if not isinstance(trainer, Mapping):
+        return {}
+    return {key: trainer[key] for key in _TRAINER_SETTINGS if key in trainer}
+
+
 def _read_tensorboard(directory: Path, monitor: Optional[str]) -> History:
     """The monitor's scalars from a TensorBoardLogger version directory's event files, with the policy beside them.
 
@@ -218,6 +300,8 @@ def _read_tensorboard(directory: Path, monitor: Optional[str]) -> History:
         lrs_from=f"the TensorBoard run's plateau/lr trace ({name})" if lrs is not None else None,
         traced_lrs=trace.lrs if trace is not None else None,
         trainer_steps=trace.trainer_steps() if trace is not None else None,
+        recorded=trace.recorded(f"the TensorBoard run's plateau traces ({name})") if trace is not None else None,
+        trainer=_trainer_settings(directory),
     )
 
 
@@ -261,6 +345,30 @@ def _read_checkpoint(path: Path, monitor: Optional[str]) -> History:
     lrs = tuple(cuts[0]["lrs_before"]) if first.get("cut") and cuts else tuple(first["lrs"])
     if first.get("warmup") and scheduler.get("warmup_base_lrs"):
         lrs = tuple(scheduler["warmup_base_lrs"])  # the LR the warmup rose to, which the replay starts from
+    epochs = [row.get("epoch") for row in rows]
+    # Rows written before a feature existed lack its key: the run did not have it.
+    restores = [
+        None
+        if row.get("restored_from") is None
+        else (int(row["restored_from"]), _epoch_of(epochs, int(row["restored_from"])))
+        for row in rows
+    ]
+    withheld = next((index + 1 for index, row in enumerate(rows) if row.get("withheld")), None)
+    windows = [_span(row.get("window")) for row in rows]
+    recorded = Recorded(
+        f"the checkpoint's plateau history ({path})",
+        [float(row["value"]) for row in rows],
+        [row.get("global_step") for row in rows],
+        epochs,
+        [bool(row.get("cut")) for row in rows],
+        [bool(row.get("warmup")) for row in rows],
+        [bool(row.get("skipped")) for row in rows],
+        restores,
+        withheld=withheld,
+        knows_withheld=True,
+        windows=windows if any(window is not None for window in windows) else None,
+        traces=False,
+    )
     return History(
         [float(row["value"]) for row in rows],
         [row.get("epoch") for row in rows],
@@ -274,7 +382,20 @@ def _read_checkpoint(path: Path, monitor: Optional[str]) -> History:
         traced_lrs=[tuple(row["lrs"]) for row in rows],
         judged=True,
         trainer_steps=[row.get("global_step") for row in rows],
+        recorded=recorded,
     )
+
+
+def _epoch_of(epochs: list[Optional[int]], evaluation: int) -> Optional[int]:
+    """The epoch of a 1-based evaluation, ``None`` when unknown."""
+    return epochs[evaluation - 1] if 0 < evaluation <= len(epochs) else None
+
+
+def _span(window: Any) -> Optional[Span]:
+    """A window's (first, last) steps as a checkpoint stores them (a list or tuple), ``None`` for none."""
+    if not isinstance(window, (list, tuple)) or len(window) != 2:
+        return None
+    return int(window[0]), int(window[1])
 
 
 def optimizer_steps(history: History) -> Optional[list[int]]:
@@ -360,8 +481,9 @@ def _stored_policy(stored: Any) -> dict[str, Any]:
 class _Trace:
     """The run's ``plateau/lr`` trace: the LRs after each traced evaluation, oldest first, with what else was traced.
 
-    ``steps`` (``plateau/global_step``), ``reductions`` (``plateau/reductions``) and ``warmup`` (``plateau/warmup``)
-    hold one entry per traced evaluation, ``None`` where the run did not trace it.
+    ``steps`` (``plateau/global_step``), ``reductions`` (``plateau/reductions``), ``warmup`` (``plateau/warmup``),
+    ``values`` (``plateau/value``), ``skipped`` (``plateau/skipped``), ``restored_from`` (``plateau/restored_from``)
+    and ``epochs`` hold one entry per traced evaluation, ``None`` where the run did not trace it.
     """
 
     lrs: list[tuple[float, ...]]
@@ -370,10 +492,33 @@ class _Trace:
     steps: list[Optional[int]] = field(default_factory=list)
     reductions: list[Optional[int]] = field(default_factory=list)
     warmup: list[Optional[bool]] = field(default_factory=list)
+    values: list[Optional[float]] = field(default_factory=list)
+    skipped: list[Optional[bool]] = field(default_factory=list)
+    restored_from: list[Optional[int]] = field(default_factory=list)
+    epochs: list[Optional[int]] = field(default_factory=list)
 
     def trainer_steps(self) -> Optional[list[Optional[int]]]:
         """The trainer's global step of each traced evaluation, ``None`` unless the run traced every one."""
         return self.steps if self.steps and all(step is not None for step in self.steps) else None
+
+    def recorded(self, where: str) -> Recorded:
+        """The trace as a :class:`Recorded`.
+
+        The run logs ``plateau/warmup`` only with a warmup, ``plateau/skipped`` only with ``on_nonfinite="skip"`` and
+        ``plateau/restored_from`` only at a cut that restored: an evaluation traced without them had none of these.
+        """
+        values = [value for value in self.values if value is not None]
+        counts = [0, *(count or 0 for count in self.reductions)]
+        return Recorded(
+            where,
+            values if len(values) == len(self.values) else None,
+            self.steps,
+            self.epochs,
+            [after > before for before, after in itertools.pairwise(counts)],
+            [bool(flag) for flag in self.warmup],
+            [bool(flag) for flag in self.skipped],
+            [None if source is None else (source, _epoch_of(self.epochs, source)) for source in self.restored_from],
+        )
 
 
 def _read_trace(rows: Iterable[Mapping[str, Any]], *, float32: bool = False) -> Optional[_Trace]:
@@ -382,6 +527,10 @@ def _read_trace(rows: Iterable[Mapping[str, Any]], *, float32: bool = False) -> 
     steps: list[Optional[int]] = []
     reductions: list[Optional[int]] = []
     warmup: list[Optional[bool]] = []
+    values: list[Optional[float]] = []
+    skipped: list[Optional[bool]] = []
+    restored_from: list[Optional[int]] = []
+    epochs: list[Optional[int]] = []
     first_evaluation, first_cut = 1, False
     for row in rows:
         # One param group: `plateau/lr`; several: `plateau/lr/pg0`, `plateau/lr/pg1`, ...
@@ -396,15 +545,32 @@ def _read_trace(rows: Iterable[Mapping[str, Any]], *, float32: bool = False) -> 
         reductions.append(_trace_int(row.get("plateau/reductions")))
         flag = _trace_int(row.get("plateau/warmup"))
         warmup.append(None if flag is None else flag > 0)
+        values.append(_trace_float(row.get("plateau/value")))
+        flag = _trace_int(row.get("plateau/skipped"))
+        skipped.append(None if flag is None else flag > 0)
+        restored_from.append(_trace_int(row.get("plateau/restored_from")))
+        epochs.append(_trace_int(row.get("epoch")))
         if len(lrs) == 1:
             evaluation = row.get("plateau/evaluation")
             first_evaluation = int(float(str(evaluation))) if _filled(evaluation) else 1
             first_cut = bool(reductions[0])
-    return _Trace(lrs, first_evaluation, first_cut, steps, reductions, warmup) if lrs else None
+    if not lrs:
+        return None
+    return _Trace(lrs, first_evaluation, first_cut, steps, reductions, warmup, values, skipped, restored_from, epochs)
 
 
 def _filled(cell: Any) -> bool:
     return cell is not None and cell != ""
+
+
+def _trace_float(cell: Any) -> Optional[float]:
+    """A traced value as a float (NaN and infinities included), ``None`` for an empty cell."""
+    if not _filled(cell):
+        return None
+    try:
+        return float(str(cell))
+    except ValueError:
+        return None
 
 
 def _trace_int(cell: Any) -> Optional[int]:
@@ -557,6 +723,7 @@ def _parse_csv(lines: list[str], name: str, monitor: Optional[str], policy: Mapp
         lrs_from=f"{name}'s plateau/lr trace" if lrs is not None else None,
         traced_lrs=trace.lrs if trace is not None else None,
         trainer_steps=trace.trainer_steps() if trace is not None else None,
+        recorded=trace.recorded(f"{name}'s plateau traces") if trace is not None else None,
     )
 
 
@@ -585,6 +752,10 @@ def _read_wandb(path: Path, monitor: Optional[str]) -> History:
     if policy and monitor is None:
         monitor = policy.get("monitor")
     columns = [column for column in run.columns() if not column.startswith("_")]
+    if not run.finished and (monitor or _DEFAULT_MONITOR) not in columns:
+        # Not written yet, most likely: asking for another column would not help.
+        wanted = monitor or _DEFAULT_MONITOR
+        raise SourceError(f"{_unfinished(run.path)}. It holds no column {wanted!r} yet (its columns: {columns}).")
     column = _pick_column(columns, monitor, f"The W&B run {name}", _WANDB_LABELS)
     values: list[float] = []
     epochs: list[Optional[int]] = []
@@ -615,6 +786,17 @@ def _read_wandb(path: Path, monitor: Optional[str]) -> History:
         lrs_from=f"the W&B run's plateau/lr trace ({name})" if lrs is not None else None,
         traced_lrs=trace.lrs if trace is not None else None,
         trainer_steps=trace.trainer_steps() if trace is not None else None,
+        recorded=trace.recorded(f"the W&B run's plateau traces ({name})") if trace is not None else None,
+        warnings=[] if run.finished else [f"{_unfinished(run.path)} What it holds so far is replayed."],
+    )
+
+
+def _unfinished(path: Path) -> str:
+    """Why an offline W&B run without its exit record may lack what it logged, and what to do."""
+    return (
+        f"The W&B run {path} is not finished (its file has no exit record): it is still open, and W&B may not have"
+        " written all it logged yet, or its process died. Finish the run (wandb.finish(), or let the process that"
+        " logs it end), then explain it"
     )
 
 

@@ -26,6 +26,12 @@ _BLOCK = 32 * 1024
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 # crc32 of each chunk type byte, the seed of that chunk's payload crc
 _TYPE_CRC = {kind: zlib.crc32(bytes([kind])) for kind in (_FULL, _FIRST, _MIDDLE, _LAST)}
+# A run's file ends inside a record while W&B still writes it: the usual cause, and what to do.
+_OPEN = (
+    ". The run is likely still open: W&B writes this file as the run goes and completes it when the run finishes."
+    " Finish the run (wandb.finish(), or let the process that logs it end), then read it again (if that process"
+    " died instead, the file stays incomplete)"
+)
 
 
 class WandbFileError(ValueError):
@@ -43,12 +49,16 @@ class WandbRun:
             value gives dotted keys (``{"a": {"b": 1}}`` -> ``"a.b"``), as W&B's own tables show them.
         summary: the run's final summary, nested as logged.
         config: the run's config, nested as logged.
+        finished: whether the file holds the run's exit record, which W&B writes when the run finishes
+            (``wandb.finish()``, or its process ending). Without it the run is still open, and what it logged may
+            not all be written yet, or its process died.
     """
 
     path: Path
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False
 
     def columns(self) -> list[str]:
         """Every history key, in order of first appearance."""
@@ -67,8 +77,8 @@ def read_run(path: str | Path) -> WandbRun:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist or holds no W&B run.
-        WandbFileError: if the file is not a W&B transaction log, is truncated, or fails its checksums; or if a
-            directory holds several runs and none is marked ``latest-run``.
+        WandbFileError: if the file is not a W&B transaction log, is truncated (the message says the run may still
+            be open), or fails its checksums; or if a directory holds several runs and none is marked ``latest-run``.
         ImportError: if the ``wandb`` package (the ``wandb`` extra) is not installed.
 
     Example::
@@ -100,6 +110,8 @@ def read_run(path: str | Path) -> WandbRun:
             _apply(run.config, record.config.update, record.config.remove)
         elif kind == "run":
             _apply(run.config, record.run.config.update, record.run.config.remove)
+        elif kind == "exit":
+            run.finished = True
     run.config.pop("_wandb", None)
     run.summary.pop("_wandb", None)
     return run
@@ -151,7 +163,7 @@ def _payloads(file: Path) -> Iterator[bytes]:
             position += left_in_block
             continue
         if end - position < _CHUNK_HEADER.size:
-            raise WandbFileError(f"{file} is truncated: it ends inside a chunk header at byte {position}")
+            raise WandbFileError(f"{file} is truncated: it ends inside a chunk header at byte {position}{_OPEN}")
         crc, length, kind = _CHUNK_HEADER.unpack_from(data, position)
         if kind == 0 and length == 0:
             # zero-filled space a writer leaves before the next block
@@ -166,7 +178,7 @@ def _payloads(file: Path) -> Iterator[bytes]:
         if stop > end:
             raise WandbFileError(
                 f"{file} is truncated: a chunk of {length} bytes starts at byte {start} but the file ends at byte"
-                f" {end} (the run may still be writing, or its process died)"
+                f" {end}{_OPEN}"
             )
         payload = data[start:stop]
         if zlib.crc32(payload, _TYPE_CRC[kind]) != crc:
@@ -188,7 +200,7 @@ def _payloads(file: Path) -> Iterator[bytes]:
                 yield b"".join(pending)
                 pending = None
     if pending is not None:
-        raise WandbFileError(f"{file} is truncated: its last record is incomplete")
+        raise WandbFileError(f"{file} is truncated: its last record is incomplete{_OPEN}")
 
 
 def _history_row(history: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import textwrap
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ _MARGIN = 0.05
 _MAX_PLAIN_EXPONENT = 100
 # Log-axis limits stay within 10**-307 .. 10**307 (normal floats); an LR of 0 or below is drawn on the bottom edge.
 _MAX_LOG_EXPONENT = 307
+# The title starts at this fraction of the figure's width and may run to _TITLE_RIGHT; a longer one is wrapped.
+_TITLE_LEFT = 0.08
+_TITLE_RIGHT = 0.98
+_TITLE_SIZE = 11
 # matplotlib is not thread-safe: the package's charts are drawn one at a time, whichever thread asks.
 _DRAWING = threading.Lock()
 
@@ -136,7 +141,6 @@ def _plateau_figure(
     FigureCanvasAgg(fig)
     ax, count_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
     heading = title if title is not None else _default_title(rows, config, len(cuts))
-    fig.suptitle(heading, x=0.08, y=0.975, ha="left", fontsize=11)
     if rows:
         _draw(fig, ax, rows, config, cuts, initial_lrs, stop)
         _draw_counts(count_ax, rows, config)
@@ -147,7 +151,26 @@ def _plateau_figure(
         ax.text(0.5, 0.5, "no evaluation was judged", ha="center", va="center", transform=ax.transAxes)
         ax.set_xticks([])
         ax.set_yticks([])
+    _set_title(fig, heading, y=0.975)
     return fig
+
+
+def _set_title(fig: Any, text: str, *, y: float) -> None:
+    """Write ``text`` at the figure's top left, wrapped to its width; the axes move down for each extra line.
+
+    A title with many settings on is longer than the figure is wide: matplotlib would clip it at the right edge.
+    """
+    title = fig.suptitle(text, x=_TITLE_LEFT, y=y, ha="left", fontsize=_TITLE_SIZE)
+    width = title.get_window_extent(fig.canvas.get_renderer()).width
+    room = fig.bbox.width * (_TITLE_RIGHT - _TITLE_LEFT)
+    if width <= room:
+        return
+    # Characters per line in proportion to the measured width, a little under it: letters differ in width.
+    lines = textwrap.wrap(text, max(20, int(len(text) * room / width * 0.95)))
+    title.set_text("\n".join(lines))
+    line_height = _TITLE_SIZE * 1.25 / (fig.get_figheight() * 72)  # points, as a fraction of the figure's height
+    top = fig.subplotpars.top
+    fig.subplots_adjust(top=top - (len(lines) - 1) * line_height)
 
 
 def _default_title(rows: Sequence[PlateauEvaluation], config: PlateauConfig, num_cuts: int) -> str:
@@ -611,7 +634,7 @@ def plot_comparison(values: Sequence[float], outcomes: Sequence[Any], path: str 
         monitor = outcomes[0].config.monitor if outcomes else "value"
         policies = f"{len(outcomes)} {'policy' if len(outcomes) == 1 else 'policies'}"
         title = f"What if? {policies} on {plural(len(values), 'evaluation')} of {monitor}"
-        fig.suptitle(title, x=0.08, y=0.97, ha="left", fontsize=11)
+        _set_title(fig, title, y=0.97)
         xs = list(range(1, len(values) + 1))
         raw = _finite(list(values))
         exponent = _scale_exponent(raw)

@@ -20,6 +20,18 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, Optional, TextIO, Union
 
 from lightning_plateau import __version__
+from lightning_plateau._agreement import (
+    ASSUMED,
+    GIVEN,
+    STORED,
+    check_flags,
+    check_means,
+    check_trainer,
+    check_withheld,
+    departure,
+    judged_windows,
+    restores_as_recorded,
+)
 from lightning_plateau._detectors import make_detector
 from lightning_plateau._format import cuts_in_evaluations, format_lr, format_lrs, format_steps, format_value, plural
 from lightning_plateau._rule import warmup_lrs
@@ -64,6 +76,8 @@ _SLOPE_OPTIONS = ("slope_window", "slope_confidence", "slope_robust")
 _NAMED_WHEN_SET = ("restore_best_on_cut",)
 # Settings of features that are off, left out of the `settings:` line whatever their source: (field, its "off" value).
 _OFF = (("warmup_steps", 0), ("on_nonfinite", "bad"), ("smoothing", 0.0), ("detector", "best"))
+# The settings of features that change what a replay shows, named as assumed where a run's values come without them.
+_FEATURES = ("warmup_steps", "on_nonfinite", "restore_best_on_cut")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -271,6 +285,16 @@ def _parser() -> argparse.ArgumentParser:
         " exceeds patience, as dlib's trainer does (default: read from the run, else off)",
     )
     policy.add_argument(
+        "--max-reductions",
+        type=_number,
+        metavar="K",
+        help=(
+            "the run had PlateauEarlyStopping(max_reductions=K): the evaluation that calls for cut K+1 withholds it"
+            " and the run stops there, an int >= 0 (default: read from a checkpoint that withheld a cut, else none;"
+            " a log does not record it)"
+        ),
+    )
+    policy.add_argument(
         "--lr",
         type=_number,
         nargs="+",
@@ -298,10 +322,19 @@ def _number(text: str) -> Union[int, float, str]:
 
 def _explain(args: argparse.Namespace, out: TextIO) -> int:
     _config(args, {})  # the options given are checked before anything is read
+    if args.max_reductions is not None and (not isinstance(args.max_reductions, int) or args.max_reductions < 0):
+        raise ValueError(f"`max_reductions` must be an int >= 0, got {args.max_reductions!r}")
     history = read_history(args.source, args.monitor, sys.stdin)
+    for warning in history.warnings:
+        print(f"{_PROG} explain: warning: {warning}", file=sys.stderr)
     config = _config(args, history.policy)
+    history, swapped = _judged_series(args, history, config)
     if history.monitor is not None:
-        config = dataclasses.replace(config, monitor=history.monitor)
+        monitor = history.monitor
+        stored_monitor = history.policy.get("monitor")
+        if monitor == "plateau/value" and isinstance(stored_monitor, str):
+            monitor = stored_monitor  # the values the run judged, named as the run named them in its reasons
+        config = dataclasses.replace(config, monitor=monitor)
     lr: Any
     if args.lr is not None:
         lr, lr_from = (args.lr[0] if len(args.lr) == 1 else args.lr), "given"
@@ -318,19 +351,42 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     if not (config.window_steps and not history.judged):
         # A per-step series is windowed on its own optimizer steps; other values need the trainer's, for a warmup.
         history = _with_trainer_steps(history, config)
-    replayed, global_steps = _windowing(history, config)
+    windowing = _windowing(history, config, quiet=swapped)
+    limit = _max_reductions(args, history)
     if grid:
-        return _compare(args, history, config, lr, lr_from, grid, out, (replayed, global_steps))
-    result = replay(history.values, replayed, lr=lr, epochs=history.epochs, global_steps=global_steps)
+        return _compare(args, history, config, lr, lr_from, grid, out, windowing, limit)
+    replayed, global_steps, windows = windowing
+    result = replay(
+        history.values,
+        replayed,
+        lr=lr,
+        epochs=history.epochs,
+        global_steps=global_steps,
+        windows=windows,
+        max_reductions=limit[0],
+    )
     _check_windows(history, result)
-    settings = _settings(args, history, config, f"lr {format_lrs(result.initial_lrs)} ({lr_from})")
-    departure = _departure(history, result)
-    if departure:
-        print(f"{_PROG} explain: warning: {departure}", file=sys.stderr)
-    rows: Iterable[ReplayRow] = result.cut_rows() if args.only_cuts else result
-    note = _restore_note(config, compared=False)
+    if replayed.window_steps and windows is None:
+        # A per-step column windowed here: its means must be what the run judged, or what is assumed is said.
+        note = check_trainer(history, history.monitor or "the metric")
+        if not check_means(history, result) and note is not None:
+            print(f"{_PROG} explain: {note}", file=sys.stderr)
+    origins = _origins(args, history)
+    warnings = check_flags(history, result, origins)
+    result, restores = restores_as_recorded(history, result, origins["restore_best_on_cut"])
+    warnings += restores + check_withheld(history, result, limit[1])
+    departed = departure(history, result, origins)
+    if departed:
+        warnings.append(departed)
+    settings = _settings(args, history, config, f"lr {format_lrs(result.initial_lrs)} ({lr_from})", limit)
+    for warning in warnings:
+        print(f"{_PROG} explain: warning: {warning}", file=sys.stderr)
+    rows: Iterable[ReplayRow] = result
+    if args.only_cuts:
+        rows = result.cut_rows() + ([result[-1]] if result.withheld is not None else [])
+    note = _restore_note(result.config, compared=False)
     if args.json:
-        out.writelines(_json(result, rows, history, settings, departure, note))
+        out.writelines(_json(result, rows, history, settings, " ".join(warnings) or None, note))
     else:
         colour = out.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
         out.writelines(_table(result, rows, history, settings, colour=colour, note=note))
@@ -340,27 +396,91 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
         first = result.initial_lrs
         if result.warmup_evaluations:
             first = warmup_lrs(first, 0, config.warmup_steps, config.warmup_start_factor)
-        path = plot_plateau(result.evaluations(), config, args.plot, initial_lrs=first)
+        stop = None if result.withheld is None else (result.withheld.evaluation, "max_reductions")
+        path = plot_plateau(result.evaluations(), result.config, args.plot, initial_lrs=first, stop=stop)
         print(f"{_PROG} explain: chart written to {path}", file=sys.stderr)
     return 0
 
 
-def _windowing(history: History, config: PlateauConfig) -> tuple[PlateauConfig, Optional[list[Any]]]:
-    """The policy and step labels to replay ``history`` with: windowed when it is a per-step series.
+def _judged_series(args: argparse.Namespace, history: History, config: PlateauConfig) -> tuple[History, bool]:
+    """The run's judged window means (its ``plateau/value`` trace) in place of a per-step column it was not given.
+
+    A per-step column is what the logger kept: one micro-batch's value per optimizer step under gradient
+    accumulation, rank zero's alone under DDP, where the run judged the mean of every value logged. Its windows
+    rebuilt here would judge other means, and cut elsewhere. ``--monitor COLUMN`` asks for them all the same.
+    Returns the history to replay and whether it is the traced one.
+    """
+    recorded = history.recorded
+    # Another window_steps than the run's is a what-if on the per-step values: the run's means are no answer to it.
+    own_windows = args.window_steps is None or args.window_steps == history.policy.get("window_steps")
+    if (
+        not config.window_steps
+        or history.judged
+        or args.monitor is not None
+        or not own_windows
+        or recorded is None
+        or recorded.values is None
+        or not recorded.values
+    ):
+        return history, False
+    print(
+        f"{_PROG} explain: replaying plateau/value, the window means the run judged ({recorded.where}), not"
+        f" {history.monitor}'s per-step values: their windows give the run's means only where the logger kept every"
+        " value the run judged (not under gradient accumulation, which logs one micro-batch per step, nor under"
+        f" DDP, which logs rank zero's alone). --monitor {history.monitor} rebuilds the windows from them instead.",
+        file=sys.stderr,
+    )
+    epochs = recorded.epochs if any(epoch is not None for epoch in recorded.epochs) else None
+    traced = dataclasses.replace(
+        history, values=list(recorded.values), epochs=epochs, global_steps=list(recorded.steps), judged=True
+    )
+    return traced, True
+
+
+def _windowing(
+    history: History, config: PlateauConfig, *, quiet: bool = False
+) -> tuple[PlateauConfig, Optional[list[Any]], Optional[list[tuple[int, int]]]]:
+    """The policy, step labels and windows to replay ``history`` with: windowed when it is a per-step series.
 
     The values a run judged (a checkpoint's history, the ``plateau/value`` trace) are window means already: they
-    are replayed one per evaluation. A per-step series is windowed on the optimizer step of each value.
+    are replayed one per evaluation, labelled with their windows where the source tells them. A per-step series
+    is windowed on the optimizer step of each value.
     """
     if not config.window_steps:
-        return config, history.global_steps
+        return config, history.global_steps, None
     if history.judged:
-        print(
-            f"{_PROG} explain: {history.monitor or 'the values'} from {history.name} are the values the run judged"
-            f" (window means): replayed one per evaluation, not windowed again",
-            file=sys.stderr,
-        )
-        return dataclasses.replace(config, window_steps=0), history.global_steps
-    return config, optimizer_steps(history)
+        if not quiet:
+            print(
+                f"{_PROG} explain: {history.monitor or 'the values'} from {history.name} are the values the run"
+                " judged (window means): replayed one per evaluation, not windowed again",
+                file=sys.stderr,
+            )
+        windows = judged_windows(history, config)
+        if windows is not None:
+            return config, None if not config.warmup_steps else history.global_steps, windows
+        return dataclasses.replace(config, window_steps=0), history.global_steps, None
+    check_trainer(history, history.monitor or "the metric")  # refused before anything is replayed
+    return config, optimizer_steps(history), None
+
+
+def _max_reductions(args: argparse.Namespace, history: History) -> tuple[Optional[int], Optional[str]]:
+    """The cut limit of PlateauEarlyStopping(max_reductions=K) to replay, and where it comes from."""
+    if args.max_reductions is not None:
+        return args.max_reductions, "given"
+    recorded = history.recorded
+    if recorded is None or recorded.withheld is None:
+        return None, None
+    # The cut limit is reached when the cuts applied reach it: the withheld cut is the first one beyond.
+    limit = sum(recorded.cuts[: recorded.withheld - 1])
+    return limit, f"from {recorded.where}, where the cut of evaluation {recorded.withheld} was withheld"
+
+
+def _origins(args: argparse.Namespace, history: History) -> dict[str, str]:
+    """How each setting of the replay was chosen: given, stored with the run, or assumed."""
+    return {
+        name: GIVEN if getattr(args, name) is not None else STORED if name in history.policy else ASSUMED
+        for name in _CONFIG_OPTIONS
+    }
 
 
 def _check_windows(history: History, result: Replay) -> None:
@@ -391,24 +511,6 @@ def _with_trainer_steps(history: History, config: PlateauConfig) -> History:
     return dataclasses.replace(history, global_steps=steps)
 
 
-def _departure(history: History, result: Replay) -> Optional[str]:
-    """Where the run's own LRs (its trace) part from this replay's, ``None`` when they agree or are unknown."""
-    traced = history.traced_lrs
-    if traced is None or len(traced) != len(result):
-        return None
-    for row, lrs in zip(result, traced, strict=True):
-        same = len(lrs) == len(row.lrs) and all(
-            math.isclose(a, b, rel_tol=1e-5) for a, b in zip(lrs, row.lrs, strict=True)
-        )
-        if not same:
-            return (
-                f"from evaluation {row.evaluation} on, the run's LR ({format_lrs(lrs)}) is not this replay's"
-                f" ({format_lrs(row.lrs)}): the LR was changed outside the plateau, or the run used other settings"
-                " than these. The rows from there on show what these settings would do, not what the run did."
-            )
-    return None
-
-
 def _compare(
     args: argparse.Namespace,
     history: History,
@@ -417,20 +519,34 @@ def _compare(
     lr_from: str,
     grid: dict[str, list[Any]],
     out: TextIO,
-    windowing: tuple[PlateauConfig, Optional[list[Any]]],
+    windowing: tuple[PlateauConfig, Optional[list[Any]], Optional[list[tuple[int, int]]]],
+    limit: tuple[Optional[int], Optional[str]],
 ) -> int:
     """What if? One row per combination of the several values given: cuts, first cut, final LR, LR spans, stop.
 
-    ``windowing`` is the policy and step labels of :func:`_windowing`.
+    ``windowing`` is the policy, step labels and windows of :func:`_windowing`; ``limit`` the cut limit of
+    :func:`_max_reductions`.
     """
     from lightning_plateau.compare import compare
 
     if args.only_cuts:
         raise ValueError("--only-cuts shows one policy's cuts; with several values per option the table compares them")
-    replayed, global_steps = windowing
-    outcomes = compare(history.values, replayed, lr=lr, epochs=history.epochs, global_steps=global_steps, **grid)
+    replayed, global_steps, windows = windowing
+    outcomes = compare(
+        history.values,
+        replayed,
+        lr=lr,
+        epochs=history.epochs,
+        global_steps=global_steps,
+        windows=windows,
+        max_reductions=limit[0],
+        **grid,
+    )
     _check_windows(history, outcomes[0].replay)
-    settings = _settings(args, history, config, f"lr {format_lrs(outcomes[0].replay.initial_lrs)} ({lr_from})")
+    # The policies differ in factor, patience, threshold or cooldown only: their warmups and skips are the same.
+    for warning in check_flags(history, outcomes[0].replay, _origins(args, history)):
+        print(f"{_PROG} explain: warning: {warning}", file=sys.stderr)
+    settings = _settings(args, history, config, f"lr {format_lrs(outcomes[0].replay.initial_lrs)} ({lr_from})", limit)
     note = _restore_note(config, compared=True)
     varied = " x ".join(grid)
     if args.json:
@@ -518,13 +634,31 @@ def _config(args: argparse.Namespace, stored: Mapping[str, Any]) -> PlateauConfi
     return PlateauConfig(**fields)
 
 
-def _settings(args: argparse.Namespace, history: History, config: PlateauConfig, lr_text: str) -> str:
-    """Where each setting of the replay came from: given, stored with the run, or PlateauConfig's default."""
+def _settings(
+    args: argparse.Namespace,
+    history: History,
+    config: PlateauConfig,
+    lr_text: str,
+    limit: tuple[Optional[int], Optional[str]] = (None, None),
+) -> str:
+    """Where each setting of the replay came from: given, stored with the run, or PlateauConfig's default.
+
+    The settings of features that are off are left out, except where the run's values come from a run that did
+    not store them: a warmup, a non-finite policy or restores the run may have had are named as assumed.
+    """
+    origins = _origins(args, history)
     compared = [name for name in _GRID_OPTIONS if len(getattr(args, name) or []) > 1]
-    names = [name for name in _CONFIG_OPTIONS if name != "monitor" and (_shown(config, name) or name in compared)]
-    given = [name for name in names if getattr(args, name) is not None]
-    stored = [name for name in names if name in history.policy and name not in given]
-    defaults = [name for name in names if name not in given and name not in stored and name not in _NAMED_WHEN_SET]
+    # A run that stored no setting of a feature may have had it all the same (a PlateauCallback given to the
+    # Trainer stores nothing): the replay assumes it off, and says so.
+    assumed = [name for name in _FEATURES if history.monitor is not None and origins[name] == ASSUMED]
+    names = [
+        name
+        for name in _CONFIG_OPTIONS
+        if name != "monitor" and (_shown(config, name) or name in compared) and name not in assumed
+    ]
+    given = [name for name in names if origins[name] == GIVEN]
+    stored = [name for name in names if origins[name] == STORED]
+    defaults = [name for name in names if origins[name] == ASSUMED and name not in _NAMED_WHEN_SET]
     parts = []
     if given:
         several = [name for name in given if name in _GRID_OPTIONS and len(getattr(args, name)) > 1]
@@ -536,6 +670,11 @@ def _settings(args: argparse.Namespace, history: History, config: PlateauConfig,
     if defaults:
         where = "" if history.policy else f", none stored in {history.name}"
         parts.append(f"{_fields(config, defaults)} (PlateauConfig's defaults assumed{where})")
+    if assumed:
+        options = ", ".join(f"--{name.replace('_', '-')}" for name in assumed)
+        parts.append(f"{_fields(config, assumed)} (assumed: not stored with the run; give {options} if it had others)")
+    if limit[0] is not None:
+        parts.append(f"PlateauEarlyStopping(max_reductions={limit[0]}) ({limit[1]})")
     return "settings: " + "; ".join([*parts, lr_text])
 
 
@@ -614,7 +753,8 @@ def _table(
     lr_texts: dict[tuple[float, ...], str] = {}
     last_best, best_text = math.nan, ""
     for row in rows:
-        evaluation, epoch, step, value, best, num_bad, cooldown, lrs, cut, reason, window, warmup, skipped = row[:13]
+        evaluation, epoch, step, value, best, num_bad, cooldown, lrs, cut, reason, window, warmup, skip = row[:13]
+        held = row.withheld
         lr_text = lr_texts.get(lrs)
         if lr_text is None:
             lr_text = lr_texts[lrs] = format_lrs(lrs)
@@ -636,10 +776,11 @@ def _table(
             f"{'CUT' if cut else '   '}{evaluation:>6}{labels}  {best_text:>{width}}  {num_bad:>4}  {cooldown:>8}"
             f"  {lr_text}"
         )
-        if warmup or skipped:
-            notes = (["warmup: not judged"] if warmup else []) + (["skipped: not finite"] if skipped else [])
+        if warmup or skip or held:
+            notes = (["warmup: not judged"] if warmup else []) + (["skipped: not finite"] if skip else [])
+            notes += ["cut withheld: the run stopped"] if held else []
             line += f"  ({', '.join(notes)})"
-        if not cut:
+        if reason is None:
             yield line + "\n"
         elif colour:
             yield f"{_BOLD_RED}{line}{_RESET}\n{_BOLD_RED}     -> {reason}{_RESET}\n"
@@ -650,6 +791,16 @@ def _table(
 
 def _summary(result: Replay) -> str:
     config = result.config
+    if not result.cuts and len(result) and result.warmup_evaluations == len(result):
+        # The history ends inside the warmup: the LR it names is the one the warmup was rising to, never reached.
+        last = result[-1]
+        start = warmup_lrs(result.initial_lrs, 0, config.warmup_steps, config.warmup_start_factor)
+        return (
+            f"No evaluation judged: {'the' if len(result) == 1 else 'all'} {plural(len(result), 'evaluation')} fall"
+            f" in the warmup (global step < {config.warmup_steps}). The lr rose from {format_lrs(start)} to"
+            f" {format_lrs(last.lrs)} by the last (global step {last.global_step}); the warmup ends at"
+            f" {format_lrs(result.initial_lrs)} at step {config.warmup_steps}, after this history."
+        )
     if result.cuts:
         if all(cut.window is not None for cut in result.cuts):
             where = ", ".join(format_steps(cut.window) for cut in result.cuts if cut.window is not None)
@@ -676,7 +827,16 @@ def _summary(result: Replay) -> str:
     if result.skipped_evaluations:
         text += f" {plural(len(result.skipped_evaluations), 'evaluation')} skipped (not finite)."
     last = result[-1]
-    if last.cooldown:
+    withheld = result.withheld
+    if withheld is not None:
+        where = f" (epoch {withheld.epoch})" if withheld.epoch is not None and withheld.window is None else ""
+        where = f" ({format_steps(withheld.window)})" if withheld.window is not None else where
+        text += (
+            f" At evaluation {withheld.evaluation}{where} cut {len(result.cuts) + 1} was withheld, as"
+            f" PlateauEarlyStopping(max_reductions={result.max_reductions}) allows {plural(len(result.cuts), 'cut')},"
+            f" and the run stopped there at lr {format_lrs(withheld.lrs_before)}."
+        )
+    elif last.cooldown:
         text += f" It ends in cooldown ({plural(last.cooldown, 'evaluation')} left)."
     elif not last.cut:
         text += (
@@ -708,6 +868,9 @@ def _json(
             for cut, reason in zip(result.cuts, result.reasons(), strict=True)
         ],
     }
+    if result.withheld is not None:
+        head["withheld"] = {**_finite_floats(result.withheld.as_dict()), "reason": result.withheld_reason()}
+        head["max_reductions"] = result.max_reductions
     if note is not None:
         head["note"] = note
     yield json.dumps(head, allow_nan=False)[:-1] + ', "evaluations": ['

@@ -24,7 +24,8 @@ class PolicyOutcome:
         varied: the settings that differ between the compared policies, with this policy's values.
         replay: the full replay, row by row.
         early_stop: the evaluation at which ``PlateauEarlyStopping()`` (its default rule: the LR exhausted, then
-            ``patience + 1 + cooldown`` evaluations without improvement) would have stopped the run; ``None``: never.
+            ``patience + 1 + cooldown`` evaluations without improvement; with ``max_reductions``, the evaluation that
+            calls for one cut more) would have stopped the run; ``None``: never.
         early_stop_reason: its message, ``None`` when it would not have stopped.
     """
 
@@ -72,6 +73,8 @@ def compare(
     lr: Union[float, Sequence[float]] = 1e-3,
     epochs: Optional[Sequence[Optional[int]]] = None,
     global_steps: Optional[Sequence[Optional[int]]] = None,
+    windows: Optional[Sequence[tuple[int, int]]] = None,
+    max_reductions: Optional[int] = None,
     **grid: Sequence[Any],
 ) -> list[PolicyOutcome]:
     """Replay ``values`` under every combination of the settings in ``grid``, the rest taken from ``base``.
@@ -87,6 +90,9 @@ def compare(
         lr: the starting LR, or one per param group.
         epochs: an epoch label (0-based) per value.
         global_steps: a step label per value.
+        windows: for values a windows run judged already, the window of each (as :func:`replay` takes them).
+        max_reductions: the cut limit of ``PlateauEarlyStopping(max_reductions=K)``: each policy's replay ends at
+            the evaluation that calls for its cut K+1, where that early stopping ends the run.
         **grid: PlateauConfig fields and the values to try, e.g. ``patience=[2, 5, 10], factor=[0.1, 0.5]``, or
             ``detector=["best", "slope"], smoothing=[0, 0.6]``: with ``detector`` in the grid, the slope settings of
             ``base`` apply to the slope policies only (the best ones take their defaults).
@@ -121,8 +127,21 @@ def compare(
     for combination in itertools.product(*(list(grid[key]) for key in keys)):
         varied = dict(zip(keys, combination, strict=True))
         config = _policy(base_config, varied)
-        result = replay(floats, config, lr=lr, epochs=epochs, global_steps=global_steps)
-        stop, reason = _early_stop(result)
+        result = replay(
+            floats,
+            config,
+            lr=lr,
+            epochs=epochs,
+            global_steps=global_steps,
+            windows=windows,
+            max_reductions=max_reductions,
+        )
+        stop: Optional[int]
+        reason: Optional[str]
+        if result.withheld is not None:
+            stop, reason = result.withheld.evaluation, result.withheld_reason()
+        else:
+            stop, reason = _early_stop(result)
         outcomes.append(PolicyOutcome(config, varied, result, stop, reason))
     return outcomes
 

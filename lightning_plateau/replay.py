@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import copy
 import dataclasses
 import math
 import numbers
@@ -11,7 +12,7 @@ from typing import Any, NamedTuple, Optional, SupportsFloat, Union, overload
 
 import torch
 
-from lightning_plateau._format import format_cut
+from lightning_plateau._format import format_cut, format_lrs, plural
 from lightning_plateau._rule import PlateauCut, PlateauEvaluation, _PlateauRule, warmup_lrs
 from lightning_plateau._window import Span, window_means
 from lightning_plateau.config import PlateauConfig
@@ -31,7 +32,8 @@ class ReplayRow(NamedTuple):
         cooldown: evaluations of cooldown left.
         lrs: LR of each param group after the decision.
         cut: whether this evaluation cut the LR.
-        reason: why it cut, in words (the text the live callback logs); ``None`` when it did not.
+        reason: why it cut, in words (the text the live callback logs), or why it withheld a cut; ``None`` when it
+            did neither.
         window: with ``window_steps``, the first and last optimizer step (1-based) of the window whose mean this
             row judged; ``None`` otherwise.
         warmup: whether it falls in the warmup (``global_step < warmup_steps``): recorded, not judged; ``lrs`` is
@@ -39,6 +41,7 @@ class ReplayRow(NamedTuple):
         skipped: whether its value was not finite and ``on_nonfinite="skip"`` left it out of the rule.
         smoothed: with ``smoothing``, the moving average judged in place of ``value``; ``None`` otherwise, and for a
             row in the warmup or skipped.
+        withheld: whether it called for a cut beyond ``max_reductions``: not applied, and the run stopped here.
     """
 
     evaluation: int
@@ -55,11 +58,17 @@ class ReplayRow(NamedTuple):
     warmup: bool = False
     skipped: bool = False
     smoothed: Optional[float] = None
+    withheld: bool = False
 
     def as_evaluation(self) -> PlateauEvaluation:
         """This row as the :class:`~lightning_plateau.PlateauEvaluation` the live callback records."""
         return PlateauEvaluation(
-            *self[:9], window=self.window, warmup=self.warmup, skipped=self.skipped, smoothed=self.smoothed
+            *self[:9],
+            window=self.window,
+            warmup=self.warmup,
+            skipped=self.skipped,
+            smoothed=self.smoothed,
+            withheld=self.withheld,
         )
 
 
@@ -73,6 +82,9 @@ class Replay(Sequence[ReplayRow]):
         config: the policy replayed.
         initial_lrs: LR of each param group before the first value.
         cuts: every cut, as the scheduler recorded it (the same objects a live ``PlateauScheduler.cuts`` holds).
+        withheld: with ``max_reductions``, the cut the last row called for and did not apply (the run stopped
+            there), as a live ``PlateauScheduler.withheld`` holds it; ``None`` otherwise.
+        max_reductions: the cut limit replayed, ``None`` for none.
     """
 
     def __init__(
@@ -90,6 +102,8 @@ class Replay(Sequence[ReplayRow]):
         warmup_rows: int = 0,
         skipped: frozenset[int] = frozenset(),
         smoothed: Optional[list[Optional[float]]] = None,
+        withheld: Optional[PlateauCut] = None,
+        max_reductions: Optional[int] = None,
     ) -> None:
         self.config = config
         self.initial_lrs = initial_lrs
@@ -109,6 +123,8 @@ class Replay(Sequence[ReplayRow]):
         self._skipped = skipped
         # with smoothing, the average judged at each row (None where none was)
         self._smoothed = smoothed
+        self.withheld = withheld
+        self.max_reductions = max_reductions
 
     def __len__(self) -> int:
         return len(self._values)
@@ -138,7 +154,7 @@ class Replay(Sequence[ReplayRow]):
         windows = self._windows
         smoothed = self._smoothed
         columns = zip(self._values, self._bests, self._num_bad, self._cooldowns, strict=True)
-        plain = not self._warmup_rows and not self._skipped
+        plain = self._plain
         for index, (value, best, num_bad, cooldown) in enumerate(columns):
             evaluation = index + 1
             reason = None
@@ -164,6 +180,11 @@ class Replay(Sequence[ReplayRow]):
 
     def __repr__(self) -> str:
         return f"Replay({len(self)} evaluations, {len(self.cuts)} cuts, {self.config.describe()})"
+
+    @property
+    def _plain(self) -> bool:
+        """Whether every row is as the columns say: no warmup, skipped or withheld row to flag."""
+        return not self._warmup_rows and not self._skipped and self.withheld is None
 
     @property
     def final_lrs(self) -> tuple[float, ...]:
@@ -224,20 +245,54 @@ class Replay(Sequence[ReplayRow]):
             None if self._windows is None else self._windows[index],
             smoothed=None if self._smoothed is None else self._smoothed[index],
         )
-        return row if not self._warmup_rows and not self._skipped else self._flagged(row)
+        return row if self._plain else self._flagged(row)
+
+    def withheld_reason(self) -> Optional[str]:
+        """Why the last row withheld a cut, in words; ``None`` when no cut was withheld."""
+        cut = self.withheld
+        if cut is None:
+            return None
+        # The judgement reads as a cut's (where, the value, the best and the bad count); what follows is not a cut.
+        plain = dataclasses.replace(self.config, restore_best_on_cut=False)
+        judged = format_cut(dataclasses.replace(cut, restored_from=None), plain).rsplit(": lr ", 1)[0]
+        return (
+            f"{judged}: cut {len(self.cuts) + 1} withheld, as PlateauEarlyStopping(max_reductions="
+            f"{self.max_reductions}) allows {plural(len(self.cuts), 'cut')}: the run stops here, lr stays"
+            f" {format_lrs(cut.lrs_before)}"
+        )
 
     def _flagged(self, row: ReplayRow) -> ReplayRow:
-        """``row`` with its warmup and skipped flags, and the warmup's LR during the warmup."""
+        """``row`` with its warmup, skipped and withheld flags, and the warmup's LR during the warmup."""
         warmup = row.evaluation <= self._warmup_rows
         skipped = row.evaluation in self._skipped
-        if not (warmup or skipped):
+        withheld = self.withheld is not None and row.evaluation == self.withheld.evaluation
+        if not (warmup or skipped or withheld):
             return row
         lrs = row.lrs
         if warmup:
             config, step = self.config, row.global_step
             assert step is not None  # replay() refuses a warmup without steps
             lrs = warmup_lrs(self.initial_lrs, step, config.warmup_steps, config.warmup_start_factor)
-        return row._replace(lrs=lrs, warmup=warmup, skipped=skipped)
+        reason = self.withheld_reason() if withheld else row.reason
+        return row._replace(lrs=lrs, reason=reason, warmup=warmup, skipped=skipped, withheld=withheld)
+
+    def _as_recorded(self, restores: Sequence[Optional[tuple[int, Optional[int]]]]) -> Replay:
+        """This replay with each cut's restore as the run recorded it: ``restores[i]`` for evaluation ``i + 1``.
+
+        The restores change no decision, only where the run went on from: a run whose ``restore_best_on_cut``
+        changed at a resume restored at some cuts and not at others, which no one setting replays.
+        """
+        cuts = []
+        for cut in self.cuts:
+            restored = restores[cut.evaluation - 1] if cut.evaluation <= len(restores) else None
+            source, epoch = restored if restored is not None else (None, None)
+            cuts.append(dataclasses.replace(cut, restored_from=source, restored_epoch=epoch))
+        recorded = copy.copy(self)
+        recorded.cuts = cuts
+        recorded._reasons = {}
+        if any(restored is not None for restored in restores):
+            recorded.config = dataclasses.replace(self.config, restore_best_on_cut=True)
+        return recorded
 
     def _reason(self, cut: PlateauCut) -> str:
         reason = self._reasons.get(cut.evaluation)
@@ -253,6 +308,8 @@ def replay(
     lr: Union[float, Sequence[float]] = 1e-3,
     epochs: Optional[Sequence[Optional[int]]] = None,
     global_steps: Optional[Sequence[Optional[int]]] = None,
+    windows: Optional[Sequence[Span]] = None,
+    max_reductions: Optional[int] = None,
 ) -> Replay:
     """Judge a history of monitored values as training would have, and say when the LR is cut.
 
@@ -288,6 +345,14 @@ def replay(
             that fall in the warmup and their LR. Lightning's logging step (the ``step`` column of a CSVLogger,
             W&B's ``trainer/global_step``) lags it by one after a batch that stepped the optimizer, so it would
             misplace the warmup's end.
+        windows: for values a windows run judged already (``PlateauEvaluation.value`` with ``window_steps``, each a
+            window's mean), the window of each (``PlateauEvaluation.window``): the values are judged one each, as
+            they are, and rows and reasons name each window's steps as the live run's do; ``global_steps`` default
+            to each window's last step. ``None``: with ``window_steps`` in the config the values are per-step
+            values, windowed here.
+        max_reductions: the cut limit of ``PlateauEarlyStopping(max_reductions=K)``: the evaluation that calls for
+            cut K+1 does not apply it (``Replay.withheld`` holds it, its row is marked ``withheld``) and the replay
+            ends there, as the run stopped there; later values are not judged. ``None``: no limit.
 
     Returns:
         A :class:`Replay`: a sequence of :class:`ReplayRow`, one per value, with the recorded ``cuts``.
@@ -297,7 +362,8 @@ def replay(
             ``global_steps`` do not have one label per value, if a value is not a number, if the config
             is invalid (``min_lr`` with another length than ``lr`` included), with windows if a step is missing,
             below 1 or goes back, if the config has a warmup and ``global_steps`` are missing, hold ``None`` or
-            decrease, or, with ``on_nonfinite="raise"``, at the first value that is not finite.
+            decrease, or, with ``on_nonfinite="raise"``, at the first value that is not finite; if ``windows``
+            do not give one (first, last) pair of steps per value, or ``max_reductions`` is not an int >= 0.
 
     Example::
 
@@ -314,16 +380,24 @@ def replay(
     floats = _floats(values)
     epochs = _check_labels("epochs", epochs, len(floats))
     global_steps = _check_labels("global_steps", global_steps, len(floats))
-    windows: Optional[list[Span]] = None
-    if config.window_steps:
+    if windows is not None:
+        windows = _check_windows(windows, len(floats))
+        if global_steps is None:
+            global_steps = [last for _, last in windows]
+    elif config.window_steps:
         floats, epochs, global_steps, windows = _windowed(floats, epochs, global_steps, config.window_steps)
     if config.warmup_steps:
         _check_warmup_steps(config, global_steps)
+    if max_reductions is not None and (
+        isinstance(max_reductions, bool) or not isinstance(max_reductions, int) or max_reductions < 0
+    ):
+        raise ValueError(f"`max_reductions` must be an int >= 0 or None, got {max_reductions!r}")
 
     # One dummy parameter per group: torch refuses a parameter in two groups.
     groups = [{"params": [torch.nn.Parameter(torch.zeros(()))], "lr": group_lr} for group_lr in initial_lrs]
     scheduler = _PlateauRule(torch.optim.SGD(groups), config)
-    if not scheduler._plain or config.smoothing:
+    if not scheduler._plain or config.smoothing or max_reductions is not None:
+        scheduler._cut_limit = max_reductions
         return _replay_flagged(scheduler, config, initial_lrs, floats, epochs, global_steps, windows)
     bests: list[float] = []
     num_bad: list[int] = []
@@ -347,6 +421,23 @@ def replay(
             add_bad(scheduler.num_bad_epochs)
             add_cooldown(scheduler.cooldown_counter)
     return Replay(config, initial_lrs, scheduler.cuts, floats, bests, num_bad, cooldowns, epochs, global_steps, windows)
+
+
+def _check_windows(windows: Sequence[Any], count: int) -> list[Span]:
+    """``windows`` as (first, last) pairs of ints, one per value; refused otherwise."""
+    spans = list(windows)
+    if len(spans) != count:
+        raise ValueError(f"`windows` must give one window per value: {count} values, got {len(spans)} windows")
+    checked: list[Span] = []
+    for index, span in enumerate(spans):
+        pair = tuple(span) if isinstance(span, (list, tuple)) else ()
+        if len(pair) != 2 or not all(isinstance(step, int) and not isinstance(step, bool) for step in pair):
+            raise ValueError(f"`windows` holds (first, last) optimizer steps; window {index + 1} is {span!r}")
+        first, last = pair
+        if not 1 <= first <= last:
+            raise ValueError(f"`windows`: window {index + 1} is {span!r}; its steps must be 1 <= first <= last")
+        checked.append((first, last))
+    return checked
 
 
 def _windowed(
@@ -384,6 +475,7 @@ def _replay_flagged(
     cooldowns: list[int] = []
     skipped: set[int] = set()
     warmup_rows = 0
+    withheld: Optional[PlateauCut] = None
     contexts = zip(epochs or [None] * len(floats), global_steps or [None] * len(floats), strict=True)
     for index, (value, context) in enumerate(zip(floats, contexts, strict=True)):
         scheduler._context = context
@@ -402,20 +494,27 @@ def _replay_flagged(
         bests.append(scheduler.best)
         num_bad.append(scheduler.num_bad_epochs)
         cooldowns.append(scheduler.cooldown_counter)
+        if scheduler.withheld is not None:
+            # PlateauEarlyStopping(max_reductions=K) stops the run at the evaluation that calls for cut K+1.
+            withheld = scheduler.withheld
+            break
+    judged = len(bests)
     return Replay(
         config,
         initial_lrs,
         scheduler.cuts,
-        floats,
+        floats[:judged],
         bests,
         num_bad,
         cooldowns,
-        epochs,
-        global_steps,
-        windows,
+        None if epochs is None else epochs[:judged],
+        None if global_steps is None else global_steps[:judged],
+        None if windows is None else windows[:judged],
         warmup_rows=warmup_rows,
         skipped=frozenset(skipped),
         smoothed=smoothed,
+        withheld=withheld,
+        max_reductions=scheduler._cut_limit,
     )
 
 

@@ -27,6 +27,7 @@ import lightning.pytorch as pl
 import torch
 from helpers import loader, plateau_of
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
 import lightning_plateau
 from lightning_plateau import PlateauConfig, PlateauEarlyStopping, PlateauMixin
@@ -248,6 +249,7 @@ def _parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--detector", default="best", help="PlateauConfig(detector=...)")
     parser.add_argument("--slope-robust", action="store_true", help="PlateauConfig(slope_robust=True)")
     parser.add_argument("--smoothing", type=float, default=0.0, help="PlateauConfig(smoothing=...)")
+    parser.add_argument("--log-dir", help="log every step with a CSVLogger there (run/version_0), rank 0 writing")
     return parser.parse_args(argv)
 
 
@@ -293,7 +295,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=bool(args.checkpoint_dir),
-        logger=False,
+        logger=CSVLogger(args.log_dir, name="run", version=0) if args.log_dir else False,
+        log_every_n_steps=1,
         callbacks=callbacks,
     )
     try:

@@ -453,7 +453,9 @@ def test_windows_traces_csv_and_explain_give_the_live_cuts(tmp_path: Path, capsy
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "replayed one per evaluation, not windowed again" in err
-    assert "2 cuts in 6 evaluations, at epochs" in out
+    # the windows of the traced values, from plateau/global_step: the reasons name them as the live run's do
+    assert "-> steps 7-8, eval 4: train_loss has not improved on 2.5000 (steps 3-4) for 2 evaluations" in out
+    assert "2 cuts in 6 evaluations, at steps 7-8, steps 11-12: lr 0.1 -> 1e-3." in out
 
 
 def test_explain_windows_a_per_step_series_from_stdin(

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException  # 
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
-from lightning_plateau._format import format_lr, format_lrs, format_steps, format_value
+from lightning_plateau._format import format_lr, format_lrs, format_steps, format_value, judged_subject
 from lightning_plateau._lightning import EarlyStoppingReason, can_stop_early
 from lightning_plateau.callback import PlateauCallback, _say
 from lightning_plateau.config import PlateauConfig
@@ -398,7 +398,7 @@ class PlateauEarlyStopping(EarlyStopping):
         requested = self._requested_check_finite
         self.check_finite = config.on_nonfinite != "skip" if requested is None else requested
         patience = self._requested_patience
-        self.patience = config.patience + 1 + config.cooldown if patience is None else patience
+        self.patience = config.cut_period if patience is None else patience
         if not self._seen_any_value():
             self.best_score = torch.tensor(math.inf if config.mode == "min" else -math.inf)
 
@@ -465,11 +465,12 @@ class PlateauEarlyStopping(EarlyStopping):
         best_evaluation = scheduler.best_evaluation or 0
         if self.max_reductions is not None and row.withheld and scheduler.withheld is not None:
             self.wait_count = _judged(scheduler, best_evaluation, row.evaluation)
+            # The detector's own words for the count that called for the cut: the slope's is no count since the best.
+            called = scheduler._detector.stop_phrase(scheduler.withheld, config)
             return self._stop(
                 _MAX_REDUCTIONS,
                 EarlyStoppingReason.PATIENCE_EXHAUSTED,
-                f"max reductions: {config.monitor} did not improve on {format_value(row.best)} for"
-                f" {scheduler.withheld.num_bad} evaluations at {_where(row)}, which calls for cut"
+                f"max reductions: {judged_subject(config)} {called} at {_where(row)}, which calls for cut"
                 f" {scheduler.num_reductions + 1}; max_reductions={self.max_reductions}, so that cut was not"
                 f" applied: lr stays {format_lrs(row.lrs)}",
             )
@@ -483,8 +484,8 @@ class PlateauEarlyStopping(EarlyStopping):
             return self._stop(
                 _LR_EXHAUSTED,
                 EarlyStoppingReason.PATIENCE_EXHAUSTED,
-                f"lr exhausted: {self._exhaustion_phrase(row, scheduler)} and {config.monitor} did not improve on"
-                f" {format_value(row.best)} for {self.wait_count} evaluations",
+                f"lr exhausted: {self._exhaustion_phrase(row, scheduler)} and {judged_subject(config)} did not"
+                f" improve on {format_value(row.best)} for {self.wait_count} evaluations",
             )
         last_cut = scheduler.last_cut
         since_cut = self.reset_on_cut and last_cut is not None and last_cut.evaluation > best_evaluation
@@ -496,7 +497,7 @@ class PlateauEarlyStopping(EarlyStopping):
         return self._stop(
             _PATIENCE,
             EarlyStoppingReason.PATIENCE_EXHAUSTED,
-            f"patience exhausted: {config.monitor} did not improve on {format_value(row.best)} for"
+            f"patience exhausted: {judged_subject(config)} did not improve on {format_value(row.best)} for"
             f" {self.wait_count} evaluations{counted} (patience {self.patience})",
         )
 

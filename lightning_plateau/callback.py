@@ -77,7 +77,9 @@ class PlateauCallback(Callback):
             ``slope_confidence`` and ``slope_robust``. Fields not given take PlateauConfig's defaults. Give these
             or ``config``, not both.
         verbose: log a rank-zero message at each cut, and one at the end of fit naming the chart; show the
-            plateau's state in Lightning's progress bar (``plateau=lr 1e-3 · bad 2/3``).
+            plateau's state in Lightning's progress bar (``plateau=lr 1e-3 · bad 2/3``; a slope count past
+            ``patience + 1`` at a cut as ``bad 6 > patience 3``; ``· cut withheld`` where ``max_reductions`` held
+            a cut back).
         log_traces: at each evaluation, log ``plateau/value`` (and with ``smoothing`` ``plateau/smoothed``, the
             average judged), ``plateau/best``, ``plateau/num_bad``,
             ``plateau/cooldown``, ``plateau/reductions``, ``plateau/evaluation`` and the LR after the decision

@@ -45,15 +45,18 @@ class PlateauEarlyStopping(EarlyStopping):
       ``patience`` more evaluations. A group is exhausted when a further cut would not change it, exactly the
       scheduler's rule: ``lr - max(lr * factor, min_lr) <= eps``. The count starts after the evaluation whose
       cut exhausted the LR (or at the first evaluation, if the LR starts at its floor) and restarts at each
-      improvement. The default ``patience`` is the plateau's ``patience + 1 + cooldown``: on a flat metric,
-      the run stops at the evaluation where the scheduler would have made its next cut, had one been left.
-      Training therefore never stops while the scheduler can still cut.
+      improvement. The default ``patience`` is the plateau's :attr:`~lightning_plateau.PlateauConfig.cut_period`,
+      ``patience + 1 + cooldown`` (``max(patience + 1, 3) + cooldown`` with ``detector="slope"``, whose line
+      needs 3 values): on a flat metric, the run stops at the evaluation where the scheduler would have made its
+      next cut, had one been left. On a metric that still moves, the slope detector may call for that cut
+      elsewhere: this count is of evaluations without improvement of the best, not the slope's. Training
+      therefore never stops while the scheduler can still cut.
     - ``max_reductions=K``: stop at the evaluation where the plateau calls for its (K+1)-th cut. That cut is
       never applied: for the fit, the scheduler gets a limit of K cuts and records the cut over it in
       ``PlateauScheduler.withheld`` instead (the row of that evaluation has ``withheld=True``, ``cut=False``),
       so the optimizer, the checkpoint, ``scheduler.cuts``, the traces and the W&B summary all end at the
-      K-th cut's LR. Checked besides the default rule, which still stops a run whose LR is exhausted after
-      fewer cuts.
+      K-th cut's LR. The message gives the detector's own reason for that cut. Checked besides the default rule,
+      which still stops a run whose LR is exhausted after fewer cuts.
     - ``wait_for_min_lr=False``: Lightning's classic counting instead of the default rule: stop after
       ``patience`` evaluations without improvement, the count restarting at each cut too when
       ``reset_on_cut`` (the default).
@@ -96,9 +99,9 @@ class PlateauEarlyStopping(EarlyStopping):
 
     Args:
         patience: evaluations without improvement tolerated, counted as the rule says. ``None``: the plateau's
-            ``patience + 1 + cooldown``. As with Lightning's ``EarlyStopping``, an evaluation that restarts the
-            count (an improvement, and the cuts the rule counts from) never stops, so ``0`` stops at the first
-            evaluation counted, as ``1`` does.
+            ``patience + 1 + cooldown`` (``max(patience + 1, 3) + cooldown`` with ``detector="slope"``). As with
+            Lightning's ``EarlyStopping``, an evaluation that restarts the count (an improvement, and the cuts the
+            rule counts from) never stops, so ``0`` stops at the first evaluation counted, as ``1`` does.
         max_reductions: stop when the plateau calls for cut number ``max_reductions + 1``, without applying it.
             ``None``: no limit.
         wait_for_min_lr: ``True``: count ``patience`` only once the LR is exhausted (the default rule).

@@ -44,7 +44,11 @@ def count_without_decrease(values: Sequence[float], confidence: float, upper_bou
 
     The line is fitted with running means and co-moments (Welford's updates) rather than dlib's recursive least
     squares with a 1e6 prior: the same fit, without the prior's slight pull towards 0 and without the loss of
-    precision that raw sums of squares suffer on values far from 0.
+    precision that raw sums of squares suffer on values far from 0. The values on the line are first centered on
+    the newest of them and scaled by powers of 2 (exact) to at most 1 in size: the count depends only on
+    ``slope / standard_error``, which neither changes, and the squares then neither overflow (values from about
+    1e154 on) nor underflow to 0 (below about 1e-154), so the count of ``c * values`` is that of ``values`` for
+    every finite scale ``c > 0`` (exactly for powers of 2, up to the rounding of ``c * value`` otherwise).
 
     Args:
         values: the history, oldest first; lower is better (negate the values of a metric to maximize).
@@ -57,8 +61,10 @@ def count_without_decrease(values: Sequence[float], confidence: float, upper_bou
     count = 0
     points = 0
     mean_x = mean_y = co_xx = co_xy = co_yy = 0.0
+    normalize = _normalization([y for y in values if y <= upper_bound and math.isfinite(y)])
     for j, y in enumerate(reversed(values), start=1):
         if y <= upper_bound and math.isfinite(y):
+            y = normalize(y)
             x = float(points)
             points += 1
             dx = x - mean_x
@@ -71,6 +77,25 @@ def count_without_decrease(values: Sequence[float], confidence: float, upper_bou
         if points > 2 and _probability_backward_slope_positive(points, co_xx, co_xy, co_yy) < confidence:
             count = j
     return count
+
+
+def _normalization(points: Sequence[float]) -> Callable[[float], float]:
+    """An affine map taking ``points`` (finite) to at most 1 in size, centered on the newest: scale-free fitting.
+
+    ``y -> (y / 2^e1 - newest / 2^e1) / 2^e2``, with ``2^e1`` and ``2^e2`` the powers of 2 just above the largest
+    size before and after centering. Dividing by a power of 2 is exact (short of the subnormal range), and a
+    difference of two values within a factor 2 of each other is too, so the line through the mapped points has
+    the same ``slope / standard_error`` as the line through the points, without their squares leaving the range
+    of a float.
+    """
+    largest = max((abs(y) for y in points), default=0.0)
+    if largest == 0.0:
+        return lambda y: y
+    first = -math.frexp(largest)[1]
+    center = math.ldexp(points[-1], first)
+    spread = max(abs(math.ldexp(y, first) - center) for y in points)
+    second = -math.frexp(spread)[1] if spread > 0.0 else 0
+    return lambda y: math.ldexp(math.ldexp(y, first) - center, second)
 
 
 def _probability_backward_slope_positive(points: int, co_xx: float, co_xy: float, co_yy: float) -> float:
@@ -124,6 +149,10 @@ class _BestDetector:
             judged = "has had no finite value to improve on"
         return f"{judged} for {cut.num_bad} evaluations (> patience {config.patience})"
 
+    def stop_phrase(self, cut: PlateauCut, config: PlateauConfig) -> str:
+        """Why ``cut`` was called for, in PlateauEarlyStopping's words: ``did not improve on 0.41 for 11 ...``."""
+        return f"did not improve on {format_value(cut.best)} for {cut.num_bad} evaluations"
+
     def state_dict(self) -> dict[str, Any]:
         """Nothing: torch's counters are the rule's own attributes, in the rule's state."""
         return {}
@@ -139,9 +168,9 @@ class _SlopeDetector:
     ``config.effective_slope_window`` of them. At an evaluation in cooldown the value is not added and the count is
     0, as torch counts no bad evaluation then. A cut empties the history: dlib's trainer drops its oldest values
     after each shrink so that its count falls below the threshold and the next shrink waits for values at the new
-    rate; emptying it makes the next cut wait for a full window of values judged at the new LR (``patience + 1`` by
-    default, as torch's rule waits), and keeps the jump a cut often causes out of the next line. ``best`` is
-    tracked as torch's rule tracks it.
+    rate; emptying it makes the next cut wait for at least ``patience + 1`` values judged at the new LR, as torch's
+    rule waits (and at least 3, the fewest a line's slope is judged on: ``max(patience + 1, 3)`` on a flat metric),
+    and keeps the jump a cut often causes out of the next line. ``best`` is tracked as torch's rule tracks it.
 
     A value that is not finite (with ``on_nonfinite="bad"``) stays in the history as an evaluation without a
     point on the line, and the count is at least the number of such values in a row at the end: a run whose values
@@ -209,6 +238,10 @@ class _SlopeDetector:
             f" < {self.confidence:g}{robust}; {cut.num_bad} > patience {config.patience})"
         )
 
+    def stop_phrase(self, cut: PlateauCut, config: PlateauConfig) -> str:
+        """Why ``cut`` was called for, in PlateauEarlyStopping's words: the slope's own, as in its cut messages."""
+        return self.cut_phrase(cut, config)
+
     def state_dict(self) -> dict[str, Any]:
         """The history, as plain floats."""
         return {"history": list(self.history)}
@@ -220,10 +253,12 @@ class _SlopeDetector:
 
 
 class _Smoothing:
-    """The exponential moving average judged in place of the values: ``s_1 = x_1``, ``s_t = a s_(t-1) + (1 - a) x_t``.
+    """The exponential moving average judged in place of the values: ``s_1 = x_1``, ``s_t = s + (1 - a) (x_t - s)``.
 
-    No zero start, so no bias to correct. A value that is not finite is judged as it is and leaves the average
-    alone, so one NaN does not poison every later value.
+    ``s`` is ``s_(t-1)``: the same average as ``a s_(t-1) + (1 - a) x_t``, written so that a value equal to the
+    average leaves it exactly as it is (the other form can round a constant one unit in the last place down, and
+    that drop would count as an improvement). No zero start, so no bias to correct. A value that is not finite is
+    judged as it is and leaves the average alone, so one NaN does not poison every later value.
     """
 
     def __init__(self, weight: float) -> None:
@@ -236,7 +271,15 @@ class _Smoothing:
         if not math.isfinite(value):
             return value
         average = self.average
-        self.average = value if average is None else self.weight * average + (1.0 - self.weight) * value
+        if average is None:
+            self.average = value
+        else:
+            change = value - average
+            # A change past the largest float (values of opposite signs near it) takes the form that cannot overflow.
+            if math.isfinite(change):
+                self.average = average + (1.0 - self.weight) * change
+            else:
+                self.average = self.weight * average + (1.0 - self.weight) * value
         return self.average
 
     def state_dict(self) -> dict[str, Any]:

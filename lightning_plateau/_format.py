@@ -62,6 +62,11 @@ def format_steps(span: tuple[int, int]) -> str:
     return f"step {last}" if first == last else f"steps {first}-{last}"
 
 
+def judged_subject(config: PlateauConfig) -> str:
+    """What the rule judges, as the subject of a sentence about the best: ``val_loss (moving average 0.6)``."""
+    return config.monitor + (f" (moving average {config.smoothing:g})" if config.smoothing else "")
+
+
 def format_cut(cut: PlateauCut, config: PlateauConfig) -> str:
     """Why a cut happened, in one line, in the words of the config's detector.
 
@@ -84,9 +89,8 @@ def format_cut(cut: PlateauCut, config: PlateauConfig) -> str:
         where = f"eval {cut.evaluation}"
     else:
         where = f"epoch {cut.epoch}, eval {cut.evaluation}"
-    subject = config.monitor + (f" (moving average {config.smoothing:g})" if config.smoothing else "")
     return (
-        f"{where}: {subject} {make_detector(config).cut_phrase(cut, config)}:"
+        f"{where}: {judged_subject(config)} {make_detector(config).cut_phrase(cut, config)}:"
         f" lr {format_lrs(cut.lrs_before)} -> {format_lrs(cut.lrs_after)}{format_restore(cut, config)}"
     )
 

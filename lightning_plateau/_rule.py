@@ -739,7 +739,10 @@ class _PlateauRule(ReduceLROnPlateau):
         config, so a run resumed with a changed :class:`PlateauConfig` follows the new one; a warning names
         what changed. Keys added in later versions fall back to their defaults. A checkpoint of a plateau that
         watched another metric restores nothing: its best value and counters say nothing about this metric, so
-        this plateau starts afresh (with a warning; the LR is the optimizer's, restored by its own state).
+        this plateau starts afresh (with a warning; the LR is the optimizer's, restored by its own state). A
+        checkpoint judged by another detector (one written before detectors existed was judged by torch's rule)
+        restores the best value, the cooldown and the cuts, but not the count, which means something else to this
+        detector: it starts from 0, as after a cut, and the warning says so.
 
         The warmup's progress is restored in every case: a warmup that is over, or that the checkpoint's run never
         had (a checkpoint written before warmups existed), does not start again, whatever ``warmup_steps`` says now,
@@ -778,25 +781,56 @@ class _PlateauRule(ReduceLROnPlateau):
             for key in _POLICY
             if key in state_dict and state_dict[key] != getattr(self, key)
         ]
+        if "detector" not in state_dict and self.detector != "best":
+            changed.append(f"detector 'best' (the only one of the version that wrote it) -> {self.detector!r}")
+        other_detector = self._other_detector_note(state_dict)
         if changed:
             again = ""
             if self.warmup_done and state_dict.get("warmup_steps", self.warmup_steps) != self.warmup_steps:
                 again = " A warmup that is over, or that the run never had, does not start again."
+            restored = "its counters and best value are restored"
+            if other_detector is not None:
+                restored = "its best value, cooldown and cuts are restored"
             warnings.warn(
                 f"The checkpoint's plateau policy differs from this scheduler's config ({', '.join(changed)}):"
-                f" its counters and best value are restored, and the config's policy applies from here.{again}",
+                f" {restored}, and the config's policy applies from here.{again}{other_detector or ''}",
                 UserWarning,
                 stacklevel=2,
             )
         self._load_detection(state_dict)
         skip = _TRANSIENT | _DERIVED_FROM_POLICY | set(_POLICY) | {"detector_state", "smoothing_state"}
         state = {key: value for key, value in state_dict.items() if key not in skip}
+        if other_detector is not None:
+            state["num_bad_epochs"] = 0
         state.update(warmup)
         state["cuts"] = [PlateauCut.from_dict(cut) for cut in state.get("cuts", [])]
         withheld = state.get("withheld")
         state["withheld"] = None if withheld is None else PlateauCut.from_dict(withheld)
         state["best_window"] = _span(state.get("best_window"))
         super().load_state_dict(state)
+
+    def _other_detector_note(self, state_dict: Mapping[str, Any]) -> Optional[str]:
+        """What a resume does with a count kept by another detector (the end of its warning); ``None``: same detector.
+
+        A checkpoint written before detectors existed was judged by torch's rule. The other detector's count means
+        something else (evaluations without improvement on the best, or the length of the latest stretch over
+        which the slope shows no decrease), and the count this detector would have kept cannot be rebuilt from the
+        checkpoint: its cuts, and its calls for cuts on an exhausted LR (which torch's rule counts from but records
+        nowhere), came where the other detector put them. So the count starts from 0, as after a cut: never a
+        cut sooner than the config's patience allows, and never a count that reads as one thing and is another.
+        """
+        saved = str(state_dict.get("detector", "best"))
+        if saved == self.detector:
+            return None
+        count = int(state_dict.get("num_bad_epochs", 0))
+        lacking = make_detector(PlateauConfig(mode=self.mode, detector=saved)).lacking(self.mode)  # type: ignore[arg-type]
+        needed = self.config.cut_period - self.config.cooldown
+        return (
+            f" The checkpoint's count ({count} evaluations {lacking}, by detector {saved!r}) means something else"
+            f" to detector {self.detector!r} and cannot be rebuilt from the checkpoint, so it is not carried over:"
+            f" the count starts from 0 at this resume, as after a cut, and the next cut needs at least {needed}"
+            f" evaluations {self._detector.lacking(self.mode)} from here (patience {self.patience})."
+        )
 
     def _load_detection(self, state_dict: dict[str, Any]) -> None:
         """Restore the detector's history and the moving average; a detector of another kind starts afresh.

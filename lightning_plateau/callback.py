@@ -77,7 +77,9 @@ class PlateauCallback(Callback):
             ``slope_confidence`` and ``slope_robust``. Fields not given take PlateauConfig's defaults. Give these
             or ``config``, not both.
         verbose: log a rank-zero message at each cut, and one at the end of fit naming the chart; show the
-            plateau's state in Lightning's progress bar (``plateau=lr 1e-3 · bad 2/3``).
+            plateau's state in Lightning's progress bar (``plateau=lr 1e-3 · bad 2/3``; a slope count past
+            ``patience + 1`` at a cut as ``bad 6 > patience 3``; ``· cut withheld`` where ``max_reductions`` held
+            a cut back).
         log_traces: at each evaluation, log ``plateau/value`` (and with ``smoothing`` ``plateau/smoothed``, the
             average judged), ``plateau/best``, ``plateau/num_bad``,
             ``plateau/cooldown``, ``plateau/reductions``, ``plateau/evaluation`` and the LR after the decision
@@ -583,8 +585,13 @@ class PlateauCallback(Callback):
         """
         if not self.verbose or trainer.progress_bar_callback is None:
             return
-        needed = self._require_config().patience + 1
-        state = f"lr {format_lrs(row.lrs)} · bad {needed if row.cut else row.num_bad}/{needed}"
+        scheduler = self.scheduler
+        last_cut = None if scheduler is None else scheduler.last_cut
+        # At a cut the count that called for it (the row's is 0 again); a withheld cut's row keeps its count.
+        count = last_cut.num_bad if row.cut and last_cut is not None else row.num_bad
+        state = f"lr {format_lrs(row.lrs)} · {_bad_count(count, self._require_config().patience)}"
+        if row.withheld:
+            state += " · cut withheld"
         if row.warmup or row.skipped:
             state = f"lr {format_lrs(row.lrs)} · {'warmup' if row.warmup else 'skipped'}"
         trainer.progress_bar_metrics["plateau"] = state  # type: ignore[index,assignment]
@@ -599,8 +606,8 @@ class PlateauCallback(Callback):
             return
         scheduler = self.scheduler
         assert scheduler is not None
-        needed = self._require_config().patience + 1
-        metrics["plateau"] = f"lr {format_lrs(_lrs(scheduler))} · bad {scheduler.num_bad_epochs}/{needed}"
+        count = _bad_count(scheduler.num_bad_epochs, self._require_config().patience)
+        metrics["plateau"] = f"lr {format_lrs(_lrs(scheduler))} · {count}"
 
     def _notify(self, trainer: pl.Trainer, hook_name: str, *args: Any) -> None:
         """Call ``hook_name(trainer, *args)`` on every other callback that defines it."""
@@ -853,6 +860,16 @@ def _row(data: Mapping[str, Any]) -> PlateauEvaluation:
 def _float_dtype(trainer: pl.Trainer) -> torch.dtype:
     # float64 keeps a long window's sum exact enough; MPS has no float64.
     return torch.float64 if trainer.strategy.root_device.type != "mps" else torch.float32
+
+
+def _bad_count(count: int, patience: int) -> str:
+    """The count beside the bar: ``bad 2/3`` of the ``patience + 1`` that cut, or ``bad 6 > patience 3`` above it.
+
+    The slope detector's count can jump past ``patience + 1`` at the evaluation that calls for a cut (a stretch of
+    6 values without decrease, at patience 3): "6/4" would read as more than the whole.
+    """
+    needed = patience + 1
+    return f"bad {count}/{needed}" if count <= needed else f"bad {count} > patience {patience}"
 
 
 def _lrs(scheduler: PlateauScheduler) -> tuple[float, ...]:

@@ -110,20 +110,30 @@ class PlateauConfig:
             the weights plus the optimizer state, e.g. 3x the parameters' bytes with Adam, 2x with SGD and
             momentum; a checkpoint holds the copy too, so it grows by about as much. Refused under strategies
             that shard the module (FSDP, DeepSpeed, ModelParallel). ``False`` (the default): torch's behaviour,
-            training goes on from the current weights.
+            training goes on from the current weights. With ``smoothing``, the best evaluation is the one whose
+            moving average was best, so its weights are the ones restored, not those of the best raw value.
         smoothing: the weight ``a`` of an exponential moving average of the monitored values, in [0, 1), judged in
-            their place by either detector: ``s_1 = x_1``, ``s_t = a * s_(t-1) + (1 - a) * x_t`` over the values
+            their place by torch's rule (refused with ``detector="slope"``, whose line already averages the
+            noise): ``s_1 = x_1``, ``s_t = s_(t-1) + (1 - a) * (x_t - s_(t-1))``, i.e.
+            ``a * s_(t-1) + (1 - a) * x_t`` computed so that a constant stays exactly constant, over the values
             judged (not those of a warmup or skipped), from the first, cuts included; ``0`` (the default): no
             smoothing. A NaN or infinite value is judged as it is and left out of the average, which goes on from
-            the last finite values. ``best`` is then the best average.
+            the last finite values. ``best`` is then the best average, and the evaluation it was reached at is the
+            one whose weights ``restore_best_on_cut`` restores: it lags the best raw value. So does every cut:
+            after the values change by ``D``, the average keeps beating its best by more than ``threshold`` for
+            about ``log(threshold * |best| / ((1 - a) * D)) / log(a)`` evaluations, and only then does
+            ``patience`` start counting (a metric that goes exactly flat is first cut 18 evaluations into the
+            flat stretch with ``a = 0.6`` and patience 5, against 6 without smoothing; see the README).
         detector: what says the value has stopped improving. ``"best"`` (the default): torch's rule, a value
             better than the best so far by ``threshold``; ``patience`` counts the evaluations since.
             ``"slope"``: dlib's ``count_steps_without_decrease``, as its DNN trainer uses it: the count is the
             largest ``j`` such that a least-squares line through the last ``j`` values judged does not slope
             down with probability ``slope_confidence`` (the slope's normal approximation); a cut when it exceeds
-            ``patience``. The values since the last cut (and its cooldown) are kept, at most ``slope_window``;
-            a cut empties them. ``mode="max"`` judges the negated values. ``best`` is still tracked, by
-            ``threshold``, for the reports, ``restore_best_on_cut`` and early stopping.
+            ``patience``. A line needs 3 values, so on a flat metric the cuts come every
+            ``max(patience + 1, 3) + cooldown`` evaluations. The values since the last cut (and its cooldown) are
+            kept, at most ``slope_window``; a cut empties them. ``mode="max"`` judges the negated values.
+            ``best`` is still tracked, by ``threshold``, for the reports, ``restore_best_on_cut`` and early
+            stopping.
         slope_window: with ``detector="slope"``, how many of the latest evaluations the count looks at;
             ``0`` (the default): ``patience + 1`` (at least 3), dlib's trainer's choice (its history holds as many
             values as its threshold), so a cut needs every value kept to show no decrease. A larger window lets
@@ -140,7 +150,8 @@ class PlateauConfig:
         ValueError: if a field is outside its allowed range; the message names the value given and, for a number
             torch's ``ReduceLROnPlateau`` takes (a factor of 0 or below or NaN, a negative or non-integer
             patience or cooldown, a negative or non-finite threshold, eps or min_lr), what torch does with it
-            and why it is refused here.
+            and why it is refused here. Also for settings that do not go together: a slope setting with
+            ``detector="best"``, a ``slope_window`` of at most ``patience``, ``smoothing`` with ``detector="slope"``.
 
     Example::
 
@@ -255,6 +266,18 @@ class PlateauConfig:
                     " detector, or leave the slope settings out."
                 )
             return
+        if self.smoothing:
+            raise ValueError(
+                f"smoothing={self.smoothing!r} with detector='slope': the two do not combine. The slope's"
+                " least-squares line already averages the noise over its window, and the values of a moving average"
+                " are autocorrelated (each holds most of the one before), so the slope's confidence, computed as if"
+                " each value had noise of its own, means nothing: once the metric goes flat after a change, the"
+                " average approaches the new level along a smooth curve that the line reads as a confident"
+                " improvement, and the LR is not cut for dozens to hundreds of evaluations (69 into an exactly flat"
+                " stretch with smoothing 0.6 and patience 5), whatever patience says. Use detector='slope' with"
+                " smoothing=0 (the slope judges the values themselves), or smoothing with detector='best' (the"
+                " default)."
+            )
         window = self.slope_window
         if window and (window < _MIN_SLOPE_WINDOW or window <= self.patience):
             raise ValueError(
@@ -269,6 +292,19 @@ class PlateauConfig:
     def effective_slope_window(self) -> int:
         """How many of the latest evaluations the slope detector keeps: ``slope_window``, or its default."""
         return self.slope_window or max(self.patience + 1, _MIN_SLOPE_WINDOW)
+
+    @property
+    def cut_period(self) -> int:
+        """Evaluations from one cut to the next on a flat metric: where the plateau calls for its next cut.
+
+        ``patience + 1 + cooldown`` with ``detector="best"``; with ``"slope"``, ``max(patience + 1, 3) + cooldown``,
+        since a line needs 3 values before its count can exceed ``patience``. The default patience of
+        :class:`~lightning_plateau.PlateauEarlyStopping`.
+        """
+        needed = self.patience + 1
+        if self.detector == "slope":
+            needed = max(needed, _MIN_SLOPE_WINDOW)
+        return needed + self.cooldown
 
     def __hash__(self) -> int:
         # The generated hash fails on a list `min_lr`, which stays a list because LightningCLI and YAML read it as

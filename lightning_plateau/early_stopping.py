@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException  # 
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
-from lightning_plateau._format import format_lr, format_lrs, format_steps, format_value
+from lightning_plateau._format import format_lr, format_lrs, format_steps, format_value, judged_subject
 from lightning_plateau._lightning import EarlyStoppingReason, can_stop_early
 from lightning_plateau.callback import PlateauCallback, _say
 from lightning_plateau.config import PlateauConfig
@@ -45,15 +45,18 @@ class PlateauEarlyStopping(EarlyStopping):
       ``patience`` more evaluations. A group is exhausted when a further cut would not change it, exactly the
       scheduler's rule: ``lr - max(lr * factor, min_lr) <= eps``. The count starts after the evaluation whose
       cut exhausted the LR (or at the first evaluation, if the LR starts at its floor) and restarts at each
-      improvement. The default ``patience`` is the plateau's ``patience + 1 + cooldown``: on a flat metric,
-      the run stops at the evaluation where the scheduler would have made its next cut, had one been left.
-      Training therefore never stops while the scheduler can still cut.
+      improvement. The default ``patience`` is the plateau's :attr:`~lightning_plateau.PlateauConfig.cut_period`,
+      ``patience + 1 + cooldown`` (``max(patience + 1, 3) + cooldown`` with ``detector="slope"``, whose line
+      needs 3 values): on a flat metric, the run stops at the evaluation where the scheduler would have made its
+      next cut, had one been left. On a metric that still moves, the slope detector may call for that cut
+      elsewhere: this count is of evaluations without improvement of the best, not the slope's. Training
+      therefore never stops while the scheduler can still cut.
     - ``max_reductions=K``: stop at the evaluation where the plateau calls for its (K+1)-th cut. That cut is
       never applied: for the fit, the scheduler gets a limit of K cuts and records the cut over it in
       ``PlateauScheduler.withheld`` instead (the row of that evaluation has ``withheld=True``, ``cut=False``),
       so the optimizer, the checkpoint, ``scheduler.cuts``, the traces and the W&B summary all end at the
-      K-th cut's LR. Checked besides the default rule, which still stops a run whose LR is exhausted after
-      fewer cuts.
+      K-th cut's LR. The message gives the detector's own reason for that cut. Checked besides the default rule,
+      which still stops a run whose LR is exhausted after fewer cuts.
     - ``wait_for_min_lr=False``: Lightning's classic counting instead of the default rule: stop after
       ``patience`` evaluations without improvement, the count restarting at each cut too when
       ``reset_on_cut`` (the default).
@@ -96,9 +99,9 @@ class PlateauEarlyStopping(EarlyStopping):
 
     Args:
         patience: evaluations without improvement tolerated, counted as the rule says. ``None``: the plateau's
-            ``patience + 1 + cooldown``. As with Lightning's ``EarlyStopping``, an evaluation that restarts the
-            count (an improvement, and the cuts the rule counts from) never stops, so ``0`` stops at the first
-            evaluation counted, as ``1`` does.
+            ``patience + 1 + cooldown`` (``max(patience + 1, 3) + cooldown`` with ``detector="slope"``). As with
+            Lightning's ``EarlyStopping``, an evaluation that restarts the count (an improvement, and the cuts the
+            rule counts from) never stops, so ``0`` stops at the first evaluation counted, as ``1`` does.
         max_reductions: stop when the plateau calls for cut number ``max_reductions + 1``, without applying it.
             ``None``: no limit.
         wait_for_min_lr: ``True``: count ``patience`` only once the LR is exhausted (the default rule).
@@ -398,7 +401,7 @@ class PlateauEarlyStopping(EarlyStopping):
         requested = self._requested_check_finite
         self.check_finite = config.on_nonfinite != "skip" if requested is None else requested
         patience = self._requested_patience
-        self.patience = config.patience + 1 + config.cooldown if patience is None else patience
+        self.patience = config.cut_period if patience is None else patience
         if not self._seen_any_value():
             self.best_score = torch.tensor(math.inf if config.mode == "min" else -math.inf)
 
@@ -465,11 +468,12 @@ class PlateauEarlyStopping(EarlyStopping):
         best_evaluation = scheduler.best_evaluation or 0
         if self.max_reductions is not None and row.withheld and scheduler.withheld is not None:
             self.wait_count = _judged(scheduler, best_evaluation, row.evaluation)
+            # The detector's own words for the count that called for the cut: the slope's is no count since the best.
+            called = scheduler._detector.stop_phrase(scheduler.withheld, config)
             return self._stop(
                 _MAX_REDUCTIONS,
                 EarlyStoppingReason.PATIENCE_EXHAUSTED,
-                f"max reductions: {config.monitor} did not improve on {format_value(row.best)} for"
-                f" {scheduler.withheld.num_bad} evaluations at {_where(row)}, which calls for cut"
+                f"max reductions: {judged_subject(config)} {called} at {_where(row)}, which calls for cut"
                 f" {scheduler.num_reductions + 1}; max_reductions={self.max_reductions}, so that cut was not"
                 f" applied: lr stays {format_lrs(row.lrs)}",
             )
@@ -483,8 +487,8 @@ class PlateauEarlyStopping(EarlyStopping):
             return self._stop(
                 _LR_EXHAUSTED,
                 EarlyStoppingReason.PATIENCE_EXHAUSTED,
-                f"lr exhausted: {self._exhaustion_phrase(row, scheduler)} and {config.monitor} did not improve on"
-                f" {format_value(row.best)} for {self.wait_count} evaluations",
+                f"lr exhausted: {self._exhaustion_phrase(row, scheduler)} and {judged_subject(config)} did not"
+                f" improve on {format_value(row.best)} for {self.wait_count} evaluations",
             )
         last_cut = scheduler.last_cut
         since_cut = self.reset_on_cut and last_cut is not None and last_cut.evaluation > best_evaluation
@@ -496,7 +500,7 @@ class PlateauEarlyStopping(EarlyStopping):
         return self._stop(
             _PATIENCE,
             EarlyStoppingReason.PATIENCE_EXHAUSTED,
-            f"patience exhausted: {config.monitor} did not improve on {format_value(row.best)} for"
+            f"patience exhausted: {judged_subject(config)} did not improve on {format_value(row.best)} for"
             f" {self.wait_count} evaluations{counted} (patience {self.patience})",
         )
 

@@ -45,11 +45,12 @@ class PlateauScheduler(_PlateauRule, LightningReduceLROnPlateau):  # type: ignor
     - with ``restore_best_on_cut=True`` its PlateauCallback loads the best evaluation's weights and optimizer
       state at each cut (recorded in the cut's ``restored_from``); stepped by hand, it raises, since only the
       callback reaches the module's weights;
-    - two more, off by default (``smoothing=0``, ``detector="best"`` keep torch's rule): ``smoothing`` judges an
-      exponential moving average of the values in their place; ``detector="slope"`` replaces the comparison with
-      the best by dlib's count of evaluations over which a least-squares line shows no confident decrease
-      (``slope_window``, ``slope_confidence``, ``slope_robust``), reported as ``num_bad_epochs``. Its history and
-      the average are in :meth:`state_dict`.
+    - two more, off by default and not together (``smoothing=0``, ``detector="best"`` keep torch's rule):
+      ``smoothing`` judges an exponential moving average of the values in their place; ``detector="slope"``
+      replaces the comparison with the best by dlib's count of evaluations over which a least-squares line shows
+      no confident decrease (``slope_window``, ``slope_confidence``, ``slope_robust``), reported as
+      ``num_bad_epochs``. Its history and the average are in :meth:`state_dict`; a checkpoint of the other
+      detector restores all but the count, which starts from 0 (with a warning).
 
     Kept as torch has them: a NaN value counts as a bad evaluation (with the default ``on_nonfinite="bad"``);
     with ``mode="min"``, ``"rel"`` and ``threshold >= 1`` torch's bar over the starting ``inf`` is NaN or

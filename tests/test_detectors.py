@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 import math
 import random
@@ -345,7 +346,7 @@ def test_slope_nan_values_cut_as_torch_counts_them() -> None:
         {"detector": "slope", "slope_robust": True},
         {"detector": "slope", "slope_window": 8, "slope_confidence": 0.7},
         {"smoothing": 0.6},
-        {"smoothing": 0.6, "detector": "slope", "slope_robust": True},
+        {"smoothing": 0.6, "cooldown": 1},
     ],
 )
 def test_mode_max_judges_the_negated_values(fields: dict[str, Any]) -> None:
@@ -375,6 +376,11 @@ def test_mode_max_judges_the_negated_values(fields: dict[str, Any]) -> None:
         ({"detector": "slope", "slope_robust": "yes"}, "`slope_robust` must be True or False, got 'yes'"),
         ({"slope_window": 20}, "slope_window=20: a setting of the slope detector, but detector='best'"),
         ({"slope_robust": True, "slope_confidence": 0.9}, "settings of the slope detector, but detector='best'"),
+        (
+            {"detector": "slope", "smoothing": 0.6},
+            r"smoothing=0.6 with detector='slope': the two do not combine.*autocorrelated.*whatever patience says."
+            r" Use detector='slope' with smoothing=0 .*, or smoothing with detector='best'",
+        ),
     ],
 )
 def test_detection_settings_are_refused_out_of_range_or_unused(fields: dict[str, Any], match: str) -> None:
@@ -401,9 +407,16 @@ def _scheduler(config: PlateauConfig) -> PlateauScheduler:
     return PlateauScheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=0.1), config)
 
 
-def test_state_dict_resumes_the_slope_history_and_the_average_exactly() -> None:
+@pytest.mark.parametrize(
+    "config",
+    [
+        PlateauConfig(patience=3, detector="slope", slope_robust=True, cooldown=1),
+        PlateauConfig(patience=1, smoothing=0.5, cooldown=1),
+    ],
+    ids=["slope", "smoothing"],
+)
+def test_state_dict_resumes_the_slope_history_and_the_average_exactly(config: PlateauConfig) -> None:
     """Stepped to the middle, saved, loaded into a new scheduler and stepped on: every row equals the run's."""
-    config = PlateauConfig(patience=3, detector="slope", slope_robust=True, smoothing=0.5, cooldown=1)
     values = _FLAT_NOISY * 2
     full = _scheduler(config)
     rows = []
@@ -439,20 +452,19 @@ def test_old_checkpoint_and_other_detector_load_without_history() -> None:
     state = old.state_dict()
     for key in ("detector", "detector_state", "smoothing", "smoothing_state", "slope_window"):
         state.pop(key)
-    slope = _scheduler(PlateauConfig(patience=3, detector="slope", smoothing=0.5))
+    smoothed = _scheduler(PlateauConfig(patience=3, smoothing=0.5))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # an older version's state is no change of policy: nothing to warn about
+        warnings.simplefilter("error")  # an older version's state is torch's rule unsmoothed: nothing to warn about
+        smoothed.load_state_dict(state)
+    assert smoothed.num_evaluations == 1
+    assert smoothed._smoothing is not None
+    assert smoothed._smoothing.average is None  # the average starts at the next value
+    # judged by torch's rule, the only one then: resumed with the slope, the count is not taken as the slope's
+    slope = _scheduler(PlateauConfig(patience=3, detector="slope"))
+    with pytest.warns(UserWarning, match=r"detector 'best' \(the only one of the version that wrote it\) -> 'slope'"):
         slope.load_state_dict(state)
     assert slope._detector.state_dict() == {"history": []}
     assert slope.num_evaluations == 1
-    # a slope checkpoint resumed with torch's rule: the policy warning names the change, the history stays out
-    saved = _scheduler(PlateauConfig(patience=3, detector="slope"))
-    for value in (1.0, 1.0):
-        saved.step(value)
-    best = _scheduler(PlateauConfig(patience=3))
-    with pytest.warns(UserWarning, match="detector 'slope' -> 'best'"):
-        best.load_state_dict(saved.state_dict())
-    assert best.num_bad_epochs == 0  # the count of the slope is not torch's count: nothing to go on from
 
 
 class _EpochScripted(ScriptedPlateauModel):
@@ -475,7 +487,10 @@ _LIVE_CONFIGS = {
     "slope": PlateauConfig(patience=4, detector="slope"),
     "slope-robust-cooldown": PlateauConfig(patience=4, detector="slope", slope_robust=True, cooldown=1),
     "smoothing": PlateauConfig(patience=1, smoothing=0.5, threshold=0.0, threshold_mode="abs"),
-    "smoothed-slope-max": PlateauConfig(monitor="val_acc", mode="max", patience=3, smoothing=0.5, detector="slope"),
+    "slope-max": PlateauConfig(monitor="val_acc", mode="max", patience=3, detector="slope"),
+    "smoothing-max": PlateauConfig(
+        monitor="val_acc", mode="max", patience=1, smoothing=0.5, threshold=0.0, threshold_mode="abs"
+    ),
 }
 
 
@@ -483,9 +498,9 @@ _LIVE_CONFIGS = {
 def test_live_run_equals_replay(tmp_path: Path, name: str) -> None:
     """A fit's history (counts, averages, LRs) and cuts equal the replay of its values, reasons included."""
     config = _LIVE_CONFIGS[name]
-    values = list(_FLAT_NOISY) if config.mode == "min" else [2.0 - value for value in _FLAT_NOISY]
-    if config.smoothing and config.detector == "best":
-        values = list(_NOISY) * 2
+    values = list(_NOISY) * 2 if config.smoothing else list(_FLAT_NOISY)
+    if config.mode == "max":
+        values = [2.0 - value for value in values]
     fit = trainer(tmp_path, max_epochs=len(values))
     model = ScriptedPlateauModel(values, plateau=config, monitor=config.monitor)
     fit.fit(model)
@@ -522,10 +537,18 @@ def test_live_traces_log_the_raw_and_the_smoothed_value(tmp_path: Path, caplog: 
     assert "best val_loss (moving average 0.5) 0.4004 at epoch 7" in caplog.text  # the end-of-fit summary
 
 
-def test_resume_from_every_checkpoint_equals_the_uninterrupted_run(tmp_path: Path) -> None:
-    """Slope with robust count, smoothing and cooldown: a resume from the checkpoint of any epoch ends as one run."""
-    config = PlateauConfig(patience=3, detector="slope", slope_robust=True, smoothing=0.3, cooldown=1)
-    values = _FLAT_NOISY
+@pytest.mark.parametrize(
+    ("config", "values"),
+    [
+        (PlateauConfig(patience=3, detector="slope", slope_robust=True, cooldown=1), _FLAT_NOISY),
+        (PlateauConfig(patience=1, smoothing=0.3, cooldown=1), _NOISY),
+    ],
+    ids=["slope-robust-cooldown", "smoothing-cooldown"],
+)
+def test_resume_from_every_checkpoint_equals_the_uninterrupted_run(
+    tmp_path: Path, config: PlateauConfig, values: list[float]
+) -> None:
+    """Slope (robust, cooldown) or smoothing: a resume from the checkpoint of any epoch ends as one run."""
     checkpoint = ModelCheckpoint(tmp_path / "ckpt", "{epoch}", save_top_k=-1, save_on_train_epoch_end=False)
     full = _fit(tmp_path / "full", values, config, callbacks=[checkpoint], enable_checkpointing=True)
     expected = plateau_of(full)
@@ -540,7 +563,8 @@ def test_resume_from_every_checkpoint_equals_the_uninterrupted_run(tmp_path: Pat
         assert resumed.history == expected.history, f"history differs after resuming from {file.name}"
         assert resumed.scheduler is not None
         assert resumed.scheduler.cuts == expected.scheduler.cuts
-        assert resumed.scheduler.state_dict()["detector_state"] == expected.scheduler.state_dict()["detector_state"]
+        for key in ("detector_state", "smoothing_state"):
+            assert resumed.scheduler.state_dict()[key] == expected.scheduler.state_dict()[key]
 
 
 def test_slope_with_warmup_judges_after_the_warmup_only(tmp_path: Path) -> None:
@@ -571,19 +595,31 @@ def test_slope_with_windows_judges_the_window_means(tmp_path: Path) -> None:
     assert any(row.cut for row in history)
 
 
-def test_explain_each_detector_equals_the_live_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "config",
+    [
+        PlateauConfig(patience=3, detector="slope", slope_robust=True, cooldown=1),
+        PlateauConfig(patience=1, smoothing=0.3, cooldown=1),
+    ],
+    ids=["slope", "smoothing"],
+)
+def test_explain_each_detector_equals_the_live_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], config: PlateauConfig
+) -> None:
     """explain on the run's checkpoint replays its stored policy: every row equals the live history."""
-    config = PlateauConfig(patience=3, detector="slope", slope_robust=True, smoothing=0.3, cooldown=1)
     checkpoint = ModelCheckpoint(tmp_path / "ckpt", "last", save_top_k=1, save_on_train_epoch_end=False)
     fit = _fit(tmp_path / "run", _FLAT_NOISY, config, callbacks=[checkpoint], enable_checkpointing=True)
     history = plateau_of(fit).history
+    assert any(row.cut for row in history), "the run must cut, or the comparison proves nothing"
     assert main(["explain", str(tmp_path / "ckpt" / "last.ckpt"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert (report["config"]["detector"], report["config"]["smoothing"]) == ("slope", 0.3)
+    assert (report["config"]["detector"], report["config"]["smoothing"]) == (config.detector, config.smoothing)
     rows = report["evaluations"]
     assert [(r["value"], r["smoothed"], r["best"], r["num_bad"], r["cooldown"], r["cut"]) for r in rows] == [
         (row.value, row.smoothed, row.best, row.num_bad, row.cooldown, row.cut) for row in history
     ]
+    if config.detector == "best":
+        return
     # the same history under torch's rule, given on the command line: the run's slope settings are left out
     assert main(["explain", str(tmp_path / "ckpt" / "last.ckpt"), "--json", "--detector", "best"]) == 0
     best = json.loads(capsys.readouterr().out)
@@ -593,29 +629,32 @@ def test_explain_each_detector_equals_the_live_run(tmp_path: Path, capsys: pytes
 
 
 def test_explain_compares_detectors_as_compare_does(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """`--detector best slope --smoothing 0 0.5 --slope-robust`: one row per policy, each the replay's cuts."""
+    """`--detector best slope --patience 4 9 --slope-robust`: one row per policy, each the replay's cuts."""
     source = tmp_path / "values.json"
     source.write_text(json.dumps(_LUCKY))
-    args = ["explain", str(source), "--patience", "4", "--detector", "best", "slope", "--smoothing", "0", "0.5"]
+    args = ["explain", str(source), "--patience", "4", "9", "--detector", "best", "slope"]
     assert main([*args, "--slope-robust", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["varied"] == ["detector", "smoothing"]
-    outcomes = compare(
-        _LUCKY,
-        PlateauConfig(patience=4, detector="slope", slope_robust=True),
-        detector=["best", "slope"],
-        smoothing=[0, 0.5],
-    )
+    assert sorted(report["varied"]) == ["detector", "patience"]
+    grid = {key: {"patience": [4, 9], "detector": ["best", "slope"]}[key] for key in report["varied"]}
+    outcomes = compare(_LUCKY, PlateauConfig(detector="slope", slope_robust=True), **grid)
     assert [policy["varied"] for policy in report["policies"]] == [outcome.varied for outcome in outcomes]
     assert [[cut["evaluation"] for cut in policy["cuts"]] for policy in report["policies"]] == [
         [cut.evaluation for cut in outcome.cuts] for outcome in outcomes
     ]
-    assert [outcome.config.slope_robust for outcome in outcomes] == [False, False, True, True]
-    assert [[cut.evaluation for cut in outcome.cuts] for outcome in outcomes][:3:2] == [[11, 16, 21], [9]]
+    cuts = {
+        (o.config.detector, o.config.patience, o.config.slope_robust): [c.evaluation for c in o.cuts] for o in outcomes
+    }
+    assert cuts == {
+        ("best", 4, False): [11, 16, 21],
+        ("slope", 4, True): [9],
+        ("best", 9, False): [16],
+        ("slope", 9, True): [15],
+    }
     assert main([*args]) == 0
     table = capsys.readouterr().out
-    assert "detector best, smoothing 0 " in table
-    assert "detector slope, smoothing 0.5" in table
+    assert "detector best" in table
+    assert "detector slope" in table
 
 
 def test_explain_table_shows_the_smoothed_column_and_the_slope_reason(
@@ -624,11 +663,17 @@ def test_explain_table_shows_the_smoothed_column_and_the_slope_reason(
     """The table has the raw value and the average side by side; a slope cut gives the count and the confidence."""
     source = tmp_path / "values.json"
     source.write_text(json.dumps([1.0] * 6))
-    assert main(["explain", str(source), "--patience", "2", "--detector", "slope", "--smoothing", "0.5"]) == 0
+    assert main(["explain", str(source), "--patience", "2", "--smoothing", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "val_loss    smoothed        best   bad" in out
     assert (
-        "eval 3: val_loss (moving average 0.5) has not decreased over its last 3 evaluations (least-squares slope:"
+        "eval 4: val_loss (moving average 0.5) has not improved on 1.0000 (eval 1) for 3 evaluations (> patience 2):"
+        " lr 1e-3 -> 1e-4"
+    ) in out
+    assert main(["explain", str(source), "--patience", "2", "--detector", "slope"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "eval 3: val_loss has not decreased over its last 3 evaluations (least-squares slope:"
         " P(decrease) < 0.51; 3 > patience 2): lr 1e-3 -> 1e-4"
     ) in out
     assert "slope_window 0 (patience + 1: 3)" in out
@@ -639,12 +684,13 @@ def test_explain_table_shows_the_smoothed_column_and_the_slope_reason(
 
 def test_callback_keywords_reach_the_config() -> None:
     """PlateauCallback and PlateauScheduler take each detection field as a keyword, like the other fields."""
-    fields = {"patience": 3, "smoothing": 0.2, "detector": "slope", "slope_window": 7, "slope_confidence": 0.6}
-    fields["slope_robust"] = True
+    fields = {"patience": 3, "detector": "slope", "slope_window": 7, "slope_confidence": 0.6, "slope_robust": True}
     assert PlateauCallback(**fields).config == PlateauConfig(**fields)  # type: ignore[arg-type]
     scheduler = PlateauScheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=0.1), **fields)
     assert scheduler.config == PlateauConfig(**fields)
-    assert "smoothing 0.2, slope detector over 7 evaluations (confidence 0.6), robust" in scheduler.config.describe()
+    assert "slope detector over 7 evaluations (confidence 0.6), robust" in scheduler.config.describe()
+    assert PlateauCallback(patience=3, smoothing=0.2).config == PlateauConfig(patience=3, smoothing=0.2)
+    assert "smoothing 0.2" in PlateauConfig(smoothing=0.2).describe()
 
 
 class _Weights(Callback):
@@ -694,3 +740,222 @@ def test_slope_cut_withheld_by_max_reductions_keeps_the_count(tmp_path: Path) ->
     assert scheduler.state_dict()["detector_state"] == {"history": [1.0] * 5}
     assert fit.early_stopping_callback is not None
     assert fit.early_stopping_callback.stop_rule == "max_reductions"
+
+
+def test_smoothing_with_the_slope_is_refused_wherever_a_policy_is_built(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Keywords of the scheduler and the callback, compare's grid and explain's options all refuse the pair."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=0.1)
+    with pytest.raises(ValueError, match=r"smoothing=0\.5 with detector='slope'"):
+        PlateauScheduler(optimizer, detector="slope", smoothing=0.5)
+    with pytest.raises(ValueError, match=r"smoothing=0\.5 with detector='slope'"):
+        PlateauCallback(detector="slope", smoothing=0.5)
+    with pytest.raises(ValueError, match=r"smoothing=0\.6 with detector='slope'"):
+        compare(_LUCKY, PlateauConfig(patience=4), detector=["best", "slope"], smoothing=[0.6])
+    source = tmp_path / "values.json"
+    source.write_text(json.dumps(_LUCKY))
+    assert main(["explain", str(source), "--detector", "slope", "--smoothing", "0.6"]) == 2
+    assert "smoothing=0.6 with detector='slope'" in capsys.readouterr().err
+
+
+# val_acc rises, then stays exactly at 0.92 from evaluation 5 on; val_loss drops to 0.5 at evaluation 4 and stays.
+_GONE_FLAT = {
+    "val_acc": ([0.80, 0.85, 0.88, 0.90] + [0.92] * 100, 5, "max"),
+    "val_loss": ([1.0] * 3 + [0.5] * 100, 4, "min"),
+}
+
+
+@pytest.mark.parametrize(
+    ("metric", "smoothing", "into_the_flat"),
+    [
+        ("val_acc", 0.0, 6),
+        ("val_acc", 0.3, 10),
+        ("val_acc", 0.6, 18),
+        ("val_acc", 0.9, 69),
+        ("val_loss", 0.0, 6),
+        ("val_loss", 0.6, 24),
+        ("val_loss", 0.9, 88),
+    ],
+)
+def test_smoothing_delays_the_first_cut_on_a_metric_gone_flat(
+    metric: str, smoothing: float, into_the_flat: int
+) -> None:
+    """The README's numbers: the average keeps beating its best by threshold long after the metric stops moving."""
+    values, flat_from, mode = _GONE_FLAT[metric]
+    config = PlateauConfig(monitor=metric, mode=mode, patience=5, smoothing=smoothing)  # type: ignore[arg-type]
+    first = replay(values, config).cuts[0].evaluation
+    assert first - flat_from == into_the_flat
+
+
+def test_smoothing_keeps_a_constant_exact() -> None:
+    """The average of a constant is that constant to the last bit: the cuts of a flat metric are the raw ones."""
+    flat = [0.1] * 12
+    raw = PlateauConfig(patience=3, threshold=0.0, threshold_mode="abs")
+    smoothed = replay(flat, dataclasses.replace(raw, smoothing=0.3))
+    assert [row.smoothed for row in smoothed] == flat
+    assert [cut.evaluation for cut in smoothed.cuts] == _cuts(flat, patience=3, threshold=0.0) == [5, 9]
+    rng = random.Random(8)
+    for _ in range(300):
+        value = rng.choice([rng.uniform(0.0, 3.0), round(rng.uniform(0.0, 3.0), 2), rng.uniform(1e-3, 1e3)])
+        weight = rng.choice([0.1, 0.3, 0.6, 0.7, 0.9, 0.99, round(rng.uniform(0.01, 0.99), 2)])
+        values = [value] * 30
+        result = replay(values, dataclasses.replace(raw, smoothing=weight))
+        assert [row.smoothed for row in result] == values, (value, weight)
+        assert [cut.evaluation for cut in result.cuts] == [cut.evaluation for cut in replay(values, raw).cuts]
+
+
+# Noise around a flat level: the slope cuts it at 4 and 9 with patience 3.
+_FLAT_BASE = [1.0, 1.2, 0.9, 1.1, 1.0, 1.05, 0.95, 1.0, 1.1, 0.9, 1.0, 1.05]
+
+
+def test_slope_count_does_not_depend_on_the_scale() -> None:
+    """Values times c, for finite c from 1e-300 to 1e300: the same counts, and the same cuts."""
+    config = PlateauConfig(patience=3, detector="slope")
+    expected_cuts = [cut.evaluation for cut in replay(_FLAT_BASE, config).cuts]
+    assert expected_cuts == [4, 9]
+    rng = random.Random(5)
+    series = [_FLAT_BASE] + [[1.0 + rng.gauss(0.0, 0.1) for _ in range(rng.randint(3, 15))] for _ in range(100)]
+    counts = [[count_without_decrease(values[:end], 0.51) for end in range(len(values) + 1)] for values in series]
+    # powers of 2 scale exactly: the counts are equal bit for bit; powers of 10 round each value once
+    for scale in [2.0**k for k in (-1000, -600, -520, -100, 100, 520, 600, 1000)] + [
+        10.0**k for k in range(-300, 301, 50)
+    ]:
+        for values, expected in zip(series, counts, strict=True):
+            scaled = [scale * value for value in values]
+            assert [count_without_decrease(scaled[:end], 0.51) for end in range(len(scaled) + 1)] == expected, scale
+            robust = count_without_decrease(scaled, 0.51, upper_quantile(scaled))
+            assert robust == count_without_decrease(values, 0.51, upper_quantile(values)), scale
+        assert [cut.evaluation for cut in replay([scale * value for value in _FLAT_BASE], config).cuts] == expected_cuts
+
+
+@pytest.mark.parametrize(
+    ("detector", "patience", "cooldown", "period"),
+    [
+        ("best", 0, 0, 1),
+        ("best", 1, 2, 4),
+        ("best", 4, 0, 5),
+        ("slope", 0, 0, 3),
+        ("slope", 1, 0, 3),
+        ("slope", 1, 2, 5),
+        ("slope", 2, 0, 3),
+        ("slope", 4, 1, 6),
+    ],
+)
+def test_cut_period_is_the_spacing_of_cuts_on_a_flat_metric(
+    detector: str, patience: int, cooldown: int, period: int
+) -> None:
+    """patience + 1 + cooldown for best; max(patience + 1, 3) + cooldown for the slope, whose line needs 3 values."""
+    config = PlateauConfig(patience=patience, cooldown=cooldown, detector=detector)  # type: ignore[arg-type]
+    assert config.cut_period == period
+    cuts = [cut.evaluation for cut in replay([1.0] * 60, config, lr=1.0).cuts]
+    assert len(cuts) >= 3
+    assert {later - earlier for earlier, later in itertools.pairwise(cuts)} == {period}
+
+
+def test_resume_under_another_detector_counts_afresh_from_the_checkpoints_best(tmp_path: Path) -> None:
+    """slope -> best: the slope's count is not carried over as "without improvement"; the warning says what happens."""
+    # evaluation 5 sets the best 0.44, where the slope's count is 4: a best-rule count would be 0
+    values = [1.0, 0.45, 0.9, 0.9, 0.44] + [0.5] * 10
+    checkpoint = ModelCheckpoint(tmp_path / "ckpt", "{epoch}", save_top_k=-1, save_on_train_epoch_end=False)
+    slope = PlateauConfig(patience=5, factor=0.5, detector="slope")
+    saved = plateau_of(_fit(tmp_path / "slope", values[:5], slope, callbacks=[checkpoint], enable_checkpointing=True))
+    assert saved.scheduler is not None
+    assert (saved.scheduler.num_bad_epochs, saved.scheduler.best_evaluation) == (4, 5)
+    assert saved.scheduler.best == pytest.approx(0.44)  # logged as float32
+    best = PlateauConfig(patience=5, factor=0.5)
+    with pytest.warns(UserWarning, match="detector 'slope' -> 'best'") as record:
+        resumed = plateau_of(_fit(tmp_path / "best", values, best, ckpt_path=tmp_path / "ckpt" / "epoch=4.ckpt"))
+    (message,) = [str(w.message) for w in record if "detector" in str(w.message)]
+    assert "(detector 'slope' -> 'best'): its best value, cooldown and cuts are restored" in message
+    assert (
+        "The checkpoint's count (4 evaluations without decrease, by detector 'slope') means something else to"
+        " detector 'best' and cannot be rebuilt from the checkpoint, so it is not carried over: the count starts"
+        " from 0 at this resume, as after a cut, and the next cut needs at least 6 evaluations without improvement"
+        " from here (patience 5)."
+    ) in message
+    # a best-rule count started afresh from the checkpoint's best: 0.44 judged first, then the values after it
+    fresh = replay([saved.scheduler.best, *values[5:]], best, lr=0.1)
+    assert [cut.evaluation + 4 for cut in fresh.cuts] == [11]
+    assert resumed.scheduler is not None
+    assert [cut.evaluation for cut in resumed.scheduler.cuts] == [11]
+    assert [row.num_bad for row in resumed.history[5:]] == [row.num_bad for row in fresh][1:]
+
+
+def test_resume_from_best_under_the_slope_starts_an_empty_history() -> None:
+    """best -> slope: the count of evaluations without improvement does not become the slope's; its line restarts."""
+    saved = _scheduler(PlateauConfig(patience=1))
+    for value in (1.0, 0.5, 0.6, 0.7, 0.7):  # 0.5 is the best; 0.6 and 0.7 bad, cut; 0.7 bad: count 1
+        saved.step(value)
+    assert saved.num_bad_epochs == 1
+    slope = _scheduler(PlateauConfig(patience=1, detector="slope"))
+    with pytest.warns(UserWarning, match=r"count \(1 evaluations without improvement, by detector 'best'\)"):
+        slope.load_state_dict(saved.state_dict())
+    assert (slope.num_bad_epochs, slope.best, slope.best_evaluation, len(slope.cuts)) == (0, 0.5, 2, 1)
+    rows = []
+    for value in (0.7, 0.7, 0.7):
+        slope.step(value)
+        rows.append((slope.num_bad_epochs, slope.last_cut is not None and slope.last_cut.evaluation == 8))
+    # a line needs 3 values judged since the resume: the cut comes at the third, as max(patience + 1, 3) says
+    assert rows == [(0, False), (0, False), (0, True)]
+
+
+def test_restore_with_smoothing_goes_back_to_the_best_average(tmp_path: Path) -> None:
+    """With smoothing the best is the best moving average: its evaluation's weights are restored, not the raw best's."""
+    # averages (a = 0.5): 1, 0.625, 0.5625, 0.53125 (each better than the best by more than 0.025), 0.515625,
+    # 0.5078125 (not): 2 evaluations without improvement > patience 1, a cut at 6. The raw best is evaluation 2.
+    values = [1.0, 0.25] + [0.5] * 6
+    config = PlateauConfig(patience=1, smoothing=0.5, threshold=0.025, threshold_mode="abs", restore_best_on_cut=True)
+    weights = _Weights()
+    fit = _fit(tmp_path, values, config, callbacks=[weights])
+    scheduler = plateau_of(fit).scheduler
+    assert scheduler is not None
+    assert [(cut.evaluation, cut.best_evaluation, cut.restored_from) for cut in scheduler.cuts] == [(6, 4, 4)]
+    assert scheduler.cuts[0].best == 0.53125
+    assert weights.evaluated[3] != weights.evaluated[1], "the weights moved since evaluation 2, or this proves nothing"
+    assert weights.epoch_start[6] == weights.evaluated[3]  # evaluation 4's weights, not evaluation 2's
+    assert [cut.restored_from for cut in replay(values, config).cuts] == [4]
+
+
+class _BarStates(Callback):
+    """The plateau's state in the progress bar after each epoch's evaluation."""
+
+    def __init__(self) -> None:
+        self.states: list[Any] = []
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self.states.append(trainer.progress_bar_metrics.get("plateau"))
+
+
+@pytest.mark.parametrize("max_reductions", [None, 0])
+def test_progress_bar_never_shows_a_count_above_its_whole(tmp_path: Path, max_reductions: Optional[int]) -> None:
+    """A slope count past patience + 1 reads "bad 6 > patience 3", and a cut withheld by max_reductions says so."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from lightning_plateau import PlateauEarlyStopping
+
+    values = [0.73, 0.59, 0.59, 0.51, 0.45, 0.49, 0.81, 1.0, 0.5, 0.43]
+    config = PlateauConfig(patience=3, detector="slope", slope_window=8)
+    bar = _BarStates()
+    callbacks: list[Any] = [TQDMProgressBar(), bar]
+    if max_reductions is not None:
+        callbacks.append(PlateauEarlyStopping(max_reductions=max_reductions))
+    fit = _fit(tmp_path, values, config, callbacks=callbacks, enable_progress_bar=True)
+    scheduler = plateau_of(fit).scheduler
+    assert scheduler is not None
+    if max_reductions is None:
+        assert [(cut.evaluation, cut.num_bad) for cut in scheduler.cuts] == [(7, 6)]
+        assert bar.states[6] == "lr 0.01 · bad 6 > patience 3"
+    else:
+        assert bar.states[-1] == "lr 0.1 · bad 6 > patience 3 · cut withheld"
+    assert bar.states[:6] == ["lr 0.1 · bad 0/4"] * 6
+    # torch's rule at a cut: the count that cut, which is patience + 1
+    bar = _BarStates()
+    _fit(
+        tmp_path / "best",
+        [1.0] * 4,
+        PlateauConfig(patience=1),
+        callbacks=[TQDMProgressBar(), bar],
+        enable_progress_bar=True,
+    )
+    assert bar.states == ["lr 0.1 · bad 0/2", "lr 0.1 · bad 1/2", "lr 0.01 · bad 2/2", "lr 0.01 · bad 1/2"]

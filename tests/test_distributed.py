@@ -401,27 +401,48 @@ def test_distributed_windows_mid_window_resume_matches_uninterrupted(tmp_path: P
 
 # Rank 0 falls, rank 1 rises: their mean is 3 at every epoch. The slope detector (patience 1: a window of 3 values)
 # finds no decrease in 3 values -> cut at epoch 2, and again 3 values after the cut emptied its history -> epoch 5;
-# torch's rule on the same mean cuts at epochs 2 and 4, and rank 0 alone, falling, would never cut.
+# torch's rule on the same mean (or on its moving average, 3 throughout) cuts at epochs 2 and 4, and rank 0 alone,
+# falling, would never cut.
 SLOPE_VALUES = [[6, 5, 4, 3, 2, 1], [0, 1, 2, 3, 4, 5]]
-SLOPE_ARGS = ("--detector", "slope", "--slope-robust", "--smoothing", "0.5")
-SLOPE_CUT_EPOCHS = [2, 5]
 
 
-def test_distributed_slope_detector_decides_on_the_mean_on_both_ranks(tmp_path: Path) -> None:
-    """detector='slope' with smoothing: both ranks count on the mean, cut together, one all-reduce per evaluation."""
+@pytest.mark.parametrize(
+    ("args", "fields", "cut_epochs", "counts", "smoothed"),
+    [
+        (
+            ("--detector", "slope", "--slope-robust"),
+            {"detector": "slope", "slope_robust": True},
+            [2, 5],
+            [0, 0, 0, 0, 0, 0],  # 0 after each cut
+            [None] * 6,
+        ),
+        (("--smoothing", "0.5"), {"smoothing": 0.5}, [2, 4], [0, 1, 0, 1, 0, 1], [3.0] * 6),
+    ],
+    ids=["slope", "smoothing"],
+)
+def test_distributed_slope_detector_decides_on_the_mean_on_both_ranks(
+    tmp_path: Path,
+    args: tuple[str, ...],
+    fields: dict[str, Any],
+    cut_epochs: list[int],
+    counts: list[int],
+    smoothed: list[Optional[float]],
+) -> None:
+    """detector='slope', or smoothing: both ranks judge the mean, cut together, one all-reduce per evaluation."""
     from lightning_plateau import PlateauConfig, replay
 
-    config = PlateauConfig(patience=1, factor=0.5, detector="slope", slope_robust=True, smoothing=0.5)
+    config = PlateauConfig(patience=1, factor=0.5, **fields)
     means = [(a + b) / 2 for a, b in zip(*SLOPE_VALUES, strict=True)]
-    assert [cut.epoch for cut in replay(means, config, epochs=list(range(6))).cuts] == SLOPE_CUT_EPOCHS
+    assert [cut.epoch for cut in replay(means, config, epochs=list(range(6))).cuts] == cut_epochs
     assert replay(SLOPE_VALUES[0], config).cuts == []
     assert _cut_epochs_alone(means) == [2, 4]
-    _check_ok(_launch("two_nodes", tmp_path, SLOPE_VALUES, *SLOPE_ARGS))
+    _check_ok(_launch("two_nodes", tmp_path, SLOPE_VALUES, *args))
     results = _results(tmp_path)
     _assert_same_on_every_rank(results)
     for result in results:
-        assert result["cut_epochs"] == SLOPE_CUT_EPOCHS
-        assert [row["num_bad"] for row in result["history"]] == [0, 0, 0, 0, 0, 0]  # 0 after each cut
-        assert [row["smoothed"] for row in result["history"]] == [3.0] * 6
-        assert result["lrs"] == [0.1, 0.1, 0.1, 0.05, 0.05, 0.05]
+        assert result["cut_epochs"] == cut_epochs
+        assert [row["num_bad"] for row in result["history"]] == counts
+        assert [row.get("smoothed") for row in result["history"]] == smoothed
+        lrs = [0.1 * 0.5 ** sum(epoch > cut for cut in cut_epochs) for epoch in range(6)]
+        assert result["lrs"] == lrs
         _assert_one_collective_per_evaluation(result)

@@ -782,3 +782,91 @@ def test_early_stopping_beside_torchs_plateau_names_the_swap(tmp_path: Any) -> N
         MisconfigurationException, match=r"returns torch's ReduceLROnPlateau: write `PlateauScheduler\(`"
     ):
         fitted.fit(TorchPlateau([1.0]))
+
+
+# A new best (0.41) at evaluation 6, where the slope's line through the 4 latest values shows no decrease.
+_BEST_AT_THE_SLOPES_CUT = [0.71, 0.97, 0.45, 0.67, 0.88, 0.41] + [0.5] * 10
+
+
+@pytest.mark.parametrize(
+    ("values", "plateau", "expected_stop", "expected_message"),
+    [
+        pytest.param(
+            _BEST_AT_THE_SLOPES_CUT,
+            PlateauConfig(patience=3, factor=0.5),
+            9,
+            "max reductions: val_loss did not improve on 0.4100 for 4 evaluations at epoch 9, which calls for cut 1;"
+            " max_reductions=0, so that cut was not applied: lr stays 0.1",
+            id="best",
+        ),
+        # the slope's count is no count since the best: the message gives the slope's own reason
+        pytest.param(
+            _BEST_AT_THE_SLOPES_CUT,
+            PlateauConfig(patience=3, factor=0.5, detector="slope"),
+            5,
+            "max reductions: val_loss has not decreased over its last 4 evaluations (least-squares slope:"
+            " P(decrease) < 0.51; 4 > patience 3) at epoch 5, which calls for cut 1; max_reductions=0, so that cut"
+            " was not applied: lr stays 0.1",
+            id="slope",
+        ),
+        pytest.param(
+            [0.73, 0.59, 0.59, 0.51, 0.45, 0.49, 0.81, 1.0, 0.5, 0.43],
+            PlateauConfig(patience=3, detector="slope", slope_window=8),
+            6,
+            "max reductions: val_loss has not decreased over its last 6 evaluations (least-squares slope:"
+            " P(decrease) < 0.51; 6 > patience 3) at epoch 6, which calls for cut 1; max_reductions=0, so that cut"
+            " was not applied: lr stays 0.1",
+            id="slope-count-above-patience-plus-one",
+        ),
+        # with smoothing the best is the best average: the message says so
+        pytest.param(
+            FLAT,
+            PlateauConfig(patience=1, smoothing=0.5),
+            2,
+            "max reductions: val_loss (moving average 0.5) did not improve on 1.0000 for 2 evaluations at epoch 2,"
+            " which calls for cut 1; max_reductions=0, so that cut was not applied: lr stays 0.1",
+            id="smoothing",
+        ),
+    ],
+)
+def test_early_stopping_max_reductions_message_is_the_detectors_reason(
+    tmp_path: Any, values: list[float], plateau: PlateauConfig, expected_stop: int, expected_message: str
+) -> None:
+    """The withheld cut is explained in the words of the detector that called for it, never with another's count."""
+    early_stopping = PlateauEarlyStopping(max_reductions=0)
+    _, fitted = _fit(tmp_path, values, plateau, early_stopping, max_epochs=len(values))
+    assert _stop_epoch(early_stopping, fitted) == expected_stop
+    assert early_stopping.stop_rule == "max_reductions"
+    assert early_stopping.stopping_reason_message == expected_message
+
+
+@pytest.mark.parametrize(
+    ("detector", "patience", "cooldown", "expected_patience"),
+    [
+        ("best", 0, 0, 1),
+        ("best", 1, 1, 3),
+        # a line needs 3 values: with patience 0 or 1 the slope calls for a cut every 3 evaluations (+ cooldown)
+        ("slope", 0, 0, 3),
+        ("slope", 1, 0, 3),
+        ("slope", 1, 1, 4),
+        ("slope", 4, 0, 5),
+    ],
+)
+def test_early_stopping_default_patience_stops_where_the_next_cut_would_come(
+    tmp_path: Any, detector: str, patience: int, cooldown: int, expected_patience: int
+) -> None:
+    """On a flat metric the run stops at the evaluation where the scheduler would call for its next cut."""
+    plateau = PlateauConfig(patience=patience, cooldown=cooldown, factor=0.5, min_lr=0.025, detector=detector)  # type: ignore[arg-type]
+    assert plateau.cut_period == expected_patience
+    early_stopping = PlateauEarlyStopping()
+    _, fitted = _fit(tmp_path, FLAT, plateau, early_stopping, max_epochs=40)
+    assert early_stopping.patience == expected_patience
+    assert early_stopping.stop_rule == "lr_exhausted"
+    # the same values without a floor: the third cut is the one the exhausted scheduler would have called for
+    scheduler = PlateauScheduler(
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=0.1), dataclasses.replace(plateau, min_lr=0.0)
+    )
+    for value in FLAT:
+        scheduler.step(value)
+    assert _cut_epochs(fitted) == [cut.evaluation - 1 for cut in scheduler.cuts[:2]]
+    assert early_stopping.stopped_epoch == scheduler.cuts[2].evaluation - 1

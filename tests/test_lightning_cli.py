@@ -132,11 +132,15 @@ def write_yaml(tmp_path: Path, plateau: Optional[dict[str, Any]]) -> list[str]:
         ),
         pytest.param(
             {"patience": 5, "detector": "slope", "slope_window": 6, "slope_confidence": 0.6},
-            ["--model.plateau.smoothing", "0.6", "--model.plateau.slope_robust", "true"],
-            PlateauConfig(
-                patience=5, smoothing=0.6, detector="slope", slope_window=6, slope_confidence=0.6, slope_robust=True
-            ),
-            id="detectors",
+            ["--model.plateau.slope_robust", "true"],
+            PlateauConfig(patience=5, detector="slope", slope_window=6, slope_confidence=0.6, slope_robust=True),
+            id="slope-detector",
+        ),
+        pytest.param(
+            {"patience": 5},
+            ["--model.plateau.smoothing", "0.6"],
+            PlateauConfig(patience=5, smoothing=0.6),
+            id="smoothing",
         ),
     ],
 )
@@ -399,8 +403,24 @@ def test_lightning_cli_lr_scheduler_takes_warmup_and_nonfinite(tmp_path: Path) -
     assert result.trainer.optimizers[0].param_groups[0]["lr"] == 0.01
 
 
-def test_lightning_cli_lr_scheduler_takes_the_slope_detector(tmp_path: Path) -> None:
-    """`--lr_scheduler.detector slope` and its settings reach the PlateauScheduler, which counts on a flat metric."""
+@pytest.mark.parametrize(
+    ("args", "expected", "counts"),
+    [
+        # val_loss is 1.0 at every evaluation: 3 values show no decrease (patience 1, a window of 3) -> cut at 3
+        (
+            ["--lr_scheduler.detector", "slope", "--lr_scheduler.slope_robust", "true"],
+            PlateauConfig(patience=1, factor=0.5, detector="slope", slope_robust=True),
+            [0, 0, 0, 0],
+        ),
+        # torch's rule on the average (1.0 throughout): the best at 1, then 2 evaluations without improvement
+        (["--lr_scheduler.smoothing", "0.5"], PlateauConfig(patience=1, factor=0.5, smoothing=0.5), [0, 1, 0, 1]),
+    ],
+    ids=["slope", "smoothing"],
+)
+def test_lightning_cli_lr_scheduler_takes_the_detection_settings(
+    tmp_path: Path, args: list[str], expected: PlateauConfig, counts: list[int]
+) -> None:
+    """`--lr_scheduler.detector slope` (and its settings) or `.smoothing` reach the PlateauScheduler, which cuts."""
     result = LightningCLI(
         FlatModel,
         args=[
@@ -409,15 +429,40 @@ def test_lightning_cli_lr_scheduler_takes_the_slope_detector(tmp_path: Path) -> 
             *("--trainer.max_epochs", "4", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false"),
             *("--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false"),
             *_SCHEDULER_ARGS,
-            *("--lr_scheduler.detector", "slope", "--lr_scheduler.slope_robust", "true"),
-            *("--lr_scheduler.smoothing", "0.5"),
+            *args,
         ],
         save_config_kwargs={"overwrite": True},
     )
     (scheduler_config,) = result.trainer.lr_scheduler_configs
     scheduler = scheduler_config.scheduler
     assert isinstance(scheduler, PlateauScheduler)
-    assert scheduler.config == PlateauConfig(patience=1, factor=0.5, smoothing=0.5, detector="slope", slope_robust=True)
-    # val_loss is 1.0 at every evaluation: 3 values show no decrease (patience 1, a window of 3) -> cut at 3
+    assert scheduler.config == expected
     assert [cut.evaluation for cut in scheduler.cuts] == [3]
-    assert [row.num_bad for row in plateau_of(result.trainer).history] == [0, 0, 0, 0]
+    assert [row.num_bad for row in plateau_of(result.trainer).history] == counts
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--model.plateau.detector", "slope", "--model.plateau.smoothing", "0.6"],
+            "smoothing=0.6 with detector='slope': the two do not combine",
+        ),
+        (["--model.plateau.slope_window", "3"], "slope_window=3: a setting of the slope detector, but detector='best'"),
+        (
+            ["--model.plateau.detector", "slope", "--model.plateau.slope_window", "5"],
+            r"`slope_window` must be more than patience \(10\)",
+        ),
+    ],
+)
+def test_lightning_cli_settings_that_do_not_go_together_are_refused(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    """Each value is valid alone, so the parser takes them; the config refuses the pair, naming both, when built.
+
+    jsonargparse checks a dataclass argument field by field while parsing and builds it (running the config's
+    checks) only when LightningCLI instantiates the classes, outside its error handling: the refusal is the
+    config's ValueError, not a parser line.
+    """
+    with pytest.raises(ValueError, match=expected):
+        cli(tmp_path, args, run=False)

@@ -150,12 +150,13 @@ def _check_early_stopping(callback: EarlyStopping, config: PlateauConfig, platea
         return
     # Both count fresh values of the monitor (EarlyStopping checks once per validation run, or once per epoch
     # when validation runs once per epoch). EarlyStopping stops at its `patience`-th bad check; the scheduler
-    # cuts at the (patience+1)-th and then waits `cooldown` evaluations before judging the new LR.
-    needed = config.patience + 2 + config.cooldown
+    # cuts at the (patience+1)-th (the slope detector at the max(patience+1, 3)-th) and then waits `cooldown`
+    # evaluations before judging the new LR.
+    needed = config.cut_period + 1
     if callback.patience < needed:
         rank_zero_warn(
             f"{es} stops after {callback.patience} evaluations without improvement, but {plateau} cuts the LR"
-            f" only after {config.patience + 1}"
+            f" only after {config.cut_period - config.cooldown}"
             + (f", then waits {config.cooldown} evaluations of cooldown" if config.cooldown else "")
             + ": training stops before the scheduler has judged a reduced LR. Replace it with"
             " PlateauEarlyStopping(), which stops once the LR cannot be cut any more, or give EarlyStopping"

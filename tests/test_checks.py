@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import pytest
@@ -141,6 +142,23 @@ def test_checks_early_stopping_patience_too_short(
     judged = bool(cuts) and any(row.num_bad > 0 for row in plateau_callback.history if row.evaluation > cuts[0])
     assert early_stopping.stopped_epoch > 0
     assert judged is not warns
+
+
+@pytest.mark.parametrize(("es_patience", "warns"), [(3, True), (4, False)])
+def test_checks_early_stopping_patience_too_short_for_the_slope(tmp_path: Any, es_patience: int, warns: bool) -> None:
+    """With the slope detector and patience 1 the first cut needs 3 evaluations (a line needs 3 values), not 2."""
+    plateau = PlateauConfig(patience=1, detector="slope")
+    early_stopping = EarlyStopping(monitor="val_loss", patience=es_patience)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, plateau, [early_stopping], values=[1.0] * 12, max_epochs=8)
+    messages = [str(w.message) for w in caught if "EarlyStopping(monitor='val_loss'" in str(w.message)]
+    if warns:
+        (message,) = messages
+        assert "cuts the LR only after 3:" in message
+        assert "or give EarlyStopping patience=4 or more" in message
+    else:
+        assert messages == []
 
 
 @pytest.mark.parametrize(

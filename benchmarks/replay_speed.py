@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -70,6 +71,15 @@ def measure(count: int, repeat: int) -> dict[str, Any]:
         "replay()": best_time(lambda: replay(values, config), repeat),
         "replay() + every row": best_time(lambda: sum(1 for _ in replay(values, config)), repeat),
     }
+    # The noise-aware settings cost more per value (the moving average; the slope's least-squares line over the
+    # latest patience + 1 values, or 21 with the robust count's quantile): the target is the default's.
+    for name, extra in (
+        ("smoothing=0.6", {"smoothing": 0.6}),
+        ('detector="slope"', {"detector": "slope"}),
+        ('detector="slope", slope_robust', {"detector": "slope", "slope_robust": True, "slope_window": 21}),
+    ):
+        setting = dataclasses.replace(config, **extra)
+        timings[f"replay() with {name}"] = best_time(lambda setting=setting: replay(values, setting), repeat)
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "values.txt"
         source.write_text("\n".join(repr(value) for value in values) + "\n")

@@ -480,6 +480,11 @@ def _draw_counts(ax: Any, rows: Sequence[PlateauEvaluation], config: PlateauConf
     ax.grid(True, alpha=0.25)
 
 
+def _setting_text(value: Any) -> str:
+    """A varied setting's value in a legend: a name (``slope``) as it is, a number as ``%g``."""
+    return value if isinstance(value, str) else f"{value:g}"
+
+
 def _ordinal(number: int) -> str:
     suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
     return f"{number}{suffix}"
@@ -617,6 +622,16 @@ def plot_comparison(values: Sequence[float], outcomes: Sequence[Any], path: str 
 
         plot_comparison(history, compare(history, patience=[2, 5, 10]), "what-if.png")
     """
+    with _DRAWING:
+        fig = _comparison_figure(values, outcomes)
+        target = pathlib.Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(target, format="png")
+    return target
+
+
+def _comparison_figure(values: Sequence[float], outcomes: Sequence[Any]) -> Any:
+    """The chart of :func:`plot_comparison` as a matplotlib Figure (on an Agg canvas), not yet written."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -625,46 +640,42 @@ def plot_comparison(values: Sequence[float], outcomes: Sequence[Any], path: str 
             'The plateau chart needs matplotlib: pip install "lightning-plateau[plot]" (or pip install matplotlib)'
         ) from err
 
-    with _DRAWING:
-        target = pathlib.Path(path)
-        fig = Figure(figsize=(11, 6), dpi=110)
-        fig.subplots_adjust(left=0.08, right=0.91, top=0.92, bottom=0.1)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        monitor = outcomes[0].config.monitor if outcomes else "value"
-        policies = f"{len(outcomes)} {'policy' if len(outcomes) == 1 else 'policies'}"
-        title = f"What if? {policies} on {plural(len(values), 'evaluation')} of {monitor}"
-        _set_title(fig, title, y=0.97)
-        xs = list(range(1, len(values) + 1))
-        raw = _finite(list(values))
-        exponent = _scale_exponent(raw)
-        scaled = _scaled(raw, exponent)
-        handles = list(ax.plot(xs, scaled, color=_VALUE, marker="o", markersize=3, linewidth=1.4, label=monitor))
-        unit = f", x1e{exponent}" if exponent else ""
-        ax.set_ylabel(f"{monitor}{unit}", color=_VALUE)
-        ax.set_xlabel("evaluation")
-        limits = _value_limits(scaled, log=False, headroom=0.0)
-        if limits is not None:
-            ax.set_ylim(*limits)
-        lr_ax = ax.twinx()
-        lr_ax.set_yscale("log")
-        trajectories = []
-        for outcome in outcomes:
-            rows = list(outcome.replay)
-            trajectories.append([outcome.replay.initial_lrs[0]] + [row.lrs[0] for row in rows])
-        drawable = sorted({lr for lrs in trajectories for lr in lrs if _drawable_lr(lr)})
-        bottom, top = _lr_limits(drawable, room_for_labels=False)
-        for index, (outcome, lrs) in enumerate(zip(outcomes, trajectories, strict=True)):
-            ys = [min(max(lr, bottom), top) for lr in lrs] + [min(max(lrs[-1], bottom), top)]
-            name = ", ".join(f"{key} {value:g}" for key, value in outcome.varied.items())
-            if outcome.early_stop is not None:
-                name += f" (stop at {outcome.early_stop})"
-            handles += lr_ax.step(
-                [0, *xs, len(xs) + 0.5], ys, where="post", linewidth=1.3, label=name, color=f"C{(index + 1) % 10}"
-            )
-        lr_ax.set_ylim(bottom, top)
-        lr_ax.set_ylabel("lr (first param group)")
-        ax.legend(handles=handles, loc="upper right", fontsize=8)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(target, format="png")
-    return target
+    fig = Figure(figsize=(11, 6), dpi=110)
+    fig.subplots_adjust(left=0.08, right=0.91, top=0.92, bottom=0.1)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    monitor = outcomes[0].config.monitor if outcomes else "value"
+    policies = f"{len(outcomes)} {'policy' if len(outcomes) == 1 else 'policies'}"
+    title = f"What if? {policies} on {plural(len(values), 'evaluation')} of {monitor}"
+    _set_title(fig, title, y=0.97)
+    xs = list(range(1, len(values) + 1))
+    raw = _finite(list(values))
+    exponent = _scale_exponent(raw)
+    scaled = _scaled(raw, exponent)
+    handles = list(ax.plot(xs, scaled, color=_VALUE, marker="o", markersize=3, linewidth=1.4, label=monitor))
+    unit = f", x1e{exponent}" if exponent else ""
+    ax.set_ylabel(f"{monitor}{unit}", color=_VALUE)
+    ax.set_xlabel("evaluation")
+    limits = _value_limits(scaled, log=False, headroom=0.0)
+    if limits is not None:
+        ax.set_ylim(*limits)
+    lr_ax = ax.twinx()
+    lr_ax.set_yscale("log")
+    trajectories = []
+    for outcome in outcomes:
+        rows = list(outcome.replay)
+        trajectories.append([outcome.replay.initial_lrs[0]] + [row.lrs[0] for row in rows])
+    drawable = sorted({lr for lrs in trajectories for lr in lrs if _drawable_lr(lr)})
+    bottom, top = _lr_limits(drawable, room_for_labels=False)
+    for index, (outcome, lrs) in enumerate(zip(outcomes, trajectories, strict=True)):
+        ys = [min(max(lr, bottom), top) for lr in lrs] + [min(max(lrs[-1], bottom), top)]
+        name = ", ".join(f"{key} {_setting_text(value)}" for key, value in outcome.varied.items())
+        if outcome.early_stop is not None:
+            name += f" (stop at {outcome.early_stop})"
+        handles += lr_ax.step(
+            [0, *xs, len(xs) + 0.5], ys, where="post", linewidth=1.3, label=name, color=f"C{(index + 1) % 10}"
+        )
+    lr_ax.set_ylim(bottom, top)
+    lr_ax.set_ylabel("lr (first param group)")
+    ax.legend(handles=handles, loc="upper right", fontsize=8)
+    return fig

@@ -314,3 +314,17 @@ def test_chart_robust_axis_keeps_the_plateau_readable() -> None:
     assert high < 0.5
     assert low < 0.26
     assert "off the axis (early values)" in _texts(fig)
+
+
+def test_plot_comparison_names_each_policy_of_a_grid_of_detectors(tmp_path: Path) -> None:
+    """A what-if chart over several detectors (names, not numbers) is drawn, each LR line named by its policy."""
+    from lightning_plateau import plot_comparison
+    from lightning_plateau.chart import _comparison_figure
+    from lightning_plateau.compare import compare
+
+    values = [1.0, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
+    outcomes = compare(values, PlateauConfig(patience=2), detector=["best", "slope"], patience=[2, 3])
+    texts = _texts(_comparison_figure(values, outcomes))
+    for name in ("detector best, patience 2", "detector best, patience 3", "detector slope, patience 2"):
+        assert name in texts
+    assert png_size(plot_comparison(values, outcomes, tmp_path / "what-if.png")) == (1210, 660)

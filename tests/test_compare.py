@@ -101,3 +101,17 @@ def test_explain_comparison_refuses_only_cuts(
     code, out, err = _explain(capsys, monkeypatch, "--patience", 2, 10, "--only-cuts")
     assert (code, out) == (2, "")
     assert "with several values per option the table compares them" in err
+
+
+def test_explain_comparison_plot_of_several_detectors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--detector best slope --plot`: the table and the chart, each policy named by its detector."""
+    chart = tmp_path / "detectors.png"
+    code, out, err = _explain(capsys, monkeypatch, "--patience", 2, "--detector", "best", "slope", "--plot", chart)
+    assert (code, err) == (0, f"lightning-plateau explain: chart written to {chart}\n")
+    assert [line.split()[:2] for line in out.splitlines() if line.startswith("detector ")] == [
+        ["detector", "best"],
+        ["detector", "slope"],
+    ]
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from lightning_plateau._detectors import make_detector
+from lightning_plateau._detectors import _SlopeDetector, make_detector
 from lightning_plateau._format import cuts_in_evaluations, format_lr, format_lrs, plural
 from lightning_plateau._rule import PlateauEvaluation
 from lightning_plateau.config import PlateauConfig
@@ -142,8 +142,9 @@ def _plateau_figure(
     ax, count_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
     heading = title if title is not None else _default_title(rows, config, len(cuts))
     if rows:
-        _draw(fig, ax, rows, config, cuts, initial_lrs, stop)
-        _draw_counts(count_ax, rows, config)
+        counts = _cut_counts(rows, config)
+        _draw(fig, ax, rows, config, cuts, counts, initial_lrs, stop)
+        _draw_counts(count_ax, rows, config, counts)
         count_ax.set_xlabel(ax.get_xlabel())  # the panels share the x axis; its label goes under the lower one
         ax.set_xlabel("")
     else:
@@ -256,6 +257,7 @@ def _draw(
     rows: Sequence[PlateauEvaluation],
     config: PlateauConfig,
     cuts: Sequence[_Cut],
+    counts: dict[int, int],
     initial_lrs: Sequence[float] | None,
     stop: tuple[int, str] | None = None,
 ) -> None:
@@ -324,19 +326,18 @@ def _draw(
 
     # What the detector counts: evaluations without improvement (torch's rule), or without decrease (the slope).
     lacking = make_detector(config).lacking(config.mode)
-    windows = _patience_windows(rows, config, cuts)
+    windows = _patience_windows(rows, cuts, counts)
     for start, end in windows:
         ax.axvspan(start, end, color=_PATIENCE, alpha=0.13, linewidth=0, zorder=0)
         # Back-to-back windows (patience 0 or 1) would merge into one band without an edge.
         ax.axvline(start, color=_PATIENCE, alpha=0.6, linewidth=0.8, zorder=0)
     if windows:
-        handles.append(
-            Patch(
-                color=_PATIENCE,
-                alpha=0.3,
-                label=f"patience {config.patience}: the {_ordinal(config.patience + 1)} evaluation {lacking} cuts",
-            )
-        )
+        if config.detector == "slope":
+            # The slope's count jumps: a cut comes when it passes patience, over however many evaluations it spans.
+            label = f"patience {config.patience}: {lacking} over more than {config.patience} evaluations cuts"
+        else:
+            label = f"patience {config.patience}: the {_ordinal(config.patience + 1)} evaluation {lacking} cuts"
+        handles.append(Patch(color=_PATIENCE, alpha=0.3, label=label))
     open_window = _open_window(rows)
     if open_window is not None:
         start, end, count = open_window
@@ -465,12 +466,13 @@ def _robust_limits(values: Sequence[float], *, headroom: float) -> Optional[tupl
     return bottom, top
 
 
-def _draw_counts(ax: Any, rows: Sequence[PlateauEvaluation], config: PlateauConfig) -> None:
-    """The evaluations without improvement, climbing to ``patience + 1`` (the line a cut needs) at each cut.
+def _draw_counts(ax: Any, rows: Sequence[PlateauEvaluation], config: PlateauConfig, cut_counts: dict[int, int]) -> None:
+    """The evaluations without improvement, up to the count that called for each cut (``patience + 1`` or more).
 
-    torch's count restarts at 0 right after a cut; the panel shows the count that called for it.
+    The count restarts at 0 right after a cut; the panel shows the count that called for it (``cut_counts``), and at a
+    withheld cut the count the row kept.
     """
-    counts = [config.patience + 1 if row.cut or row.withheld else row.num_bad for row in rows]
+    counts = [cut_counts.get(row.evaluation, row.num_bad) for row in rows]
     ax.step([row.evaluation for row in rows], counts, where="mid", color=_PATIENCE, linewidth=1.4)
     ax.axhline(config.patience + 1, color=_CUT, linestyle=":", linewidth=1.0)
     # The slope's count may pass patience + 1 with a window longer than that.
@@ -528,11 +530,37 @@ def _set_lr_ticks(lr_ax: Any, lrs: Sequence[float], *, zero: bool, bottom: float
 
 
 def _patience_windows(
-    rows: Sequence[PlateauEvaluation], config: PlateauConfig, cuts: Sequence[_Cut]
+    rows: Sequence[PlateauEvaluation], cuts: Sequence[_Cut], counts: dict[int, int]
 ) -> list[tuple[float, float]]:
-    # The cut comes at the (patience + 1)-th bad evaluation: the window starts at the last good (or reset) one.
+    """The evaluations each cut's count spans: from the last good (or reset) one to the cut."""
     first = rows[0].evaluation - 1
-    return [(max(first, _back(rows, cut.evaluation, config.patience + 1)), cut.evaluation) for cut in cuts]
+    return [(max(first, _back(rows, cut.evaluation, counts[cut.evaluation])), cut.evaluation) for cut in cuts]
+
+
+def _cut_counts(rows: Sequence[PlateauEvaluation], config: PlateauConfig) -> dict[int, int]:
+    """The count that called for each cut, by evaluation: what its reason says (``for 11 evaluations``).
+
+    torch's rule counts one more bad evaluation at a time, so each of its cuts comes at ``patience + 1``. The slope's
+    count jumps, and may pass ``patience + 1`` with a window longer than that; a row keeps only the count after its
+    cut (0), so the slope detector counts again over the values it held at the cut: those judged (the moving average,
+    with smoothing) since the previous cut, outside cooldown, warmup and skips, as the rule fed them to it.
+    """
+    detector = make_detector(config)
+    if not isinstance(detector, _SlopeDetector):
+        return {row.evaluation: config.patience + 1 for row in rows if row.cut}
+    counts: dict[int, int] = {}
+    in_cooldown = False
+    for row in rows:
+        if row.warmup or row.skipped:
+            continue  # not judged: the detector never saw it, and the cooldown did not move
+        if not in_cooldown:
+            detector.history.append(row.value if row.smoothed is None else row.smoothed)
+            del detector.history[: -detector.size]
+        if row.cut:
+            counts[row.evaluation] = detector.count(config.patience)
+            detector.history.clear()
+        in_cooldown = row.cooldown > 0
+    return counts
 
 
 def _back(rows: Sequence[PlateauEvaluation], evaluation: int, count: int) -> int:

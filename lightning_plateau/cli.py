@@ -327,7 +327,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     history = read_history(args.source, args.monitor, sys.stdin)
     for warning in history.warnings:
         print(f"{_PROG} explain: warning: {warning}", file=sys.stderr)
-    config = _config(args, history.policy)
+    config = _run_config(args, history)
     history, swapped = _judged_series(args, history, config)
     if history.monitor is not None:
         monitor = history.monitor
@@ -348,6 +348,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     # Each value once, in the order given: `--patience 1 1` is one policy.
     grid = {name: list(dict.fromkeys(getattr(args, name) or [])) for name in _GRID_OPTIONS}
     grid = {name: values for name, values in grid.items() if len(values) > 1}
+    _check_policies(args, history, grid)
     if not (config.window_steps and not history.judged):
         # A per-step series is windowed on its own optimizer steps; other values need the trainer's, for a warmup.
         history = _with_trainer_steps(history, config)
@@ -632,6 +633,72 @@ def _config(args: argparse.Namespace, stored: Mapping[str, Any]) -> PlateauConfi
             if getattr(args, name) is None:
                 fields.pop(name, None)
     return PlateauConfig(**fields)
+
+
+def _run_config(args: argparse.Namespace, history: History, policy: Optional[str] = None) -> PlateauConfig:
+    """The policy to replay on the run (:func:`_config`), or an error that says which of its settings came from the run.
+
+    A stored setting may not fit an option given for a what-if (the run's slope_window 6 with ``--patience 8``): the
+    config's own message would blame a value the user never gave. ``policy`` names the policy of a what-if table.
+    """
+    try:
+        return _config(args, history.policy)
+    except ValueError as error:
+        culprits = [name for name in history.policy if _fits_without(args, history.policy, name)]
+        if len(culprits) > 1 and "detector" in culprits:
+            culprits.remove("detector")  # another rule altogether: a what-if of its own, not the way out
+        where = f"the policy {policy}" if policy is not None else "the options given"
+        if not culprits:
+            raise ValueError(f"{where}: {error}" if policy is not None else str(error)) from None
+        stored = ", ".join(f"{name} {_stored_text(history.policy[name])}" for name in culprits)
+        ways = " or ".join(f"--{name.replace('_', '-')} {_default_text(name)}" for name in culprits)
+        every = " (for every policy compared)" if policy is not None else ""
+        raise ValueError(
+            f"{history.name}: {where} cannot be replayed with the run's {stored} (from {history.policy_from}): {error}."
+            f" Give {ways} in its place{every}, or another value that fits."
+        ) from None
+
+
+def _fits_without(args: argparse.Namespace, stored: Mapping[str, Any], name: str) -> bool:
+    """Whether the policy is valid once the stored setting ``name`` (not given as an option) is left out."""
+    if name not in _CONFIG_OPTIONS or getattr(args, name) is not None:
+        return False
+    try:
+        _config(args, {key: value for key, value in stored.items() if key != name})
+    except ValueError:
+        return False
+    return True
+
+
+def _stored_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return _text(value) if isinstance(value, (str, int, float)) else str(value)
+
+
+def _default_text(name: str) -> str:
+    """The option's default, as given on the command line, with what it means where that is not plain."""
+    default = next(field.default for field in dataclasses.fields(PlateauConfig) if field.name == name)
+    if name == "slope_window":
+        return "0 (patience + 1)"
+    if isinstance(default, bool):
+        return "(left out: off)"
+    return f"{_text(default)} (the default)"
+
+
+def _check_policies(args: argparse.Namespace, history: History, grid: Mapping[str, Sequence[Any]]) -> None:
+    """Refuse a what-if table one of whose policies the settings cannot make, naming the policy and the culprit.
+
+    Each policy is made as :func:`~lightning_plateau.compare.compare` makes it: a row of the best detector in a grid
+    of detectors takes no slope setting.
+    """
+    for combination in itertools.product(*grid.values()):
+        varied = dict(zip(grid, combination, strict=True))
+        options = {name: [value] for name, value in varied.items()}
+        if varied.get("detector") == "best":
+            options |= {name: None for name in _SLOPE_OPTIONS}
+        one = argparse.Namespace(**{**vars(args), **options})
+        _run_config(one, history, ", ".join(f"{name} {_text(value)}" for name, value in varied.items()))
 
 
 def _settings(

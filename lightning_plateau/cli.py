@@ -694,7 +694,7 @@ def _check_policies(args: argparse.Namespace, history: History, grid: Mapping[st
     """
     for combination in itertools.product(*grid.values()):
         varied = dict(zip(grid, combination, strict=True))
-        options = {name: [value] for name, value in varied.items()}
+        options: dict[str, Optional[list[Any]]] = {name: [value] for name, value in varied.items()}
         if varied.get("detector") == "best":
             options |= {name: None for name in _SLOPE_OPTIONS}
         one = argparse.Namespace(**{**vars(args), **options})

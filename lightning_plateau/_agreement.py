@@ -44,8 +44,9 @@ def check_flags(history: History, result: Replay, origins: Mapping[str, str]) ->
     at a resume), ``[]`` where they agree or the source recorded nothing.
 
     Raises:
-        ValueError: where the setting was assumed (not stored with the run): the message names the evaluation,
-            what the run recorded and the option that gives the run's setting.
+        ValueError: where the setting was assumed (not stored with the run), or is a stored ``warmup_steps`` (changed
+            at a resume): the message names the evaluation, what the run recorded and the option that gives the
+            run's setting.
     """
     recorded = aligned(history, result)
     if recorded is None:
@@ -56,8 +57,17 @@ def check_flags(history: History, result: Replay, origins: Mapping[str, str]) ->
     config = result.config
     for row, warmup, skipped in zip(result, recorded.warmup, recorded.skipped, strict=False):
         if row.warmup != warmup:
-            problem = _warmup_problem(history, recorded, row, config, origins["warmup_steps"])
-            return _refuse_or_warn(problem, _warmup_advice(recorded), origins["warmup_steps"])
+            origin = origins["warmup_steps"]
+            problem = _warmup_problem(history, recorded, row, config, origin)
+            advice = _warmup_advice(recorded, result.warmup_start_step)
+            if origin == STORED:
+                # A warmup setting changed at a resume leaves rows that no one setting replays exactly: the run's
+                # rows are what it did, so the setting of its last fit is not shown as the run.
+                raise ValueError(
+                    f"{problem} The run stores its last fit's setting: it changed at a resume (one that came after the"
+                    f" warmup was over does not start it again). {advice}"
+                )
+            return _refuse_or_warn(problem, advice, origin)
         if row.skipped != skipped:
             problem = _skip_problem(history, recorded, row, config, origins["on_nonfinite"])
             advice = f"Pass --on-nonfinite {'skip' if skipped else 'bad'}, the run's setting."
@@ -110,13 +120,17 @@ def _warmup_problem(history: History, recorded: Recorded, row: ReplayRow, config
     )
 
 
-def _warmup_advice(recorded: Recorded) -> str:
-    """The option that gives the run's warmup, with the bounds its record puts on ``warmup_steps``."""
-    in_warmup = [step for step, flag in zip(recorded.steps, recorded.warmup, strict=True) if flag and step is not None]
-    after = [step for step, flag in zip(recorded.steps, recorded.warmup, strict=True) if not flag and step is not None]
+def _warmup_advice(recorded: Recorded, start: int) -> str:
+    """The option that gives the run's warmup, with the bounds its record puts on ``warmup_steps``.
+
+    ``start`` is the step the warmup counted from.
+    """
+    steps = [None if step is None else step - start for step in recorded.steps]
+    in_warmup = [step for step, flag in zip(steps, recorded.warmup, strict=True) if flag and step is not None]
+    after = [step for step, flag in zip(steps, recorded.warmup, strict=True) if not flag and step is not None]
     bounds = ""
     if in_warmup and after:
-        # An evaluation is in the warmup at global_step < warmup_steps.
+        # An evaluation is in the warmup at global_step - start < warmup_steps.
         low, high = max(in_warmup) + 1, min(after)
         bounds = f" (by its record, from {low} to {high})" if low < high else f" ({high}, by its record)"
     elif in_warmup:
@@ -259,7 +273,7 @@ def _start_factor_problem(history: History, result: Replay, row: ReplayRow, lrs:
     """The run's LR inside its warmup is not this replay's: the start factor, which the run did not store."""
     config = result.config
     step = row.global_step or 0
-    share = step / config.warmup_steps
+    share = (step - result.warmup_start_step) / config.warmup_steps
     # lr = base * (start + (1 - start) * share), solved for start
     start = (lrs[0] / result.initial_lrs[0] - share) / (1.0 - share)
     hint = f" (its LR there says {start:.6g})" if 0.0 < start <= 1.0 + 1e-9 else ""

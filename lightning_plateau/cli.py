@@ -327,6 +327,8 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     history = read_history(args.source, args.monitor, sys.stdin)
     for warning in history.warnings:
         print(f"{_PROG} explain: warning: {warning}", file=sys.stderr)
+    for note in history.notes if args.warmup_steps is None else []:
+        print(f"{_PROG} explain: {note}", file=sys.stderr)
     config = _run_config(args, history)
     history, swapped = _judged_series(args, history, config)
     if history.monitor is not None:
@@ -365,6 +367,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
         global_steps=global_steps,
         windows=windows,
         max_reductions=limit[0],
+        warmup_start_step=history.warmup_start_step,
     )
     _check_windows(history, result)
     if replayed.window_steps and windows is None:
@@ -541,6 +544,7 @@ def _compare(
         global_steps=global_steps,
         windows=windows,
         max_reductions=limit[0],
+        warmup_start_step=history.warmup_start_step,
         **grid,
     )
     _check_windows(history, outcomes[0].replay)
@@ -740,6 +744,9 @@ def _settings(
     if assumed:
         options = ", ".join(f"--{name.replace('_', '-')}" for name in assumed)
         parts.append(f"{_fields(config, assumed)} (assumed: not stored with the run; give {options} if it had others)")
+    if history.warmup_start_step and config.warmup_steps:
+        # A reused Trainer's fresh fit starts past step 0, and its warmup with it.
+        parts.append(f"warmup counted from global step {history.warmup_start_step}, where the run's fit started")
     if limit[0] is not None:
         parts.append(f"PlateauEarlyStopping(max_reductions={limit[0]}) ({limit[1]})")
     return "settings: " + "; ".join([*parts, lr_text])
@@ -862,11 +869,12 @@ def _summary(result: Replay) -> str:
         # The history ends inside the warmup: the LR it names is the one the warmup was rising to, never reached.
         last = result[-1]
         start = warmup_lrs(result.initial_lrs, 0, config.warmup_steps, config.warmup_start_factor)
+        end = result.warmup_start_step + config.warmup_steps
         return (
             f"No evaluation judged: {'the' if len(result) == 1 else 'all'} {plural(len(result), 'evaluation')} fall"
-            f" in the warmup (global step < {config.warmup_steps}). The lr rose from {format_lrs(start)} to"
+            f" in the warmup (global step < {end}). The lr rose from {format_lrs(start)} to"
             f" {format_lrs(last.lrs)} by the last (global step {last.global_step}); the warmup ends at"
-            f" {format_lrs(result.initial_lrs)} at step {config.warmup_steps}, after this history."
+            f" {format_lrs(result.initial_lrs)} at step {end}, after this history."
         )
     if result.cuts:
         if all(cut.window is not None for cut in result.cuts):
@@ -889,7 +897,7 @@ def _summary(result: Replay) -> str:
     if result.warmup_evaluations:
         text += (
             f" {plural(result.warmup_evaluations, 'evaluation')} in the warmup (global step <"
-            f" {config.warmup_steps}) not judged."
+            f" {result.warmup_start_step + config.warmup_steps}) not judged."
         )
     if result.skipped_evaluations:
         text += f" {plural(len(result.skipped_evaluations), 'evaluation')} skipped (not finite)."

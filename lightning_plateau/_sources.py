@@ -132,7 +132,8 @@ class History:
         warmup_start_step: the global step the run's warmup counted from: the step its fit started at (a reused
             Trainer's fresh fit starts past 0), from the checkpoint's scheduler or the ``plateau/warmup_start_step``
             trace; 0 where neither says otherwise.
-        notes: what the reader took from the run's record in place of a stored setting, for the command to say.
+        notes: by setting, what the reader took from the run's record in place of the stored setting, and why, for
+            the command to say where the setting is not given.
     """
 
     values: list[float]
@@ -151,7 +152,7 @@ class History:
     trainer: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     warmup_start_step: int = 0
-    notes: list[str] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
@@ -200,7 +201,7 @@ def _follow_traced_warmup(history: History) -> None:
     if not inside:
         return
     history.policy["warmup_steps"] = 0
-    history.notes.append(
+    history.notes["warmup_steps"] = (
         f"{history.name}: the run's settings say warmup_steps {stored} ({history.policy_from}), but its plateau"
         f" traces mark no evaluation as in the warmup, not even the one at global step {inside[0]}: it judged every"
         " evaluation (a run resumed with a longer warmup_steps after its warmup was over, or that never had one, does"
@@ -437,28 +438,28 @@ def _read_checkpoint(path: Path, monitor: Optional[str]) -> History:
     )
 
 
-def _follow_checkpointed_warmup(policy: dict[str, Any], scheduler: Mapping[str, Any], path: Path) -> list[str]:
-    """Put the warmup the run had in ``policy`` where its stored ``warmup_steps`` says another; return a note saying so.
+def _follow_checkpointed_warmup(policy: dict[str, Any], scheduler: Mapping[str, Any], path: Path) -> dict[str, str]:
+    """Put the warmup the run had in ``policy`` where its stored ``warmup_steps`` says another; return a note on it.
 
     A warmup that is over, or that a run never had, does not start again when the run is resumed with a longer
     ``warmup_steps``, and the checkpoint stores the longer setting. The scheduler's state says what the run did: the
     step its warmup ended at (``warmup_end_step``, ``None`` for none) and the step it counted from.
     """
     if not scheduler.get("warmup_done") or "warmup_steps" not in policy:
-        return []  # still in its warmup (the setting applies), or a checkpoint from before warmups
+        return {}  # still in its warmup (the setting applies), or a checkpoint from before warmups
     end = scheduler.get("warmup_end_step", _warmup_end_of(scheduler))
     start = int(scheduler.get("warmup_start_step") or 0)
     had = 0 if end is None else int(end) - start
     stored = policy["warmup_steps"]
     if stored == had:
-        return []
+        return {}
     policy["warmup_steps"] = had
     ran = f"its warmup ended at global step {end}, after {had} steps" if end is not None else "it had no warmup"
-    return [
-        f"{path}: the run's settings say warmup_steps {stored}, but {ran} (the checkpoint's scheduler state): the"
-        " setting changed at a resume, which does not start again a warmup that is over, or that the run never had."
-        f" Replayed with warmup_steps {had}, as the run judged; give --warmup-steps for a what-if."
-    ]
+    return {
+        "warmup_steps": f"{path}: the run's settings say warmup_steps {stored}, but {ran} (the checkpoint's scheduler"
+        " state): the setting changed at a resume, which does not start again a warmup that is over, or that the run"
+        f" never had. Replayed with warmup_steps {had}, as the run judged; give --warmup-steps for a what-if."
+    }
 
 
 def _epoch_of(epochs: list[Optional[int]], evaluation: int) -> Optional[int]:

@@ -327,8 +327,9 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     history = read_history(args.source, args.monitor, sys.stdin)
     for warning in history.warnings:
         print(f"{_PROG} explain: warning: {warning}", file=sys.stderr)
-    for told in history.notes if args.warmup_steps is None else []:
-        print(f"{_PROG} explain: {told}", file=sys.stderr)
+    for name, told in history.notes.items():
+        if getattr(args, name) is None:
+            print(f"{_PROG} explain: {told}", file=sys.stderr)
     config = _run_config(args, history)
     history, swapped = _judged_series(args, history, config)
     if history.monitor is not None:

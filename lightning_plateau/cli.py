@@ -24,6 +24,7 @@ from lightning_plateau._agreement import (
     ASSUMED,
     GIVEN,
     STORED,
+    check_counts,
     check_flags,
     check_means,
     check_trainer,
@@ -40,6 +41,8 @@ from lightning_plateau.config import PlateauConfig
 from lightning_plateau.replay import Replay, ReplayRow, replay
 
 _PROG = "lightning-plateau"
+# The trace of the moving averages a run with smoothing judged.
+_SMOOTHED = "plateau/smoothed"
 _DEFAULT_LR = 1e-3
 _BOLD_RED = "\033[1;31m"
 _RESET = "\033[0m"
@@ -77,7 +80,7 @@ _NAMED_WHEN_SET = ("restore_best_on_cut",)
 # Settings of features that are off, left out of the `settings:` line whatever their source: (field, its "off" value).
 _OFF = (("warmup_steps", 0), ("on_nonfinite", "bad"), ("smoothing", 0.0), ("detector", "best"))
 # The settings of features that change what a replay shows, named as assumed where a run's values come without them.
-_FEATURES = ("warmup_steps", "on_nonfinite", "restore_best_on_cut")
+_FEATURES = ("warmup_steps", "on_nonfinite", "restore_best_on_cut", "smoothing", "detector")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -331,6 +334,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
         if getattr(args, name) is None:
             print(f"{_PROG} explain: {told}", file=sys.stderr)
     config = _run_config(args, history)
+    history, config = _judged_averages(args, history, config)
     history, swapped = _judged_series(args, history, config)
     if history.monitor is not None:
         monitor = history.monitor
@@ -378,6 +382,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
             print(f"{_PROG} explain: {note}", file=sys.stderr)
     origins = _origins(args, history)
     warnings = check_flags(history, result, origins)
+    warnings += check_counts(history, result, origins)
     result, restores = restores_as_recorded(history, result, origins["restore_best_on_cut"])
     warnings += restores + check_withheld(history, result, limit[1])
     departed = departure(history, result, origins)
@@ -405,6 +410,48 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
         path = plot_plateau(result.evaluations(), result.config, args.plot, initial_lrs=first, stop=stop)
         print(f"{_PROG} explain: chart written to {path}", file=sys.stderr)
     return 0
+
+
+def _judged_averages(
+    args: argparse.Namespace, history: History, config: PlateauConfig
+) -> tuple[History, PlateauConfig]:
+    """``plateau/smoothed`` replayed as the run judged it: its moving averages, not averaged again.
+
+    Each evaluation the run judged has its average there; one it did not judge (in the warmup, or skipped) has none,
+    and takes its ``plateau/value``, as the run recorded it. The replay then judges the averages with smoothing 0,
+    as ``plateau/value`` of a windows run is not windowed again.
+
+    Raises:
+        ValueError: where ``--smoothing`` above 0 is given: it averages the raw values, which plateau/smoothed is not.
+    """
+    if history.monitor != _SMOOTHED:
+        return history, config
+    if any(weight for weight in args.smoothing or []):
+        raise ValueError(
+            f"{history.name}: {_SMOOTHED} holds the moving averages the run judged; --smoothing averages the values"
+            " the run was given. For a what-if on the smoothing, leave --monitor out (or give --monitor plateau/value),"
+            f" or leave --smoothing out to replay the averages as the run judged them."
+        )
+    print(
+        f"{_PROG} explain: {_SMOOTHED} from {history.name} holds the moving averages the run judged: replayed as they"
+        " are, not smoothed again",
+        file=sys.stderr,
+    )
+    config = dataclasses.replace(config, smoothing=0.0)
+    recorded = history.recorded
+    if recorded is None or recorded.values is None or recorded.smoothed is None:
+        return history, config
+    judged = [
+        value if average is None else average for value, average in zip(recorded.values, recorded.smoothed, strict=True)
+    ]
+    epochs = recorded.epochs if any(epoch is not None for epoch in recorded.epochs) else None
+    # The record as this replay sees it: the averages are its values now, and none of them is averaged again.
+    as_judged = dataclasses.replace(recorded, values=judged, smoothed=[None] * len(judged))
+    steps = recorded.steps if any(step is not None for step in recorded.steps) else history.global_steps
+    history = dataclasses.replace(
+        history, values=judged, epochs=epochs, global_steps=steps, recorded=as_judged, judged=True
+    )
+    return history, config
 
 
 def _judged_series(args: argparse.Namespace, history: History, config: PlateauConfig) -> tuple[History, bool]:
@@ -550,8 +597,10 @@ def _compare(
     )
     _check_windows(history, outcomes[0].replay)
     # The policies differ in factor, patience, threshold or cooldown only: their warmups and skips are the same.
-    for warning in check_flags(history, outcomes[0].replay, _origins(args, history)):
+    origins = _origins(args, history)
+    for warning in check_flags(history, outcomes[0].replay, origins):
         print(f"{_PROG} explain: warning: {warning}", file=sys.stderr)
+    check_counts(history, outcomes[0].replay, origins, proofs_only=True)
     settings = _settings(args, history, config, f"lr {format_lrs(outcomes[0].replay.initial_lrs)} ({lr_from})", limit)
     note = _restore_note(config, compared=True)
     varied = " x ".join(grid)
@@ -723,6 +772,9 @@ def _settings(
     # A run that stored no setting of a feature may have had it all the same (a PlateauCallback given to the
     # Trainer stores nothing): the replay assumes it off, and says so.
     assumed = [name for name in _FEATURES if history.monitor is not None and origins[name] == ASSUMED]
+    if history.monitor == _SMOOTHED:
+        # The averages are replayed as judged: the run's smoothing made them, and none is applied again.
+        assumed = [name for name in assumed if name != "smoothing"]
     names = [
         name
         for name in _CONFIG_OPTIONS

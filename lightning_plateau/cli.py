@@ -996,6 +996,8 @@ def _json(
             for cut, reason in zip(result.cuts, result.reasons(), strict=True)
         ],
     }
+    if result.warmup_start_step and result.config.warmup_steps:
+        head["warmup_start_step"] = result.warmup_start_step
     if result.withheld is not None:
         head["withheld"] = {**_finite_floats(result.withheld.as_dict()), "reason": result.withheld_reason()}
         head["max_reductions"] = result.max_reductions

@@ -81,6 +81,7 @@ def test_explain_reused_trainer_fit_warms_up_from_its_own_start(
     report = json.loads(out)
     assert _rows(report) == _live(live)
     assert report["cuts"] == []
+    assert report["warmup_start_step"] == 12
     assert "warmup counted from global step 12, where the run's fit started" in report["settings"]
     code, out, _ = explain(capsys, root / "ckpt" / "epoch=5-step=24.ckpt")
     assert "1 evaluation in the warmup (global step < 18) not judged." in out
@@ -207,3 +208,34 @@ def test_explain_log_whose_stored_warmup_the_record_contradicts_is_refused(
     code, out, err = explain(capsys, log_dir, "--warmup-steps", "10", "--json")
     assert (code, err) == (0, "")
     assert _rows(json.loads(out)) == _live(live)
+
+
+def test_explain_tensorboard_log_of_two_fits_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A reused Trainer's two fits in one TensorBoardLogger version: refused, naming the steps where each ends."""
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    fit = trainer(tmp_path, max_epochs=2, logger=logger)
+    fit.fit(_Stored([1.0] * 4, REUSED))
+    fit.fit_loop.max_epochs = 4
+    fit.fit(_Stored([1.0] * 4, REUSED))
+    code, out, err = explain(capsys, logger.log_dir)
+    assert (code, out) == (2, "")
+    assert "holds more than one fit: its plateau traces count evaluations again at step 11" in err
+    assert "(plateau/evaluation 1, after 2 at step 7)" in err
+
+
+def test_explain_wandb_run_of_two_fits_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A W&B run whose plateau/evaluation counts again from 1 at its 4th history row: refused, naming the rows."""
+    pytest.importorskip("wandb")
+    from test_explain_record import _write_wandb
+
+    rows = [
+        {"val_loss": 1.0, "plateau/lr": 0.1, "plateau/evaluation": evaluation, "_step": step}
+        for step, evaluation in enumerate([1, 2, 3, 1, 2])
+    ]
+    run = _write_wandb(tmp_path / "run-two.wandb", rows, finished=True)
+    code, out, err = explain(capsys, run)
+    assert (code, out) == (2, "")
+    assert "count evaluations again at history row 4 (_step 3) (plateau/evaluation 1, after 3 at history row 3" in err

@@ -36,8 +36,8 @@ class ReplayRow(NamedTuple):
             did neither.
         window: with ``window_steps``, the first and last optimizer step (1-based) of the window whose mean this
             row judged; ``None`` otherwise.
-        warmup: whether it falls in the warmup (``global_step < warmup_steps``): recorded, not judged; ``lrs`` is
-            the warmup's LR at that step.
+        warmup: whether it falls in the warmup (``global_step - warmup_start_step < warmup_steps``): recorded, not
+            judged; ``lrs`` is the warmup's LR at that step.
         skipped: whether its value was not finite and ``on_nonfinite="skip"`` left it out of the rule.
         smoothed: with ``smoothing``, the moving average judged in place of ``value``; ``None`` otherwise, and for a
             row in the warmup or skipped.

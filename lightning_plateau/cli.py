@@ -715,8 +715,8 @@ def _run_config(args: argparse.Namespace, history: History, policy: Optional[str
 
 def _fits_without(args: argparse.Namespace, stored: Mapping[str, Any], name: str) -> bool:
     """Whether the policy is valid once the stored setting ``name`` (not given as an option) is left out."""
-    if name not in _CONFIG_OPTIONS or getattr(args, name) is not None:
-        return False
+    if name not in _CONFIG_OPTIONS or getattr(args, name) is not None or isinstance(stored[name], bool):
+        return False  # given, or a switch no option turns off
     try:
         _config(args, {key: value for key, value in stored.items() if key != name})
     except ValueError:
@@ -725,8 +725,6 @@ def _fits_without(args: argparse.Namespace, stored: Mapping[str, Any], name: str
 
 
 def _stored_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
     return _text(value) if isinstance(value, (str, int, float)) else str(value)
 
 
@@ -735,8 +733,6 @@ def _default_text(name: str) -> str:
     default = next(field.default for field in dataclasses.fields(PlateauConfig) if field.name == name)
     if name == "slope_window":
         return "0 (patience + 1)"
-    if isinstance(default, bool):
-        return "(left out: off)"
     return f"{_text(default)} (the default)"
 
 

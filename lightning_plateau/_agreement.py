@@ -271,8 +271,8 @@ def _averages_part(
     column = _column(recorded, "smoothed")
     if run_average is None:
         return (
-            f"{where}: the run judged the value as it was ({recorded.where} hold no {column} there): its smoothing was"
-            f" off, and this replay's {setting} judges a moving average."
+            f"{where}: the run judged the value as it was ({column} is empty there, in {recorded.where}): its"
+            f" smoothing was off, and this replay's {setting} judges a moving average."
         )
     if row.smoothed is None:
         return (
@@ -373,11 +373,18 @@ def _weight_of(recorded: Recorded) -> Optional[float]:
 
 
 def _patience_hint(recorded: Recorded) -> str:
-    """The patience torch's rule cut at, from the count just before the run's first cut, as a hint."""
+    """The patience torch's rule cut at, from the count just before the run's first cut, as a hint.
+
+    torch's count reaches ``patience + 1`` one at a time, so the evaluation before a cut counted ``patience``. A slope
+    count jumps, and may cut from 0: the hint holds for torch's rule only, and says so.
+    """
     counts = recorded.num_bad or []
     for index, cut in enumerate(recorded.cuts):
         if cut and index > 0 and counts[index - 1] is not None:
-            return f" Its count before the cut of evaluation {index + 1} says patience {counts[index - 1]}."
+            return (
+                f" Under torch's rule (detector best), its count before the cut of evaluation {index + 1} says patience"
+                f" {counts[index - 1]}."
+            )
     return ""
 
 

@@ -430,7 +430,7 @@ def _judged_averages(
         raise ValueError(
             f"{history.name}: {_SMOOTHED} holds the moving averages the run judged; --smoothing averages the values"
             " the run was given. For a what-if on the smoothing, leave --monitor out (or give --monitor plateau/value),"
-            f" or leave --smoothing out to replay the averages as the run judged them."
+            " or leave --smoothing out to replay the averages as the run judged them."
         )
     print(
         f"{_PROG} explain: {_SMOOTHED} from {history.name} holds the moving averages the run judged: replayed as they"
@@ -596,7 +596,7 @@ def _compare(
         **grid,
     )
     _check_windows(history, outcomes[0].replay)
-    # The policies differ in factor, patience, threshold or cooldown only: their warmups and skips are the same.
+    # The policies differ in settings no warmup or skip depends on: the first one's stand for all.
     origins = _origins(args, history)
     for warning in check_flags(history, outcomes[0].replay, origins):
         print(f"{_PROG} explain: warning: {warning}", file=sys.stderr)

@@ -208,7 +208,7 @@ def check_counts(
         )
         names = [*_COUNT_SETTINGS, *(_SLOPE_SETTINGS if config.detector == "slope" else ())]
         hint = _patience_hint(recorded) if config.detector == "best" and _slope_evidence(recorded) is None else ""
-        return _part(problem, hint, names, origins, config=config, history=history)
+        return _part(problem, hint, names, origins, config=config)
     return []
 
 
@@ -293,7 +293,6 @@ def _part(
     *,
     proofs_only: bool = False,
     config: Optional[PlateauConfig] = None,
-    history: Optional[History] = None,
 ) -> list[str]:
     """Refuse where the settings deciding what parts were assumed and none given; else a warning saying why."""
     assumed = [name for name in names if origins[name] == ASSUMED]
@@ -301,9 +300,8 @@ def _part(
     options = ", ".join(f"--{name.replace('_', '-')}" for name in assumed)
     if assumed and not given:
         listed = ", ".join(_setting(config, name) for name in assumed) if config is not None else ", ".join(assumed)
-        where = f", none stored with {history.name}" if history is not None and not history.policy else ""
         raise ValueError(
-            f"{problem}{hint} The settings that decide it were assumed (not stored with the run{where}): {listed}."
+            f"{problem}{hint} The settings that decide it were assumed (not stored with the run): {listed}."
             f" Pass {options} with the run's."
         )
     if proofs_only:

@@ -530,7 +530,7 @@ def test_explain_counts_the_record_contradicts_refuse_assumed_settings_and_warn_
     assert "evaluation 4 (epoch 3, global step 16): the run's count after it was 0 (plateau/num_bad of" in err
     assert "this replay's is 2. Under torch's rule (detector best), its count before the cut of" in err
     assert "evaluation 4 says patience 1." in err
-    assert "The settings that decide it were assumed (not stored with the run, none stored with" in err
+    assert "The settings that decide it were assumed (not stored with the run):" in err
     assert "mode min, threshold 0.0001, threshold_mode rel, patience 10, cooldown 0, detector best." in err
     assert "Pass --mode, --threshold, --threshold-mode, --patience, --cooldown, --detector with the run's." in err
     code, _, err = explain(capsys, log_dir, "--patience", "3")

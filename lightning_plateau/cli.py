@@ -600,7 +600,10 @@ def _compare(
     origins = _origins(args, history)
     for warning in check_flags(history, outcomes[0].replay, origins):
         print(f"{_PROG} explain: warning: {warning}", file=sys.stderr)
-    check_counts(history, outcomes[0].replay, origins, proofs_only=True)
+    # The factor decides no count: a table that varies it alone is checked as one replay is.
+    counted = any(name != "factor" for name in grid)
+    for warning in check_counts(history, outcomes[0].replay, origins, proofs_only=counted):
+        print(f"{_PROG} explain: warning: {warning}", file=sys.stderr)
     settings = _settings(args, history, config, f"lr {format_lrs(outcomes[0].replay.initial_lrs)} ({lr_from})", limit)
     note = _restore_note(config, compared=True)
     varied = " x ".join(grid)

@@ -536,6 +536,10 @@ def test_explain_counts_the_record_contradicts_refuse_assumed_settings_and_warn_
     code, _, err = explain(capsys, log_dir, "--patience", "3")
     assert code == 0
     assert "The patience given is not the run's, or an assumed setting is not (mode, threshold" in err
+    # a what-if table varying the factor alone (which decides no count) is checked as one replay is
+    code, out, err = explain(capsys, log_dir, "--factor", "0.1", "0.5")
+    assert (code, out) == (2, "")
+    assert "The settings that decide it were assumed (not stored with the run):" in err
     # another column is not the run's judged values: its counts are not compared
     assert explain(capsys, log_dir, "--monitor", "val_mse", "--patience", "1")[0] == 0
 

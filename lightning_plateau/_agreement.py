@@ -44,8 +44,9 @@ def check_flags(history: History, result: Replay, origins: Mapping[str, str]) ->
     at a resume), ``[]`` where they agree or the source recorded nothing.
 
     Raises:
-        ValueError: where the setting was assumed (not stored with the run): the message names the evaluation,
-            what the run recorded and the option that gives the run's setting.
+        ValueError: where the setting was assumed (not stored with the run), or is a stored ``warmup_steps`` (changed
+            at a resume): the message names the evaluation, what the run recorded and the option that gives the
+            run's setting.
     """
     recorded = aligned(history, result)
     if recorded is None:
@@ -56,8 +57,17 @@ def check_flags(history: History, result: Replay, origins: Mapping[str, str]) ->
     config = result.config
     for row, warmup, skipped in zip(result, recorded.warmup, recorded.skipped, strict=False):
         if row.warmup != warmup:
-            problem = _warmup_problem(history, recorded, row, config, origins["warmup_steps"])
-            return _refuse_or_warn(problem, _warmup_advice(recorded), origins["warmup_steps"])
+            origin = origins["warmup_steps"]
+            problem = _warmup_problem(history, recorded, row, config, origin)
+            advice = _warmup_advice(recorded, result.warmup_start_step)
+            if origin == STORED:
+                # A warmup setting changed at a resume leaves rows that no one setting replays exactly: the run's
+                # rows are what it did, so the setting of its last fit is not shown as the run.
+                raise ValueError(
+                    f"{problem} The run stores its last fit's setting: it changed at a resume (one that came after the"
+                    f" warmup was over does not start it again). {advice}"
+                )
+            return _refuse_or_warn(problem, advice, origin)
         if row.skipped != skipped:
             problem = _skip_problem(history, recorded, row, config, origins["on_nonfinite"])
             advice = f"Pass --on-nonfinite {'skip' if skipped else 'bad'}, the run's setting."
@@ -110,13 +120,17 @@ def _warmup_problem(history: History, recorded: Recorded, row: ReplayRow, config
     )
 
 
-def _warmup_advice(recorded: Recorded) -> str:
-    """The option that gives the run's warmup, with the bounds its record puts on ``warmup_steps``."""
-    in_warmup = [step for step, flag in zip(recorded.steps, recorded.warmup, strict=True) if flag and step is not None]
-    after = [step for step, flag in zip(recorded.steps, recorded.warmup, strict=True) if not flag and step is not None]
+def _warmup_advice(recorded: Recorded, start: int) -> str:
+    """The option that gives the run's warmup, with the bounds its record puts on ``warmup_steps``.
+
+    ``start`` is the step the warmup counted from.
+    """
+    steps = [None if step is None else step - start for step in recorded.steps]
+    in_warmup = [step for step, flag in zip(steps, recorded.warmup, strict=True) if flag and step is not None]
+    after = [step for step, flag in zip(steps, recorded.warmup, strict=True) if not flag and step is not None]
     bounds = ""
     if in_warmup and after:
-        # An evaluation is in the warmup at global_step < warmup_steps.
+        # An evaluation is in the warmup at global_step - start < warmup_steps.
         low, high = max(in_warmup) + 1, min(after)
         bounds = f" (by its record, from {low} to {high})" if low < high else f" ({high}, by its record)"
     elif in_warmup:
@@ -141,6 +155,235 @@ def _skip_problem(history: History, recorded: Recorded, row: ReplayRow, config: 
         f" left out of the rule, as on_nonfinite='skip' does; this replay's {setting} counts it as an evaluation"
         " without improvement."
     )
+
+
+# The settings that decide the count after each evaluation (torch's bad count, or the slope's), besides smoothing.
+_COUNT_SETTINGS = ("mode", "threshold", "threshold_mode", "patience", "cooldown", "detector")
+_SLOPE_SETTINGS = ("slope_window", "slope_confidence", "slope_robust")
+
+
+def check_counts(
+    history: History, result: Replay, origins: Mapping[str, str], *, proofs_only: bool = False
+) -> list[str]:
+    """Compare the replay's moving averages and counts with the run's record: refuse an assumed setting it disproves.
+
+    Compared only where the replay judges the run's own values (its ``plateau/value``): another metric's counts are
+    not the run's to compare with. The record proves some settings outright: a ``plateau/smoothed`` value means
+    smoothing was on (and the averages give its weight); a count that jumps by more than one, or falls to another
+    count but 0, is the slope detector's (torch's count only adds one or restarts at 0). Where the averages or the
+    counts part otherwise, a setting deciding them is not the run's: refused where they were assumed and none was
+    given, else a warning. With ``proofs_only`` (a what-if table, whose policies differ by design) only an assumed
+    setting the record proves wrong is refused.
+
+    Returns:
+        Warnings, ``[]`` where the replay agrees with the record or there is nothing to compare.
+
+    Raises:
+        ValueError: where an assumed setting (not stored with the run, not given) is proved wrong, or the counts part
+            where settings deciding them were assumed and none given: the message names the evaluation, what the run
+            recorded, what the record proves and the options to pass.
+    """
+    recorded = aligned(history, result)
+    if recorded is None or recorded.values is None or recorded.num_bad is None:
+        return []
+    if not all(_same_value(run, row.value) for row, run in zip(result, recorded.values, strict=False)):
+        return []  # other values than the run judged (another column): its record says nothing of them
+    config = result.config
+    smoothed = recorded.smoothed or [None] * len(recorded)
+    _refuse_disproved(history, recorded, result, origins, smoothed)
+    for row, run_average, run_count in zip(result, smoothed, recorded.num_bad, strict=False):
+        if row.warmup or row.skipped:
+            continue  # nothing judged: the flags are checked by check_flags
+        where = f"{history.name}: {_label(recorded, row)}"
+        if (run_average is None) != (row.smoothed is None) or (
+            run_average is not None and row.smoothed is not None and not _same_value(run_average, row.smoothed)
+        ):
+            problem = _averages_part(where, recorded, row, run_average, config.smoothing, origins["smoothing"], history)
+            return _part(problem, _weight_hint(recorded), ["smoothing"], origins, proofs_only=proofs_only)
+        if proofs_only or run_count is None or run_count == row.num_bad:
+            continue
+        problem = (
+            f"{where}: the run's count after it was {run_count} ({_column(recorded, 'num_bad')} of {recorded.where}),"
+            f" this replay's is {row.num_bad}."
+        )
+        names = [*_COUNT_SETTINGS, *(_SLOPE_SETTINGS if config.detector == "slope" else ())]
+        hint = _patience_hint(recorded) if config.detector == "best" and _slope_evidence(recorded) is None else ""
+        return _part(problem, hint, names, origins, config=config)
+    return []
+
+
+def _refuse_disproved(
+    history: History,
+    recorded: Recorded,
+    result: Replay,
+    origins: Mapping[str, str],
+    smoothed: Sequence[Optional[float]],
+) -> None:
+    """Refuse the assumed settings the record proves wrong, all of them at once: smoothing off, the best detector."""
+    proofs = []
+    options = []
+    if origins["smoothing"] == ASSUMED and not result.config.smoothing:
+        found = next(
+            (
+                (row, average)
+                for row, average in zip(result, smoothed, strict=False)
+                if average is not None and not (row.warmup or row.skipped)
+            ),
+            None,
+        )
+        if found is not None:
+            row, average = found
+            weight = _weight_of(recorded)
+            proofs.append(
+                f"at {_label(recorded, row)} it judged a moving average of the values, {format_value(average)}"
+                f" ({_column(recorded, 'smoothed')}): its smoothing was on"
+                + (f" (its averages say {weight:.3g})" if weight is not None else "")
+                + ", where this replay assumed smoothing 0"
+            )
+            options.append("--smoothing")
+    slope = _slope_evidence(recorded)
+    if slope is not None and origins["detector"] == ASSUMED and result.config.detector != "slope":
+        evaluation, before, after = slope
+        proofs.append(
+            f"its count ({_column(recorded, 'num_bad')}) goes from {before} to {after} at evaluation {evaluation},"
+            " which torch's rule never does (it adds one, or starts again at 0): it used the slope detector, where"
+            " this replay assumed detector best"
+        )
+        options += ["--detector slope", "--slope-window", "--slope-confidence", "--slope-robust"]
+    if proofs:
+        raise ValueError(
+            f"{history.name}: the run's record ({recorded.where}) says what its settings, not stored with it, were:"
+            f" {'; '.join(proofs)}. Pass {', '.join(options)} with the run's (and its --patience)."
+        )
+
+
+def _averages_part(
+    where: str,
+    recorded: Recorded,
+    row: ReplayRow,
+    run_average: Optional[float],
+    weight: float,
+    origin: str,
+    history: History,
+) -> str:
+    """Where the run's moving average is not this replay's: one judged none, or they differ."""
+    setting = f"smoothing {weight:g} ({origin_text(origin, history)})"
+    column = _column(recorded, "smoothed")
+    if run_average is None:
+        return (
+            f"{where}: the run judged the value as it was ({column} is empty there, in {recorded.where}): its"
+            f" smoothing was off, and this replay's {setting} judges a moving average."
+        )
+    if row.smoothed is None:
+        return (
+            f"{where}: the run judged a moving average of the values, {format_value(run_average)} ({column} of"
+            f" {recorded.where}): its smoothing was on, and this replay's {setting} judges the values as they are."
+        )
+    return (
+        f"{where}: the run judged the moving average {format_value(run_average)} ({column} of {recorded.where}), this"
+        f" replay {format_value(row.smoothed)} with {setting}."
+    )
+
+
+def _part(
+    problem: str,
+    hint: str,
+    names: Sequence[str],
+    origins: Mapping[str, str],
+    *,
+    proofs_only: bool = False,
+    config: Optional[PlateauConfig] = None,
+) -> list[str]:
+    """Refuse where the settings deciding what parts were assumed and none given; else a warning saying why."""
+    assumed = [name for name in names if origins[name] == ASSUMED]
+    given = [name for name in names if origins[name] == GIVEN]
+    options = ", ".join(f"--{name.replace('_', '-')}" for name in assumed)
+    if assumed and not given:
+        listed = ", ".join(_setting(config, name) for name in assumed) if config is not None else ", ".join(assumed)
+        raise ValueError(
+            f"{problem}{hint} The settings that decide it were assumed (not stored with the run): {listed}."
+            f" Pass {options} with the run's."
+        )
+    if proofs_only:
+        return []  # a what-if table's policies differ from the run's by design
+    if given:
+        why = f" The {', '.join(given)} given {'is' if len(given) == 1 else 'are'} not the run's"
+        if assumed:
+            why += f", or an assumed setting is not ({', '.join(assumed)})."
+        else:
+            why += ", or another setting is not." if len(given) < len(names) else "."
+    else:
+        why = " Was a setting changed at a resume? The run stores its last fit's."
+    return [f"{problem}{hint}{why} The rows from there on show what these settings would do, not what the run did."]
+
+
+def _setting(config: PlateauConfig, name: str) -> str:
+    value = getattr(config, name)
+    text = ("on" if value else "off") if isinstance(value, bool) else value if isinstance(value, str) else f"{value:g}"
+    return f"{name} {text}"
+
+
+def _column(recorded: Recorded, name: str) -> str:
+    """Where the record holds ``name`` (``"num_bad"``, ``"smoothed"``): a trace's column, or a row's field."""
+    return f"plateau/{name}" if recorded.traces else f"the rows' {name} field"
+
+
+def _slope_evidence(recorded: Recorded) -> Optional[tuple[int, int, int]]:
+    """The first evaluation whose count only the slope detector makes: (evaluation, count before, count there).
+
+    torch's count adds one at a time (a skipped value leaves it, a warmup keeps it 0) or starts again at 0.
+    """
+    before: Optional[int] = None
+    for evaluation, count in enumerate(recorded.num_bad or [], start=1):
+        if count is None:
+            before = None
+            continue
+        if before is not None and count not in (0, before, before + 1):
+            return evaluation, before, count
+        before = count
+    return None
+
+
+def _weight_hint(recorded: Recorded) -> str:
+    """The smoothing weight the run's averages say it had, as a hint for a message; ``""`` when they do not say."""
+    weight = _weight_of(recorded)
+    return "" if weight is None else f" Its averages say smoothing {weight:.3g}."
+
+
+def _weight_of(recorded: Recorded) -> Optional[float]:
+    """The weight ``w`` of the run's averages, ``s = w * s_before + (1 - w) * value``; ``None`` when they do not say.
+
+    Solved at the evaluation whose value lies farthest from the average before it, where rounding matters least.
+    """
+    best: Optional[tuple[float, float]] = None
+    previous: Optional[float] = None
+    for value, average in zip(recorded.values or [], recorded.smoothed or [], strict=False):
+        if average is None or not (math.isfinite(value) and math.isfinite(average)):
+            continue
+        if previous is not None and value != previous:
+            spread = abs(value - previous)
+            if best is None or spread > best[0]:
+                best = spread, (value - average) / (value - previous)
+        previous = average
+    if best is None or not 0.0 <= best[1] < 1.0 + 1e-9:
+        return None
+    return best[1]
+
+
+def _patience_hint(recorded: Recorded) -> str:
+    """The patience torch's rule cut at, from the count just before the run's first cut, as a hint.
+
+    torch's count reaches ``patience + 1`` one at a time, so the evaluation before a cut counted ``patience``. A slope
+    count jumps, and may cut from 0: the hint holds for torch's rule only, and says so.
+    """
+    counts = recorded.num_bad or []
+    for index, cut in enumerate(recorded.cuts):
+        if cut and index > 0 and counts[index - 1] is not None:
+            return (
+                f" Under torch's rule (detector best), its count before the cut of evaluation {index + 1} says patience"
+                f" {counts[index - 1]}."
+            )
+    return ""
 
 
 def restores_as_recorded(history: History, result: Replay, origin: str) -> tuple[Replay, list[str]]:
@@ -259,7 +502,7 @@ def _start_factor_problem(history: History, result: Replay, row: ReplayRow, lrs:
     """The run's LR inside its warmup is not this replay's: the start factor, which the run did not store."""
     config = result.config
     step = row.global_step or 0
-    share = step / config.warmup_steps
+    share = (step - result.warmup_start_step) / config.warmup_steps
     # lr = base * (start + (1 - start) * share), solved for start
     start = (lrs[0] / result.initial_lrs[0] - share) / (1.0 - share)
     hint = f" (its LR there says {start:.6g})" if 0.0 < start <= 1.0 + 1e-9 else ""

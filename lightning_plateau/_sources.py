@@ -8,12 +8,12 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-from lightning_plateau._rule import warmup_lrs
+from lightning_plateau._rule import _warmup_end_of, warmup_lrs
 from lightning_plateau.config import PlateauConfig
 
 _DEFAULT_MONITOR = PlateauConfig().monitor
@@ -36,6 +36,9 @@ _TRACE_TAGS = (
     "plateau/skipped",
     "plateau/restores",
     "plateau/restored_from",
+    "plateau/num_bad",
+    "plateau/smoothed",
+    "plateau/warmup_start_step",
     "epoch",
 )
 # The Trainer settings of a LightningCLI run (its config.yaml) that say whether a per-step column holds every value a
@@ -73,6 +76,9 @@ class Recorded:
         knows_withheld: whether the source records a withheld cut: a checkpoint does, the traces do not.
         traces: whether the record is the run's plateau traces (``plateau/...`` columns), not a checkpoint's rows.
         windows: with windows, the steps of the window each evaluation judged (a checkpoint's rows), else ``None``.
+        num_bad: the detector's count after each evaluation (``plateau/num_bad``), ``None`` entries where not recorded.
+        smoothed: with ``smoothing``, the moving average judged (``plateau/smoothed``); ``None`` entries where the run
+            judged none (no smoothing, or an evaluation not judged).
     """
 
     where: str
@@ -87,6 +93,8 @@ class Recorded:
     knows_withheld: bool = False
     windows: Optional[list[Optional[Span]]] = None
     traces: bool = True
+    num_bad: Optional[list[Optional[int]]] = None
+    smoothed: Optional[list[Optional[float]]] = None
 
     def __len__(self) -> int:
         return len(self.warmup)
@@ -121,6 +129,11 @@ class History:
         trainer: the Trainer settings a LightningCLI run stored in its ``config.yaml`` that a window's mean depends
             on (``accumulate_grad_batches``, ``devices``, ``num_nodes``, ``strategy``), ``{}`` if none.
         warnings: what the reader found doubtful but readable (a W&B run not finished), for the command to say.
+        warmup_start_step: the global step the run's warmup counted from: the step its fit started at (a reused
+            Trainer's fresh fit starts past 0), from the checkpoint's scheduler or the ``plateau/warmup_start_step``
+            trace; 0 where neither says otherwise.
+        notes: by setting, what the reader took from the run's record in place of the stored setting, and why, for
+            the command to say where the setting is not given.
     """
 
     values: list[float]
@@ -138,6 +151,8 @@ class History:
     recorded: Optional[Recorded] = None
     trainer: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    warmup_start_step: int = 0
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
@@ -162,7 +177,36 @@ def read_history(source: str, monitor: Optional[str], stdin: TextIO) -> History:
     history = _read(source, monitor, stdin)
     if history.monitor is not None and history.monitor.startswith("plateau/"):
         history.judged = True
+    _follow_traced_warmup(history)
     return history
+
+
+def _follow_traced_warmup(history: History) -> None:
+    """Replay no warmup where the run's traces mark none of its evaluations as in one, whatever its settings say.
+
+    A run resumed with a longer ``warmup_steps`` after its warmup was over (or that never had one) does not warm up
+    again: it judges every evaluation, and stores the longer setting. Its traces say what it did: no evaluation in
+    the warmup, so a replay without one gives its rows exactly (the warmup's ramp, before the first evaluation, is
+    in no row).
+    """
+    recorded = history.recorded
+    stored = history.policy.get("warmup_steps")
+    steps = history.trainer_steps
+    if recorded is None or not recorded.traces or not isinstance(stored, int) or not stored or steps is None:
+        return
+    if any(recorded.warmup):
+        return  # the run had a warmup: check_flags compares it with the setting, row by row
+    start = history.warmup_start_step
+    inside = [step for step in steps if step is not None and step - start < stored]
+    if not inside:
+        return
+    history.policy["warmup_steps"] = 0
+    history.notes["warmup_steps"] = (
+        f"{history.name}: the run's settings say warmup_steps {stored} ({history.policy_from}), but its plateau"
+        f" traces mark no evaluation as in the warmup, not even the one at global step {inside[0]}: it judged every"
+        " evaluation (a run resumed with a longer warmup_steps after its warmup was over, or that never had one, does"
+        " not warm up again). Replayed without a warmup, as the run judged; give --warmup-steps for a what-if."
+    )
 
 
 def _read(source: str, monitor: Optional[str], stdin: TextIO) -> History:
@@ -286,7 +330,9 @@ def _read_tensorboard(directory: Path, monitor: Optional[str]) -> History:
         if tag.startswith("plateau/lr") or tag in _TRACE_TAGS:
             for event in accumulator.Scalars(tag):
                 rows.setdefault(event.step, {})[tag] = event.value
-    trace = _read_trace((rows[step] for step in sorted(rows)), float32=True)
+    steps = sorted(rows)
+    trace = _read_trace((rows[step] for step in steps), float32=True)
+    _refuse_two_fits(trace, name, lambda position: f"step {steps[position]}", "that fit's events")
     lrs = _starting_lrs(trace, policy, name) if trace is not None else None
     return History(
         [float(event.value) for event in events],
@@ -302,6 +348,7 @@ def _read_tensorboard(directory: Path, monitor: Optional[str]) -> History:
         trainer_steps=trace.trainer_steps() if trace is not None else None,
         recorded=trace.recorded(f"the TensorBoard run's plateau traces ({name})") if trace is not None else None,
         trainer=_trainer_settings(directory),
+        warmup_start_step=trace.warmup_start_step() if trace is not None else 0,
     )
 
 
@@ -334,6 +381,7 @@ def _read_checkpoint(path: Path, monitor: Optional[str]) -> History:
     if isinstance(plateau, PlateauConfig):
         stored = {"plateau": dataclasses.asdict(plateau)}
     policy = _stored_policy(stored) or _scheduler_policy(scheduler)
+    notes = _follow_checkpointed_warmup(policy, scheduler, path)
     if "best_state" in states[0]:
         # Kept only by a PlateauCallback with restore_best_on_cut (its hparams may not say, without the mixin).
         policy.setdefault("restore_best_on_cut", True)
@@ -368,6 +416,8 @@ def _read_checkpoint(path: Path, monitor: Optional[str]) -> History:
         knows_withheld=True,
         windows=windows if any(window is not None for window in windows) else None,
         traces=False,
+        num_bad=[row.get("num_bad") for row in rows],
+        smoothed=[row.get("smoothed") for row in rows],
     )
     return History(
         [float(row["value"]) for row in rows],
@@ -383,7 +433,33 @@ def _read_checkpoint(path: Path, monitor: Optional[str]) -> History:
         judged=True,
         trainer_steps=[row.get("global_step") for row in rows],
         recorded=recorded,
+        warmup_start_step=int(scheduler.get("warmup_start_step") or 0),
+        notes=notes,
     )
+
+
+def _follow_checkpointed_warmup(policy: dict[str, Any], scheduler: Mapping[str, Any], path: Path) -> dict[str, str]:
+    """Put the warmup the run had in ``policy`` where its stored ``warmup_steps`` says another; return a note on it.
+
+    A warmup that is over, or that a run never had, does not start again when the run is resumed with a longer
+    ``warmup_steps``, and the checkpoint stores the longer setting. The scheduler's state says what the run did: the
+    step its warmup ended at (``warmup_end_step``, ``None`` for none) and the step it counted from.
+    """
+    if not scheduler.get("warmup_done") or "warmup_steps" not in policy:
+        return {}  # still in its warmup (the setting applies), or a checkpoint from before warmups
+    end = scheduler.get("warmup_end_step", _warmup_end_of(scheduler))
+    start = int(scheduler.get("warmup_start_step") or 0)
+    had = 0 if end is None else int(end) - start
+    stored = policy["warmup_steps"]
+    if stored == had:
+        return {}
+    policy["warmup_steps"] = had
+    ran = f"its warmup ended at global step {end}, after {had} steps" if end is not None else "it had no warmup"
+    return {
+        "warmup_steps": f"{path}: the run's settings say warmup_steps {stored}, but {ran} (the checkpoint's scheduler"
+        " state): the setting changed at a resume, which does not start again a warmup that is over, or that the run"
+        f" never had. Replayed with warmup_steps {had}, as the run judged; give --warmup-steps for a what-if."
+    }
 
 
 def _epoch_of(epochs: list[Optional[int]], evaluation: int) -> Optional[int]:
@@ -482,8 +558,10 @@ class _Trace:
     """The run's ``plateau/lr`` trace: the LRs after each traced evaluation, oldest first, with what else was traced.
 
     ``steps`` (``plateau/global_step``), ``reductions`` (``plateau/reductions``), ``warmup`` (``plateau/warmup``),
-    ``values`` (``plateau/value``), ``skipped`` (``plateau/skipped``), ``restored_from`` (``plateau/restored_from``)
-    and ``epochs`` hold one entry per traced evaluation, ``None`` where the run did not trace it.
+    ``values`` (``plateau/value``), ``skipped`` (``plateau/skipped``), ``restored_from`` (``plateau/restored_from``),
+    ``epochs``, ``evaluations`` (``plateau/evaluation``), ``num_bad`` (``plateau/num_bad``), ``smoothed``
+    (``plateau/smoothed``) and ``warmup_start`` (``plateau/warmup_start_step``) hold one entry per traced
+    evaluation, ``None`` where the run did not trace it; ``positions`` the index of its row among the rows read.
     """
 
     lrs: list[tuple[float, ...]]
@@ -496,10 +574,34 @@ class _Trace:
     skipped: list[Optional[bool]] = field(default_factory=list)
     restored_from: list[Optional[int]] = field(default_factory=list)
     epochs: list[Optional[int]] = field(default_factory=list)
+    evaluations: list[Optional[int]] = field(default_factory=list)
+    num_bad: list[Optional[int]] = field(default_factory=list)
+    smoothed: list[Optional[float]] = field(default_factory=list)
+    warmup_start: list[Optional[int]] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
 
     def trainer_steps(self) -> Optional[list[Optional[int]]]:
         """The trainer's global step of each traced evaluation, ``None`` unless the run traced every one."""
         return self.steps if self.steps and all(step is not None for step in self.steps) else None
+
+    def warmup_start_step(self) -> int:
+        """The step the run's warmup counted from: a reused Trainer's fit traces it, 0 otherwise (not traced)."""
+        return next((start for start in self.warmup_start if start is not None), 0)
+
+    def second_fit(self) -> Optional[tuple[int, int, int, int]]:
+        """Where the evaluations count again from a lower number, as a second fit's do; ``None`` if they never do.
+
+        Returns:
+            The index among the rows read of the last row traced before, and of that row; their evaluations.
+        """
+        previous: Optional[tuple[int, int]] = None
+        for evaluation, position in zip(self.evaluations, self.positions, strict=True):
+            if evaluation is None:
+                continue
+            if previous is not None and evaluation <= previous[1]:
+                return previous[0], position, previous[1], evaluation
+            previous = position, evaluation
+        return None
 
     def recorded(self, where: str) -> Recorded:
         """The trace as a :class:`Recorded`.
@@ -518,21 +620,18 @@ class _Trace:
             [bool(flag) for flag in self.warmup],
             [bool(flag) for flag in self.skipped],
             [None if source is None else (source, _epoch_of(self.epochs, source)) for source in self.restored_from],
+            num_bad=self.num_bad,
+            smoothed=self.smoothed,
         )
 
 
 def _read_trace(rows: Iterable[Mapping[str, Any]], *, float32: bool = False) -> Optional[_Trace]:
     """The plateau/lr trace of ``rows`` (rows without it are skipped), ``None`` if there is none."""
     lrs: list[tuple[float, ...]] = []
-    steps: list[Optional[int]] = []
-    reductions: list[Optional[int]] = []
-    warmup: list[Optional[bool]] = []
-    values: list[Optional[float]] = []
-    skipped: list[Optional[bool]] = []
-    restored_from: list[Optional[int]] = []
-    epochs: list[Optional[int]] = []
+    columns: dict[str, list[Any]] = {name: [] for name in _TRACE_COLUMNS}
+    positions: list[int] = []
     first_evaluation, first_cut = 1, False
-    for row in rows:
+    for position, row in enumerate(rows):
         # One param group: `plateau/lr`; several: `plateau/lr/pg0`, `plateau/lr/pg1`, ...
         keys = ["plateau/lr"] if _filled(row.get("plateau/lr")) else []
         while keys[:1] != ["plateau/lr"] and _filled(row.get(f"plateau/lr/pg{len(keys)}")):
@@ -541,22 +640,16 @@ def _read_trace(rows: Iterable[Mapping[str, Any]], *, float32: bool = False) -> 
             continue
         # TensorBoard stores float32: 0.00999999977 is 0.01 (float32 holds 7 significant digits).
         lrs.append(tuple(float(f"{float(row[key]):.7g}") if float32 else float(row[key]) for key in keys))
-        steps.append(_trace_int(row.get("plateau/global_step")))
-        reductions.append(_trace_int(row.get("plateau/reductions")))
-        flag = _trace_int(row.get("plateau/warmup"))
-        warmup.append(None if flag is None else flag > 0)
-        values.append(_trace_float(row.get("plateau/value")))
-        flag = _trace_int(row.get("plateau/skipped"))
-        skipped.append(None if flag is None else flag > 0)
-        restored_from.append(_trace_int(row.get("plateau/restored_from")))
-        epochs.append(_trace_int(row.get("epoch")))
+        for name, (tag, read) in _TRACE_COLUMNS.items():
+            columns[name].append(read(row.get(tag)))
+        positions.append(position)
         if len(lrs) == 1:
-            evaluation = row.get("plateau/evaluation")
-            first_evaluation = int(float(str(evaluation))) if _filled(evaluation) else 1
-            first_cut = bool(reductions[0])
+            evaluation = columns["evaluations"][0]
+            first_evaluation = evaluation if evaluation is not None else 1
+            first_cut = bool(columns["reductions"][0])
     if not lrs:
         return None
-    return _Trace(lrs, first_evaluation, first_cut, steps, reductions, warmup, values, skipped, restored_from, epochs)
+    return _Trace(lrs, first_evaluation, first_cut, positions=positions, **columns)
 
 
 def _filled(cell: Any) -> bool:
@@ -579,6 +672,49 @@ def _trace_int(cell: Any) -> Optional[int]:
         return None
     value = float(str(cell))
     return int(value) if math.isfinite(value) else None
+
+
+def _trace_flag(cell: Any) -> Optional[bool]:
+    """A traced flag (1 or 0) as a bool, ``None`` for an empty cell."""
+    flag = _trace_int(cell)
+    return None if flag is None else flag > 0
+
+
+# The columns of a _Trace read from each traced row: (the tag, how its cell is read).
+_TRACE_COLUMNS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "steps": ("plateau/global_step", _trace_int),
+    "reductions": ("plateau/reductions", _trace_int),
+    "warmup": ("plateau/warmup", _trace_flag),
+    "values": ("plateau/value", _trace_float),
+    "skipped": ("plateau/skipped", _trace_flag),
+    "restored_from": ("plateau/restored_from", _trace_int),
+    "epochs": ("epoch", _trace_int),
+    "evaluations": ("plateau/evaluation", _trace_int),
+    "num_bad": ("plateau/num_bad", _trace_int),
+    "smoothed": ("plateau/smoothed", _trace_float),
+    "warmup_start": ("plateau/warmup_start_step", _trace_int),
+}
+
+
+def _refuse_two_fits(trace: Optional[_Trace], name: str, row: Callable[[int], str], rows: str) -> None:
+    """Refuse a log that holds more than one fit: a replay of their values as one run would make cuts neither made.
+
+    A reused Trainer's next fit logs to the same logger, and a resume may log into the same version: the plateau's
+    evaluations then count again (``plateau/evaluation`` goes back). ``row`` names a row by its index among the rows
+    read, ``rows`` what a copy of the log would keep of one fit.
+    """
+    found = trace.second_fit() if trace is not None else None
+    if found is None:
+        return
+    last, first, previous, evaluation = found
+    raise SourceError(
+        f"{name} holds more than one fit: its plateau traces count evaluations again at {row(first)}"
+        f" (plateau/evaluation {evaluation}, after {previous} at {row(last)}), as the next fit of a reused Trainer, or"
+        " a resume that logged into the same version, does. Replayed as one run, their values would make cuts"
+        " neither fit made. Explain one fit: a checkpoint it wrote (.ckpt), which holds its plateau history alone, or"
+        f" a copy of the log with only {rows} (the first fit's traces end at {row(last)}, the next one's start at"
+        f" {row(first)})."
+    )
 
 
 def _starting_lrs(trace: _Trace, policy: Mapping[str, Any], name: str) -> Optional[tuple[float, ...]]:
@@ -618,7 +754,7 @@ def _lrs_before_warmup(trace: _Trace, policy: Mapping[str, Any]) -> Optional[tup
     step = trace.steps[0] if trace.steps else None
     if not steps or step is None:
         return None
-    scale = warmup_lrs([1.0], step, steps, start)[0]
+    scale = warmup_lrs([1.0], step - trace.warmup_start_step(), steps, start)[0]
     return tuple(lr / scale for lr in trace.lrs[0])
 
 
@@ -712,6 +848,8 @@ def _parse_csv(lines: list[str], name: str, monitor: Optional[str], policy: Mapp
     trace = None
     if any(column.startswith("plateau/lr") for column in header):
         trace = _read_trace(csv.DictReader(lines[skipped:]))
+        # DictReader's rows follow the header line, one line each: row i is on line skipped + i + 2.
+        _refuse_two_fits(trace, name, lambda position: f"line {skipped + position + 2}", "that fit's lines")
     lrs = _starting_lrs(trace, policy, name) if trace is not None else None
     return History(
         values,
@@ -724,6 +862,7 @@ def _parse_csv(lines: list[str], name: str, monitor: Optional[str], policy: Mapp
         traced_lrs=trace.lrs if trace is not None else None,
         trainer_steps=trace.trainer_steps() if trace is not None else None,
         recorded=trace.recorded(f"{name}'s plateau traces") if trace is not None else None,
+        warmup_start_step=trace.warmup_start_step() if trace is not None else 0,
     )
 
 
@@ -773,6 +912,12 @@ def _read_wandb(path: Path, monitor: Optional[str]) -> History:
         epochs.append(_wandb_label(row.get("epoch")))
         steps.append(_wandb_label(row.get("trainer/global_step")))
     trace = _read_trace(run.history)
+    _refuse_two_fits(
+        trace,
+        name,
+        lambda position: f"history row {position + 1} (_step {run.history[position].get('_step')})",
+        "that fit's rows",
+    )
     lrs = _starting_lrs(trace, policy, name) if trace is not None else None
     return History(
         values,
@@ -788,6 +933,7 @@ def _read_wandb(path: Path, monitor: Optional[str]) -> History:
         trainer_steps=trace.trainer_steps() if trace is not None else None,
         recorded=trace.recorded(f"the W&B run's plateau traces ({name})") if trace is not None else None,
         warnings=[] if run.finished else [f"{_unfinished(run.path)} What it holds so far is replayed."],
+        warmup_start_step=trace.warmup_start_step() if trace is not None else 0,
     )
 
 

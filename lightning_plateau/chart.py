@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from lightning_plateau._detectors import make_detector
+from lightning_plateau._detectors import _SlopeDetector, make_detector
 from lightning_plateau._format import cuts_in_evaluations, format_lr, format_lrs, plural
 from lightning_plateau._rule import PlateauEvaluation
 from lightning_plateau.config import PlateauConfig
@@ -142,8 +142,9 @@ def _plateau_figure(
     ax, count_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
     heading = title if title is not None else _default_title(rows, config, len(cuts))
     if rows:
-        _draw(fig, ax, rows, config, cuts, initial_lrs, stop)
-        _draw_counts(count_ax, rows, config)
+        counts = _cut_counts(rows, config)
+        _draw(fig, ax, rows, config, cuts, counts, initial_lrs, stop)
+        _draw_counts(count_ax, rows, config, counts)
         count_ax.set_xlabel(ax.get_xlabel())  # the panels share the x axis; its label goes under the lower one
         ax.set_xlabel("")
     else:
@@ -256,6 +257,7 @@ def _draw(
     rows: Sequence[PlateauEvaluation],
     config: PlateauConfig,
     cuts: Sequence[_Cut],
+    counts: dict[int, int],
     initial_lrs: Sequence[float] | None,
     stop: tuple[int, str] | None = None,
 ) -> None:
@@ -324,19 +326,18 @@ def _draw(
 
     # What the detector counts: evaluations without improvement (torch's rule), or without decrease (the slope).
     lacking = make_detector(config).lacking(config.mode)
-    windows = _patience_windows(rows, config, cuts)
+    windows = _patience_windows(rows, cuts, counts)
     for start, end in windows:
         ax.axvspan(start, end, color=_PATIENCE, alpha=0.13, linewidth=0, zorder=0)
         # Back-to-back windows (patience 0 or 1) would merge into one band without an edge.
         ax.axvline(start, color=_PATIENCE, alpha=0.6, linewidth=0.8, zorder=0)
     if windows:
-        handles.append(
-            Patch(
-                color=_PATIENCE,
-                alpha=0.3,
-                label=f"patience {config.patience}: the {_ordinal(config.patience + 1)} evaluation {lacking} cuts",
-            )
-        )
+        if config.detector == "slope":
+            # The slope's count jumps: a cut comes when it passes patience, over however many evaluations it spans.
+            label = f"patience {config.patience}: {lacking} over more than {config.patience} evaluations cuts"
+        else:
+            label = f"patience {config.patience}: the {_ordinal(config.patience + 1)} evaluation {lacking} cuts"
+        handles.append(Patch(color=_PATIENCE, alpha=0.3, label=label))
     open_window = _open_window(rows)
     if open_window is not None:
         start, end, count = open_window
@@ -465,12 +466,13 @@ def _robust_limits(values: Sequence[float], *, headroom: float) -> Optional[tupl
     return bottom, top
 
 
-def _draw_counts(ax: Any, rows: Sequence[PlateauEvaluation], config: PlateauConfig) -> None:
-    """The evaluations without improvement, climbing to ``patience + 1`` (the line a cut needs) at each cut.
+def _draw_counts(ax: Any, rows: Sequence[PlateauEvaluation], config: PlateauConfig, cut_counts: dict[int, int]) -> None:
+    """The evaluations without improvement, up to the count that called for each cut (``patience + 1`` or more).
 
-    torch's count restarts at 0 right after a cut; the panel shows the count that called for it.
+    The count restarts at 0 right after a cut; the panel shows the count that called for it (``cut_counts``), and at a
+    withheld cut the count the row kept.
     """
-    counts = [config.patience + 1 if row.cut or row.withheld else row.num_bad for row in rows]
+    counts = [cut_counts.get(row.evaluation, row.num_bad) for row in rows]
     ax.step([row.evaluation for row in rows], counts, where="mid", color=_PATIENCE, linewidth=1.4)
     ax.axhline(config.patience + 1, color=_CUT, linestyle=":", linewidth=1.0)
     # The slope's count may pass patience + 1 with a window longer than that.
@@ -478,6 +480,11 @@ def _draw_counts(ax: Any, rows: Sequence[PlateauEvaluation], config: PlateauConf
     ax.set_yticks([0, config.patience + 1])
     ax.set_ylabel("bad", fontsize=9)
     ax.grid(True, alpha=0.25)
+
+
+def _setting_text(value: Any) -> str:
+    """A varied setting's value in a legend: a name (``slope``) as it is, a number as ``%g``."""
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def _ordinal(number: int) -> str:
@@ -523,11 +530,37 @@ def _set_lr_ticks(lr_ax: Any, lrs: Sequence[float], *, zero: bool, bottom: float
 
 
 def _patience_windows(
-    rows: Sequence[PlateauEvaluation], config: PlateauConfig, cuts: Sequence[_Cut]
+    rows: Sequence[PlateauEvaluation], cuts: Sequence[_Cut], counts: dict[int, int]
 ) -> list[tuple[float, float]]:
-    # The cut comes at the (patience + 1)-th bad evaluation: the window starts at the last good (or reset) one.
+    """The evaluations each cut's count spans: from the last good (or reset) one to the cut."""
     first = rows[0].evaluation - 1
-    return [(max(first, _back(rows, cut.evaluation, config.patience + 1)), cut.evaluation) for cut in cuts]
+    return [(max(first, _back(rows, cut.evaluation, counts[cut.evaluation])), cut.evaluation) for cut in cuts]
+
+
+def _cut_counts(rows: Sequence[PlateauEvaluation], config: PlateauConfig) -> dict[int, int]:
+    """The count that called for each cut, by evaluation: what its reason says (``for 11 evaluations``).
+
+    torch's rule counts one more bad evaluation at a time, so each of its cuts comes at ``patience + 1``. The slope's
+    count jumps, and may pass ``patience + 1`` with a window longer than that; a row keeps only the count after its
+    cut (0), so the slope detector counts again over the values it held at the cut: those judged (the moving average,
+    with smoothing) since the previous cut, outside cooldown, warmup and skips, as the rule fed them to it.
+    """
+    detector = make_detector(config)
+    if not isinstance(detector, _SlopeDetector):
+        return {row.evaluation: config.patience + 1 for row in rows if row.cut}
+    counts: dict[int, int] = {}
+    in_cooldown = False
+    for row in rows:
+        if row.warmup or row.skipped:
+            continue  # not judged: the detector never saw it, and the cooldown did not move
+        if not in_cooldown:
+            detector.history.append(row.value if row.smoothed is None else row.smoothed)
+            del detector.history[: -detector.size]
+        if row.cut:
+            counts[row.evaluation] = detector.count(config.patience)
+            detector.history.clear()
+        in_cooldown = row.cooldown > 0
+    return counts
 
 
 def _back(rows: Sequence[PlateauEvaluation], evaluation: int, count: int) -> int:
@@ -617,6 +650,16 @@ def plot_comparison(values: Sequence[float], outcomes: Sequence[Any], path: str 
 
         plot_comparison(history, compare(history, patience=[2, 5, 10]), "what-if.png")
     """
+    with _DRAWING:
+        fig = _comparison_figure(values, outcomes)
+        target = pathlib.Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(target, format="png")
+    return target
+
+
+def _comparison_figure(values: Sequence[float], outcomes: Sequence[Any]) -> Any:
+    """The chart of :func:`plot_comparison` as a matplotlib Figure (on an Agg canvas), not yet written."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -625,46 +668,42 @@ def plot_comparison(values: Sequence[float], outcomes: Sequence[Any], path: str 
             'The plateau chart needs matplotlib: pip install "lightning-plateau[plot]" (or pip install matplotlib)'
         ) from err
 
-    with _DRAWING:
-        target = pathlib.Path(path)
-        fig = Figure(figsize=(11, 6), dpi=110)
-        fig.subplots_adjust(left=0.08, right=0.91, top=0.92, bottom=0.1)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        monitor = outcomes[0].config.monitor if outcomes else "value"
-        policies = f"{len(outcomes)} {'policy' if len(outcomes) == 1 else 'policies'}"
-        title = f"What if? {policies} on {plural(len(values), 'evaluation')} of {monitor}"
-        _set_title(fig, title, y=0.97)
-        xs = list(range(1, len(values) + 1))
-        raw = _finite(list(values))
-        exponent = _scale_exponent(raw)
-        scaled = _scaled(raw, exponent)
-        handles = list(ax.plot(xs, scaled, color=_VALUE, marker="o", markersize=3, linewidth=1.4, label=monitor))
-        unit = f", x1e{exponent}" if exponent else ""
-        ax.set_ylabel(f"{monitor}{unit}", color=_VALUE)
-        ax.set_xlabel("evaluation")
-        limits = _value_limits(scaled, log=False, headroom=0.0)
-        if limits is not None:
-            ax.set_ylim(*limits)
-        lr_ax = ax.twinx()
-        lr_ax.set_yscale("log")
-        trajectories = []
-        for outcome in outcomes:
-            rows = list(outcome.replay)
-            trajectories.append([outcome.replay.initial_lrs[0]] + [row.lrs[0] for row in rows])
-        drawable = sorted({lr for lrs in trajectories for lr in lrs if _drawable_lr(lr)})
-        bottom, top = _lr_limits(drawable, room_for_labels=False)
-        for index, (outcome, lrs) in enumerate(zip(outcomes, trajectories, strict=True)):
-            ys = [min(max(lr, bottom), top) for lr in lrs] + [min(max(lrs[-1], bottom), top)]
-            name = ", ".join(f"{key} {value:g}" for key, value in outcome.varied.items())
-            if outcome.early_stop is not None:
-                name += f" (stop at {outcome.early_stop})"
-            handles += lr_ax.step(
-                [0, *xs, len(xs) + 0.5], ys, where="post", linewidth=1.3, label=name, color=f"C{(index + 1) % 10}"
-            )
-        lr_ax.set_ylim(bottom, top)
-        lr_ax.set_ylabel("lr (first param group)")
-        ax.legend(handles=handles, loc="upper right", fontsize=8)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(target, format="png")
-    return target
+    fig = Figure(figsize=(11, 6), dpi=110)
+    fig.subplots_adjust(left=0.08, right=0.91, top=0.92, bottom=0.1)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    monitor = outcomes[0].config.monitor if outcomes else "value"
+    policies = f"{len(outcomes)} {'policy' if len(outcomes) == 1 else 'policies'}"
+    title = f"What if? {policies} on {plural(len(values), 'evaluation')} of {monitor}"
+    _set_title(fig, title, y=0.97)
+    xs = list(range(1, len(values) + 1))
+    raw = _finite(list(values))
+    exponent = _scale_exponent(raw)
+    scaled = _scaled(raw, exponent)
+    handles = list(ax.plot(xs, scaled, color=_VALUE, marker="o", markersize=3, linewidth=1.4, label=monitor))
+    unit = f", x1e{exponent}" if exponent else ""
+    ax.set_ylabel(f"{monitor}{unit}", color=_VALUE)
+    ax.set_xlabel("evaluation")
+    limits = _value_limits(scaled, log=False, headroom=0.0)
+    if limits is not None:
+        ax.set_ylim(*limits)
+    lr_ax = ax.twinx()
+    lr_ax.set_yscale("log")
+    trajectories = []
+    for outcome in outcomes:
+        rows = list(outcome.replay)
+        trajectories.append([outcome.replay.initial_lrs[0]] + [row.lrs[0] for row in rows])
+    drawable = sorted({lr for lrs in trajectories for lr in lrs if _drawable_lr(lr)})
+    bottom, top = _lr_limits(drawable, room_for_labels=False)
+    for index, (outcome, lrs) in enumerate(zip(outcomes, trajectories, strict=True)):
+        ys = [min(max(lr, bottom), top) for lr in lrs] + [min(max(lrs[-1], bottom), top)]
+        name = ", ".join(f"{key} {_setting_text(value)}" for key, value in outcome.varied.items())
+        if outcome.early_stop is not None:
+            name += f" (stop at {outcome.early_stop})"
+        handles += lr_ax.step(
+            [0, *xs, len(xs) + 0.5], ys, where="post", linewidth=1.3, label=name, color=f"C{(index + 1) % 10}"
+        )
+    lr_ax.set_ylim(bottom, top)
+    lr_ax.set_ylabel("lr (first param group)")
+    ax.legend(handles=handles, loc="upper right", fontsize=8)
+    return fig

@@ -24,6 +24,7 @@ from lightning_plateau._agreement import (
     ASSUMED,
     GIVEN,
     STORED,
+    check_counts,
     check_flags,
     check_means,
     check_trainer,
@@ -40,6 +41,8 @@ from lightning_plateau.config import PlateauConfig
 from lightning_plateau.replay import Replay, ReplayRow, replay
 
 _PROG = "lightning-plateau"
+# The trace of the moving averages a run with smoothing judged.
+_SMOOTHED = "plateau/smoothed"
 _DEFAULT_LR = 1e-3
 _BOLD_RED = "\033[1;31m"
 _RESET = "\033[0m"
@@ -77,7 +80,7 @@ _NAMED_WHEN_SET = ("restore_best_on_cut",)
 # Settings of features that are off, left out of the `settings:` line whatever their source: (field, its "off" value).
 _OFF = (("warmup_steps", 0), ("on_nonfinite", "bad"), ("smoothing", 0.0), ("detector", "best"))
 # The settings of features that change what a replay shows, named as assumed where a run's values come without them.
-_FEATURES = ("warmup_steps", "on_nonfinite", "restore_best_on_cut")
+_FEATURES = ("warmup_steps", "on_nonfinite", "restore_best_on_cut", "smoothing", "detector")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -327,7 +330,11 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     history = read_history(args.source, args.monitor, sys.stdin)
     for warning in history.warnings:
         print(f"{_PROG} explain: warning: {warning}", file=sys.stderr)
-    config = _config(args, history.policy)
+    for name, told in history.notes.items():
+        if getattr(args, name) is None:
+            print(f"{_PROG} explain: {told}", file=sys.stderr)
+    config = _run_config(args, history)
+    history, config = _judged_averages(args, history, config)
     history, swapped = _judged_series(args, history, config)
     if history.monitor is not None:
         monitor = history.monitor
@@ -348,6 +355,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     # Each value once, in the order given: `--patience 1 1` is one policy.
     grid = {name: list(dict.fromkeys(getattr(args, name) or [])) for name in _GRID_OPTIONS}
     grid = {name: values for name, values in grid.items() if len(values) > 1}
+    _check_policies(args, history, grid)
     if not (config.window_steps and not history.judged):
         # A per-step series is windowed on its own optimizer steps; other values need the trainer's, for a warmup.
         history = _with_trainer_steps(history, config)
@@ -364,6 +372,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
         global_steps=global_steps,
         windows=windows,
         max_reductions=limit[0],
+        warmup_start_step=history.warmup_start_step,
     )
     _check_windows(history, result)
     if replayed.window_steps and windows is None:
@@ -373,6 +382,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
             print(f"{_PROG} explain: {note}", file=sys.stderr)
     origins = _origins(args, history)
     warnings = check_flags(history, result, origins)
+    warnings += check_counts(history, result, origins)
     result, restores = restores_as_recorded(history, result, origins["restore_best_on_cut"])
     warnings += restores + check_withheld(history, result, limit[1])
     departed = departure(history, result, origins)
@@ -400,6 +410,48 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
         path = plot_plateau(result.evaluations(), result.config, args.plot, initial_lrs=first, stop=stop)
         print(f"{_PROG} explain: chart written to {path}", file=sys.stderr)
     return 0
+
+
+def _judged_averages(
+    args: argparse.Namespace, history: History, config: PlateauConfig
+) -> tuple[History, PlateauConfig]:
+    """``plateau/smoothed`` replayed as the run judged it: its moving averages, not averaged again.
+
+    Each evaluation the run judged has its average there; one it did not judge (in the warmup, or skipped) has none,
+    and takes its ``plateau/value``, as the run recorded it. The replay then judges the averages with smoothing 0,
+    as ``plateau/value`` of a windows run is not windowed again.
+
+    Raises:
+        ValueError: where ``--smoothing`` above 0 is given: it averages the raw values, which plateau/smoothed is not.
+    """
+    if history.monitor != _SMOOTHED:
+        return history, config
+    if any(weight for weight in args.smoothing or []):
+        raise ValueError(
+            f"{history.name}: {_SMOOTHED} holds the moving averages the run judged; --smoothing averages the values"
+            " the run was given. For a what-if on the smoothing, leave --monitor out (or give --monitor plateau/value),"
+            " or leave --smoothing out to replay the averages as the run judged them."
+        )
+    print(
+        f"{_PROG} explain: {_SMOOTHED} from {history.name} holds the moving averages the run judged: replayed as they"
+        " are, not smoothed again",
+        file=sys.stderr,
+    )
+    config = dataclasses.replace(config, smoothing=0.0)
+    recorded = history.recorded
+    if recorded is None or recorded.values is None or recorded.smoothed is None:
+        return history, config
+    judged = [
+        value if average is None else average for value, average in zip(recorded.values, recorded.smoothed, strict=True)
+    ]
+    epochs = recorded.epochs if any(epoch is not None for epoch in recorded.epochs) else None
+    # The record as this replay sees it: the averages are its values now, and none of them is averaged again.
+    as_judged = dataclasses.replace(recorded, values=judged, smoothed=[None] * len(judged))
+    steps = recorded.steps if any(step is not None for step in recorded.steps) else history.global_steps
+    history = dataclasses.replace(
+        history, values=judged, epochs=epochs, global_steps=steps, recorded=as_judged, judged=True
+    )
+    return history, config
 
 
 def _judged_series(args: argparse.Namespace, history: History, config: PlateauConfig) -> tuple[History, bool]:
@@ -540,11 +592,17 @@ def _compare(
         global_steps=global_steps,
         windows=windows,
         max_reductions=limit[0],
+        warmup_start_step=history.warmup_start_step,
         **grid,
     )
     _check_windows(history, outcomes[0].replay)
-    # The policies differ in factor, patience, threshold or cooldown only: their warmups and skips are the same.
-    for warning in check_flags(history, outcomes[0].replay, _origins(args, history)):
+    # The policies differ in settings no warmup or skip depends on: the first one's stand for all.
+    origins = _origins(args, history)
+    for warning in check_flags(history, outcomes[0].replay, origins):
+        print(f"{_PROG} explain: warning: {warning}", file=sys.stderr)
+    # The factor decides no count: a table that varies it alone is checked as one replay is.
+    counted = any(name != "factor" for name in grid)
+    for warning in check_counts(history, outcomes[0].replay, origins, proofs_only=counted):
         print(f"{_PROG} explain: warning: {warning}", file=sys.stderr)
     settings = _settings(args, history, config, f"lr {format_lrs(outcomes[0].replay.initial_lrs)} ({lr_from})", limit)
     note = _restore_note(config, compared=True)
@@ -634,6 +692,68 @@ def _config(args: argparse.Namespace, stored: Mapping[str, Any]) -> PlateauConfi
     return PlateauConfig(**fields)
 
 
+def _run_config(args: argparse.Namespace, history: History, policy: Optional[str] = None) -> PlateauConfig:
+    """The policy to replay on the run (:func:`_config`), or an error that says which of its settings came from the run.
+
+    A stored setting may not fit an option given for a what-if (the run's slope_window 6 with ``--patience 8``): the
+    config's own message would blame a value the user never gave. ``policy`` names the policy of a what-if table.
+    """
+    try:
+        return _config(args, history.policy)
+    except ValueError as error:
+        culprits = [name for name in history.policy if _fits_without(args, history.policy, name)]
+        if len(culprits) > 1 and "detector" in culprits:
+            culprits.remove("detector")  # another rule altogether: a what-if of its own, not the way out
+        where = f"the policy {policy}" if policy is not None else "the options given"
+        if not culprits:
+            raise ValueError(f"{where}: {error}" if policy is not None else str(error)) from None
+        stored = ", ".join(f"{name} {_stored_text(history.policy[name])}" for name in culprits)
+        ways = " or ".join(f"--{name.replace('_', '-')} {_default_text(name)}" for name in culprits)
+        every = " (for every policy compared)" if policy is not None else ""
+        raise ValueError(
+            f"{history.name}: {where} cannot be replayed with the run's {stored} (from {history.policy_from}): {error}."
+            f" Give {ways} in its place{every}, or another value that fits."
+        ) from None
+
+
+def _fits_without(args: argparse.Namespace, stored: Mapping[str, Any], name: str) -> bool:
+    """Whether the policy is valid once the stored setting ``name`` (not given as an option) is left out."""
+    if name not in _CONFIG_OPTIONS or getattr(args, name) is not None or isinstance(stored[name], bool):
+        return False  # given, or a switch no option turns off
+    try:
+        _config(args, {key: value for key, value in stored.items() if key != name})
+    except ValueError:
+        return False
+    return True
+
+
+def _stored_text(value: Any) -> str:
+    return _text(value) if isinstance(value, (str, int, float)) else str(value)
+
+
+def _default_text(name: str) -> str:
+    """The option's default, as given on the command line, with what it means where that is not plain."""
+    default = next(field.default for field in dataclasses.fields(PlateauConfig) if field.name == name)
+    if name == "slope_window":
+        return "0 (patience + 1)"
+    return f"{_text(default)} (the default)"
+
+
+def _check_policies(args: argparse.Namespace, history: History, grid: Mapping[str, Sequence[Any]]) -> None:
+    """Refuse a what-if table one of whose policies the settings cannot make, naming the policy and the culprit.
+
+    Each policy is made as :func:`~lightning_plateau.compare.compare` makes it: a row of the best detector in a grid
+    of detectors takes no slope setting.
+    """
+    for combination in itertools.product(*grid.values()):
+        varied = dict(zip(grid, combination, strict=True))
+        options: dict[str, Optional[list[Any]]] = {name: [value] for name, value in varied.items()}
+        if varied.get("detector") == "best":
+            options |= {name: None for name in _SLOPE_OPTIONS}
+        one = argparse.Namespace(**{**vars(args), **options})
+        _run_config(one, history, ", ".join(f"{name} {_text(value)}" for name, value in varied.items()))
+
+
 def _settings(
     args: argparse.Namespace,
     history: History,
@@ -651,6 +771,9 @@ def _settings(
     # A run that stored no setting of a feature may have had it all the same (a PlateauCallback given to the
     # Trainer stores nothing): the replay assumes it off, and says so.
     assumed = [name for name in _FEATURES if history.monitor is not None and origins[name] == ASSUMED]
+    if history.monitor == _SMOOTHED:
+        # The averages are replayed as judged: the run's smoothing made them, and none is applied again.
+        assumed = [name for name in assumed if name != "smoothing"]
     names = [
         name
         for name in _CONFIG_OPTIONS
@@ -673,6 +796,9 @@ def _settings(
     if assumed:
         options = ", ".join(f"--{name.replace('_', '-')}" for name in assumed)
         parts.append(f"{_fields(config, assumed)} (assumed: not stored with the run; give {options} if it had others)")
+    if history.warmup_start_step and config.warmup_steps:
+        # A reused Trainer's fresh fit starts past step 0, and its warmup with it.
+        parts.append(f"warmup counted from global step {history.warmup_start_step}, where the run's fit started")
     if limit[0] is not None:
         parts.append(f"PlateauEarlyStopping(max_reductions={limit[0]}) ({limit[1]})")
     return "settings: " + "; ".join([*parts, lr_text])
@@ -795,11 +921,12 @@ def _summary(result: Replay) -> str:
         # The history ends inside the warmup: the LR it names is the one the warmup was rising to, never reached.
         last = result[-1]
         start = warmup_lrs(result.initial_lrs, 0, config.warmup_steps, config.warmup_start_factor)
+        end = result.warmup_start_step + config.warmup_steps
         return (
             f"No evaluation judged: {'the' if len(result) == 1 else 'all'} {plural(len(result), 'evaluation')} fall"
-            f" in the warmup (global step < {config.warmup_steps}). The lr rose from {format_lrs(start)} to"
+            f" in the warmup (global step < {end}). The lr rose from {format_lrs(start)} to"
             f" {format_lrs(last.lrs)} by the last (global step {last.global_step}); the warmup ends at"
-            f" {format_lrs(result.initial_lrs)} at step {config.warmup_steps}, after this history."
+            f" {format_lrs(result.initial_lrs)} at step {end}, after this history."
         )
     if result.cuts:
         if all(cut.window is not None for cut in result.cuts):
@@ -822,7 +949,7 @@ def _summary(result: Replay) -> str:
     if result.warmup_evaluations:
         text += (
             f" {plural(result.warmup_evaluations, 'evaluation')} in the warmup (global step <"
-            f" {config.warmup_steps}) not judged."
+            f" {result.warmup_start_step + config.warmup_steps}) not judged."
         )
     if result.skipped_evaluations:
         text += f" {plural(len(result.skipped_evaluations), 'evaluation')} skipped (not finite)."
@@ -868,6 +995,8 @@ def _json(
             for cut, reason in zip(result.cuts, result.reasons(), strict=True)
         ],
     }
+    if result.warmup_start_step and result.config.warmup_steps:
+        head["warmup_start_step"] = result.warmup_start_step
     if result.withheld is not None:
         head["withheld"] = {**_finite_floats(result.withheld.as_dict()), "reason": result.withheld_reason()}
         head["max_reductions"] = result.max_reductions

@@ -75,6 +75,7 @@ def compare(
     global_steps: Optional[Sequence[Optional[int]]] = None,
     windows: Optional[Sequence[tuple[int, int]]] = None,
     max_reductions: Optional[int] = None,
+    warmup_start_step: int = 0,
     **grid: Sequence[Any],
 ) -> list[PolicyOutcome]:
     """Replay ``values`` under every combination of the settings in ``grid``, the rest taken from ``base``.
@@ -93,6 +94,7 @@ def compare(
         windows: for values a windows run judged already, the window of each (as :func:`replay` takes them).
         max_reductions: the cut limit of ``PlateauEarlyStopping(max_reductions=K)``: each policy's replay ends at
             the evaluation that calls for its cut K+1, where that early stopping ends the run.
+        warmup_start_step: the global step the warmup counts from (as :func:`replay` takes it).
         **grid: PlateauConfig fields and the values to try, e.g. ``patience=[2, 5, 10], factor=[0.1, 0.5]``, or
             ``detector=["best", "slope"], smoothing=[0, 0.6]``: with ``detector`` in the grid, the slope settings of
             ``base`` apply to the slope policies only (the best ones take their defaults).
@@ -135,6 +137,7 @@ def compare(
             global_steps=global_steps,
             windows=windows,
             max_reductions=max_reductions,
+            warmup_start_step=warmup_start_step,
         )
         stop: Optional[int]
         reason: Optional[str]
@@ -170,6 +173,7 @@ def _early_stop(result: Replay) -> tuple[Optional[int], Optional[str]]:
     groups = [{"params": [torch.nn.Parameter(torch.zeros(()))], "lr": lr} for lr in result.initial_lrs]
     rule = _PlateauRule(torch.optim.SGD(groups), config)
     rule._warned_skip = True  # replay() has said it, if at all
+    rule._start_warmup_at(result.warmup_start_step)
     for row in result:
         # The labels the live callback gives each evaluation (a window's steps too), so the reason reads as the
         # live one would; the warmup's LR of the step, as the callback sets it after each batch.

@@ -36,8 +36,8 @@ class ReplayRow(NamedTuple):
             did neither.
         window: with ``window_steps``, the first and last optimizer step (1-based) of the window whose mean this
             row judged; ``None`` otherwise.
-        warmup: whether it falls in the warmup (``global_step < warmup_steps``): recorded, not judged; ``lrs`` is
-            the warmup's LR at that step.
+        warmup: whether it falls in the warmup (``global_step - warmup_start_step < warmup_steps``): recorded, not
+            judged; ``lrs`` is the warmup's LR at that step.
         skipped: whether its value was not finite and ``on_nonfinite="skip"`` left it out of the rule.
         smoothed: with ``smoothing``, the moving average judged in place of ``value``; ``None`` otherwise, and for a
             row in the warmup or skipped.
@@ -85,6 +85,7 @@ class Replay(Sequence[ReplayRow]):
         withheld: with ``max_reductions``, the cut the last row called for and did not apply (the run stopped
             there), as a live ``PlateauScheduler.withheld`` holds it; ``None`` otherwise.
         max_reductions: the cut limit replayed, ``None`` for none.
+        warmup_start_step: the global step the warmup counted from (0 unless given to :func:`replay`).
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class Replay(Sequence[ReplayRow]):
         smoothed: Optional[list[Optional[float]]] = None,
         withheld: Optional[PlateauCut] = None,
         max_reductions: Optional[int] = None,
+        warmup_start_step: int = 0,
     ) -> None:
         self.config = config
         self.initial_lrs = initial_lrs
@@ -125,6 +127,7 @@ class Replay(Sequence[ReplayRow]):
         self._smoothed = smoothed
         self.withheld = withheld
         self.max_reductions = max_reductions
+        self.warmup_start_step = warmup_start_step
 
     def __len__(self) -> int:
         return len(self._values)
@@ -272,7 +275,8 @@ class Replay(Sequence[ReplayRow]):
         if warmup:
             config, step = self.config, row.global_step
             assert step is not None  # replay() refuses a warmup without steps
-            lrs = warmup_lrs(self.initial_lrs, step, config.warmup_steps, config.warmup_start_factor)
+            taken = step - self.warmup_start_step
+            lrs = warmup_lrs(self.initial_lrs, taken, config.warmup_steps, config.warmup_start_factor)
         reason = self.withheld_reason() if withheld else row.reason
         return row._replace(lrs=lrs, reason=reason, warmup=warmup, skipped=skipped, withheld=withheld)
 
@@ -310,6 +314,7 @@ def replay(
     global_steps: Optional[Sequence[Optional[int]]] = None,
     windows: Optional[Sequence[Span]] = None,
     max_reductions: Optional[int] = None,
+    warmup_start_step: int = 0,
 ) -> Replay:
     """Judge a history of monitored values as training would have, and say when the LR is cut.
 
@@ -353,6 +358,9 @@ def replay(
         max_reductions: the cut limit of ``PlateauEarlyStopping(max_reductions=K)``: the evaluation that calls for
             cut K+1 does not apply it (``Replay.withheld`` holds it, its row is marked ``withheld``) and the replay
             ends there, as the run stopped there; later values are not judged. ``None``: no limit.
+        warmup_start_step: the global step the warmup counts from: the step the fit started at, past 0 for a fresh
+            fit on a reused Trainer (``PlateauScheduler.warmup_start_step``, the ``plateau/warmup_start_step``
+            trace). An evaluation is in the warmup at ``global_step - warmup_start_step < warmup_steps``.
 
     Returns:
         A :class:`Replay`: a sequence of :class:`ReplayRow`, one per value, with the recorded ``cuts``.
@@ -362,8 +370,9 @@ def replay(
             ``global_steps`` do not have one label per value, if a value is not a number, if the config
             is invalid (``min_lr`` with another length than ``lr`` included), with windows if a step is missing,
             below 1 or goes back, if the config has a warmup and ``global_steps`` are missing, hold ``None`` or
-            decrease, or, with ``on_nonfinite="raise"``, at the first value that is not finite; if ``windows``
-            do not give one (first, last) pair of steps per value, or ``max_reductions`` is not an int >= 0.
+            decrease or lie before ``warmup_start_step``, or, with ``on_nonfinite="raise"``, at the first value that
+            is not finite; if ``windows`` do not give one (first, last) pair of steps per value, or ``max_reductions``
+            or ``warmup_start_step`` is not an int >= 0.
 
     Example::
 
@@ -386,8 +395,10 @@ def replay(
             global_steps = [last for _, last in windows]
     elif config.window_steps:
         floats, epochs, global_steps, windows = _windowed(floats, epochs, global_steps, config.window_steps)
+    if isinstance(warmup_start_step, bool) or not isinstance(warmup_start_step, int) or warmup_start_step < 0:
+        raise ValueError(f"`warmup_start_step` must be an int >= 0, got {warmup_start_step!r}")
     if config.warmup_steps:
-        _check_warmup_steps(config, global_steps)
+        _check_warmup_steps(config, global_steps, warmup_start_step)
     if max_reductions is not None and (
         isinstance(max_reductions, bool) or not isinstance(max_reductions, int) or max_reductions < 0
     ):
@@ -396,6 +407,8 @@ def replay(
     # One dummy parameter per group: torch refuses a parameter in two groups.
     groups = [{"params": [torch.nn.Parameter(torch.zeros(()))], "lr": group_lr} for group_lr in initial_lrs]
     scheduler = _PlateauRule(torch.optim.SGD(groups), config)
+    # As the callback does at a fit's start: the warmup counts from the step the fit started at.
+    scheduler._start_warmup_at(warmup_start_step)
     if not scheduler._plain or config.smoothing or max_reductions is not None:
         scheduler._cut_limit = max_reductions
         return _replay_flagged(scheduler, config, initial_lrs, floats, epochs, global_steps, windows)
@@ -420,7 +433,19 @@ def replay(
             add_best(scheduler.best)
             add_bad(scheduler.num_bad_epochs)
             add_cooldown(scheduler.cooldown_counter)
-    return Replay(config, initial_lrs, scheduler.cuts, floats, bests, num_bad, cooldowns, epochs, global_steps, windows)
+    return Replay(
+        config,
+        initial_lrs,
+        scheduler.cuts,
+        floats,
+        bests,
+        num_bad,
+        cooldowns,
+        epochs,
+        global_steps,
+        windows,
+        warmup_start_step=warmup_start_step,
+    )
 
 
 def _check_windows(windows: Sequence[Any], count: int) -> list[Span]:
@@ -515,10 +540,11 @@ def _replay_flagged(
         smoothed=smoothed,
         withheld=withheld,
         max_reductions=scheduler._cut_limit,
+        warmup_start_step=scheduler.warmup_start_step,
     )
 
 
-def _check_warmup_steps(config: PlateauConfig, global_steps: Optional[list[Optional[int]]]) -> None:
+def _check_warmup_steps(config: PlateauConfig, global_steps: Optional[list[Optional[int]]], start: int) -> None:
     """Refuse a warmup replay whose values lack the trainer's global steps: the warmup's end would be a guess."""
     needed = (
         f"PlateauConfig(warmup_steps={config.warmup_steps}) needs the trainer's global step of every value"
@@ -537,6 +563,11 @@ def _check_warmup_steps(config: PlateauConfig, global_steps: Optional[list[Optio
         raise ValueError(
             f"{needed}; they must not decrease, but value {back + 1} is at step {steps[back]} after step"
             f" {steps[back - 1]}. Replay one run's evaluations, in order."
+        )
+    if steps and steps[0] < start:
+        raise ValueError(
+            f"{needed}; value 1 is at step {steps[0]}, before the step the warmup counts from (`warmup_start_step`"
+            f" {start}): the fit started there, so its evaluations come after it."
         )
 
 

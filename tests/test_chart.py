@@ -16,6 +16,7 @@ import torch
 from lightning_plateau import PlateauConfig, PlateauEvaluation, PlateauScheduler, replay
 from lightning_plateau.chart import (
     _cooldown_spans,
+    _cut_counts,
     _cuts,
     _lr_limits,
     _open_window,
@@ -241,7 +242,7 @@ def test_chart_spans_follow_the_rule(
     rows, _ = judge(values, config)
     cuts = _cuts(rows, config, None)
 
-    assert _patience_windows(rows, config, cuts) == windows
+    assert _patience_windows(rows, cuts, _cut_counts(rows, config)) == windows
     assert _cooldown_spans(rows) == cooldowns
     assert _open_window(rows) == open_window
 
@@ -314,3 +315,58 @@ def test_chart_robust_axis_keeps_the_plateau_readable() -> None:
     assert high < 0.5
     assert low < 0.26
     assert "off the axis (early values)" in _texts(fig)
+
+
+def test_plot_comparison_names_each_policy_of_a_grid_of_detectors(tmp_path: Path) -> None:
+    """A what-if chart over several detectors (names, not numbers) is drawn, each LR line named by its policy."""
+    from lightning_plateau import plot_comparison
+    from lightning_plateau.chart import _comparison_figure
+    from lightning_plateau.compare import compare
+
+    values = [1.0, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
+    outcomes = compare(values, PlateauConfig(patience=2), detector=["best", "slope"], patience=[2, 3])
+    texts = _texts(_comparison_figure(values, outcomes))
+    for name in ("detector best, patience 2", "detector best, patience 3", "detector slope, patience 2"):
+        assert name in texts
+    assert png_size(plot_comparison(values, outcomes, tmp_path / "what-if.png")) == (1210, 660)
+
+
+def test_chart_slope_cut_shows_the_count_that_called_for_it() -> None:
+    """A slope cut over 6 evaluations (patience 3, window 8): the panel climbs to 6 and the band spans those 6."""
+    from lightning_plateau.chart import _plateau_figure
+
+    values = [0.73, 0.59, 0.59, 0.51, 0.45, 0.49, 0.81, 1.0, 0.5, 0.43]
+    config = PlateauConfig(patience=3, detector="slope", slope_window=8)
+    result = replay(values, config, lr=0.1)
+    assert [(cut.evaluation, cut.num_bad) for cut in result.cuts] == [(7, 6)]
+    assert "over its last 6 evaluations" in result.reasons()[0]
+    rows = result.evaluations()
+    assert _patience_windows(rows, _cuts(rows, config, None), _cut_counts(rows, config)) == [(1, 7)]
+    fig = _plateau_figure(rows, config, initial_lrs=result.initial_lrs, title=None, stop=None)
+    (steps, *_) = fig.axes[1].get_lines()
+    assert list(steps.get_ydata()) == [0, 0, 0, 0, 0, 0, 6, 0, 0, 0]
+    assert fig.axes[1].get_ylim()[1] > 6
+    assert "patience 3: without decrease over more than 3 evaluations cuts" in _texts(fig)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PlateauConfig(patience=2, detector="slope", slope_window=9),
+        PlateauConfig(patience=3, detector="slope", slope_window=12, slope_robust=True, cooldown=2),
+        PlateauConfig(patience=2, detector="slope", mode="max", slope_confidence=0.8),
+        PlateauConfig(patience=1, detector="slope", slope_window=6, warmup_steps=25, on_nonfinite="skip"),
+        PlateauConfig(patience=2, smoothing=0.5, cooldown=1),
+    ],
+    ids=["window-9", "robust-cooldown", "max", "warmup-skip", "best-smoothing"],
+)
+def test_chart_cut_counts_are_the_counts_the_rule_cut_at(config: PlateauConfig) -> None:
+    """On noisy histories with NaNs, the count the chart draws at each cut is the count that called for it."""
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        noise = torch.rand(60, generator=generator).tolist()
+        values = [1.0 / (1 + index) + 0.3 * level for index, level in enumerate(noise)]
+        values[17] = values[40] = NAN
+        result = replay(values, config, lr=0.1, global_steps=[10 * (index + 1) for index in range(60)])
+        assert result.cuts
+        assert _cut_counts(result.evaluations(), config) == {cut.evaluation: cut.num_bad for cut in result.cuts}

@@ -101,3 +101,39 @@ def test_explain_comparison_refuses_only_cuts(
     code, out, err = _explain(capsys, monkeypatch, "--patience", 2, 10, "--only-cuts")
     assert (code, out) == (2, "")
     assert "with several values per option the table compares them" in err
+
+
+def test_explain_comparison_plot_of_several_detectors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--detector best slope --plot`: the table and the chart, each policy named by its detector."""
+    chart = tmp_path / "detectors.png"
+    code, out, err = _explain(capsys, monkeypatch, "--patience", 2, "--detector", "best", "slope", "--plot", chart)
+    assert (code, err) == (0, f"lightning-plateau explain: chart written to {chart}\n")
+    assert [line.split()[:2] for line in out.splitlines() if line.startswith("detector ")] == [
+        ["detector", "best"],
+        ["detector", "slope"],
+    ]
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("patience", "where"),
+    [(["3", "8"], "the policy patience 8"), (["8"], "the options given")],
+    ids=["what-if-table", "one-policy"],
+)
+def test_explain_a_stored_setting_that_does_not_fit_a_what_if_names_its_origin_and_the_way_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], patience: list[str], where: str
+) -> None:
+    """The run stored slope_window 6 (patience 3); --patience 8 cannot keep it: the error says the 6 is the run's, which
+    policy failed and which option replaces it; given that option, the table is made."""
+    (tmp_path / "metrics.csv").write_text("epoch,val_loss\n" + "".join(f"{e},{v}\n" for e, v in enumerate(HISTORY)))
+    (tmp_path / "hparams.yaml").write_text("plateau:\n  patience: 3\n  detector: slope\n  slope_window: 6\n")
+    capsys.readouterr()
+    code = main(["explain", str(tmp_path), "--patience", *patience])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert f"{where} cannot be replayed with the run's slope_window 6 (from {tmp_path / 'hparams.yaml'}):" in err
+    assert "`slope_window` must be more than patience (8)" in err
+    assert "Give --slope-window 0 (patience + 1) in its place" in err
+    assert main(["explain", str(tmp_path), "--patience", *patience, "--slope-window", "0"]) == 0

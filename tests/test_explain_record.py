@@ -179,7 +179,7 @@ class _Plain(ScriptedModel):
 
 
 def _unstored_run(tmp_path: Path, values: list[float], **callback: Any) -> tuple[PlateauCallback, Path]:
-    plateau = PlateauCallback(patience=1, **callback)
+    plateau = PlateauCallback(**{"patience": 1, **callback})
     logger = CSVLogger(tmp_path, name="run")
     trainer(tmp_path, max_epochs=len(values), logger=logger, callbacks=[plateau]).fit(_Plain(values))
     return plateau, Path(logger.log_dir)
@@ -226,7 +226,7 @@ def test_explain_refuses_an_assumed_setting_the_run_recorded_otherwise(
         (cut.evaluation, list(cut.lrs_after)) for cut in plateau.scheduler.cuts
     ]
     # the settings the run did not store, and nobody gave, are named as assumed
-    assert "restore_best_on_cut off (assumed: not stored with the run" in report["settings"]
+    assert "restore_best_on_cut off, smoothing 0, detector best (assumed: not stored with the run" in report["settings"]
     other = "warmup_steps 0" if "skip" in option else "on_nonfinite bad"
     assert other in report["settings"].split("(assumed: not stored with the run")[0]
 
@@ -461,3 +461,114 @@ def test_explain_windows_of_a_ddp_run_replays_the_mean_over_ranks(
     assert (code, out) == (2, "")
     assert "is 6.0000, but the run judged 4.0000 there" in err
     assert "under DDP rank zero's alone" in err
+
+
+_SMOOTHED_RUN = [1.0, 0.6, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+# the slope's count goes from 0 to 3 at evaluation 4, and no cut is made (patience 6)
+_SLOPE_RUN = [1.0, 0.9, 0.85, 0.9, 0.8, 0.82, 0.84, 0.83, 0.85, 0.84]
+
+
+def _cuts(report: dict[str, Any]) -> list[tuple[int, list[float]]]:
+    return [(cut["evaluation"], cut["lrs_after"]) for cut in report["cuts"]]
+
+
+def _live_cuts(plateau: PlateauCallback) -> list[tuple[int, list[float]]]:
+    assert plateau.scheduler is not None
+    return [(cut.evaluation, list(cut.lrs_after)) for cut in plateau.scheduler.cuts]
+
+
+def test_explain_refuses_assumed_smoothing_the_run_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run with smoothing 0.6 that stored no settings: its plateau/smoothed proves smoothing was on, and gives the
+    weight; refused (one policy, or a what-if table), then exact with --smoothing 0.6."""
+    plateau, log_dir = _unstored_run(tmp_path, _SMOOTHED_RUN, smoothing=0.6)
+    for compared in ([], ["2"]):
+        code, out, err = explain(capsys, log_dir, "--patience", "1", *compared)
+        assert (code, out) == (2, "")
+        assert "at evaluation 1 (epoch 0, global step 4) it judged a moving average of the values, 1.0000" in err
+        assert "its smoothing was on (its averages say 0.6), where this replay assumed smoothing 0" in err
+        assert "Pass --smoothing with the run's" in err
+    code, out, err = explain(capsys, log_dir, "--patience", "1", "--smoothing", "0.6", "--json")
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    assert _cuts(report) == _live_cuts(plateau)
+    averages = [pytest.approx(row.smoothed) for row in plateau.history]
+    assert [row["smoothed"] for row in report["evaluations"]] == averages
+    # another weight given: a what-if, warned where the averages part, with the run's weight
+    code, _, err = explain(capsys, log_dir, "--patience", "1", "--smoothing", "0.5")
+    assert code == 0
+    assert "evaluation 2 (epoch 1, global step 8): the run judged the moving average 0.8400" in err
+    assert "Its averages say smoothing 0.6. The smoothing given is not the run's." in err
+
+
+def test_explain_refuses_the_assumed_best_detector_of_a_slope_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A slope run without a cut that stored no settings: its plateau/num_bad jumps from 0 to 3, which torch's count
+    never does. Refused, though the LRs agree; exact with --detector slope."""
+    plateau, log_dir = _unstored_run(tmp_path, _SLOPE_RUN, detector="slope", patience=6)
+    assert plateau.scheduler is not None
+    assert plateau.scheduler.cuts == []
+    for compared in (["6"], ["6", "7"]):
+        code, out, err = explain(capsys, log_dir, "--patience", *compared)
+        assert (code, out) == (2, "")
+        assert "its count (plateau/num_bad) goes from 0 to 3 at evaluation 4, which torch's rule never does" in err
+        assert "it used the slope detector, where this replay assumed detector best" in err
+    code, out, err = explain(capsys, log_dir, "--patience", "6", "--detector", "slope", "--json")
+    assert (code, err) == (0, "")
+    assert [row["num_bad"] for row in json.loads(out)["evaluations"]] == [row.num_bad for row in plateau.history]
+
+
+def test_explain_counts_the_record_contradicts_refuse_assumed_settings_and_warn_given_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run with patience 1 that stored none: a replay assuming patience 10 counts otherwise at the run's first cut;
+    refused, naming what was assumed and the patience its count says; given --patience 3, a warned what-if."""
+    plateau, log_dir = _unstored_run(tmp_path, [1.0, 0.5, 0.9, 0.9, 0.9, 0.9])
+    assert [cut.evaluation for cut in plateau.scheduler.cuts] == [4, 6]  # type: ignore[union-attr]
+    code, out, err = explain(capsys, log_dir)
+    assert (code, out) == (2, "")
+    assert "evaluation 4 (epoch 3, global step 16): the run's count after it was 0 (plateau/num_bad of" in err
+    assert "this replay's is 2. Under torch's rule (detector best), its count before the cut of" in err
+    assert "evaluation 4 says patience 1." in err
+    assert "The settings that decide it were assumed (not stored with the run):" in err
+    assert "mode min, threshold 0.0001, threshold_mode rel, patience 10, cooldown 0, detector best." in err
+    assert "Pass --mode, --threshold, --threshold-mode, --patience, --cooldown, --detector with the run's." in err
+    code, _, err = explain(capsys, log_dir, "--patience", "3")
+    assert code == 0
+    assert "The patience given is not the run's, or an assumed setting is not (mode, threshold" in err
+    # a what-if table varying the factor alone (which decides no count) is checked as one replay is
+    code, out, err = explain(capsys, log_dir, "--factor", "0.1", "0.5")
+    assert (code, out) == (2, "")
+    assert "The settings that decide it were assumed (not stored with the run):" in err
+    # another column is not the run's judged values: its counts are not compared
+    assert explain(capsys, log_dir, "--monitor", "val_mse", "--patience", "1")[0] == 0
+
+
+def test_explain_names_assumed_smoothing_and_detector(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run that stored no settings: the settings line names smoothing 0 and detector best as assumed."""
+    _, log_dir = _unstored_run(tmp_path, [1.0, 0.9, 0.8])
+    code, out, err = explain(capsys, log_dir, "--patience", "1", "--json")
+    assert (code, err) == (0, "")
+    settings = json.loads(out)["settings"]
+    assert "smoothing 0, detector best (assumed: not stored with the run; give" in settings
+    assert "--smoothing, --detector if it had others)" in settings
+
+
+def test_explain_monitor_plateau_smoothed_replays_the_averages_as_judged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--monitor plateau/smoothed: the averages the run judged, not smoothed again (said), with the run's cuts;
+    --smoothing with it is refused."""
+    plateau, log_dir = _unstored_run(tmp_path, _SMOOTHED_RUN, smoothing=0.6)
+    code, out, err = explain(capsys, log_dir, "--monitor", "plateau/smoothed", "--patience", "1", "--json")
+    assert code == 0, err
+    assert "holds the moving averages the run judged: replayed as they are, not smoothed again" in err
+    assert "warning" not in err
+    report = json.loads(out)
+    assert [row["value"] for row in report["evaluations"]] == [pytest.approx(row.smoothed) for row in plateau.history]
+    assert [row["smoothed"] for row in report["evaluations"]] == [None] * len(plateau.history)
+    assert _cuts(report) == _live_cuts(plateau)
+    assert "smoothing" not in report["settings"]
+    code, out, err = explain(capsys, log_dir, "--monitor", "plateau/smoothed", "--smoothing", "0.6")
+    assert (code, out) == (2, "")
+    assert "plateau/smoothed holds the moving averages the run judged; --smoothing averages the values" in err

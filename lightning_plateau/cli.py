@@ -966,11 +966,19 @@ def _summary(result: Replay) -> str:
     elif last.cooldown:
         text += f" It ends in cooldown ({plural(last.cooldown, 'evaluation')} left)."
     elif not last.cut:
-        text += (
-            f" It ends with {plural(last.num_bad, 'evaluation')} {make_detector(config).lacking(config.mode)};"
-            f" a cut needs {config.patience + 1} (patience {config.patience})."
-        )
+        text += f" It ends with {plural(last.num_bad, 'evaluation')} {make_detector(config).lacking(config.mode)}"
+        if _exhausted(config, result.final_lrs):
+            # A cut would change no LR any more: how many evaluations it needs says nothing about the LR.
+            text += f"; the lr {format_lrs(result.final_lrs)} is at its floor (min_lr, eps): no cut can lower it."
+        else:
+            text += f"; a cut needs {config.cut_period - config.cooldown} (patience {config.patience})."
     return text
+
+
+def _exhausted(config: PlateauConfig, lrs: Sequence[float]) -> bool:
+    """Whether a cut would change no LR: torch's own test for applying one, ``lr - max(lr * factor, min_lr) <= eps``."""
+    floors = config.min_lr if isinstance(config.min_lr, list) else [config.min_lr] * len(lrs)
+    return all(lr - max(lr * config.factor, floor) <= config.eps for lr, floor in zip(lrs, floors, strict=False))
 
 
 def _json(

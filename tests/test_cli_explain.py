@@ -529,3 +529,33 @@ def test_explain_one_value_per_line_each_with_a_trailing_comma(
     code, out, err = explain(capsys, "-", "--json", stdin="1.0,\n0.9,\n0.8;\n", monkeypatch=monkeypatch)
     assert (code, err) == (0, "")
     assert [row["value"] for row in json.loads(out)["evaluations"]] == [1.0, 0.9, 0.8]
+
+
+@pytest.mark.parametrize(
+    ("values", "options", "ending"),
+    [
+        # cut to min_lr at evaluation 3; no cut can lower the LR after it
+        (
+            "1 1 1 1 1",
+            ("--patience", "1", "--lr", "0.1", "--min-lr", "0.01"),
+            "the lr 0.01 is at its floor (min_lr, eps): no cut can lower it.",
+        ),
+        ("1 0.9 0.95", ("--patience", "4"), "a cut needs 5 (patience 4)."),
+        # the slope needs three values on its line: with patience 1 a cut needs 3, not 2
+        ("1 0.9 0.95", ("--patience", "1", "--detector", "slope"), "a cut needs 3 (patience 1)."),
+    ],
+)
+def test_explain_summary_says_what_a_cut_needs_or_that_none_can_come(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    values: str,
+    options: tuple[str, ...],
+    ending: str,
+) -> None:
+    """The summary's last sentence: the evaluations a cut needs under the rule in use, or, with the LR at its floor,
+    that no cut can lower it (not a count of evaluations that would change nothing)."""
+    code, out, _ = explain(capsys, "-", *options, stdin=values + "\n", monkeypatch=monkeypatch)
+
+    assert code == 0
+    summary = out.strip().splitlines()[-1]
+    assert summary.endswith(ending)

@@ -560,7 +560,8 @@ class _Trace:
     ``steps`` (``plateau/global_step``), ``reductions`` (``plateau/reductions``), ``warmup`` (``plateau/warmup``),
     ``values`` (``plateau/value``), ``skipped`` (``plateau/skipped``), ``restored_from`` (``plateau/restored_from``),
     ``epochs``, ``evaluations`` (``plateau/evaluation``), ``num_bad`` (``plateau/num_bad``), ``smoothed``
-    (``plateau/smoothed``) and ``warmup_start`` (``plateau/warmup_start_step``) hold one entry per traced
+    (``plateau/smoothed``), ``warmup_start`` (``plateau/warmup_start_step``) and ``withheld`` (``plateau/withheld``,
+    logged under a cut limit) hold one entry per traced
     evaluation, ``None`` where the run did not trace it; ``positions`` the index of its row among the rows read.
     """
 
@@ -578,6 +579,7 @@ class _Trace:
     num_bad: list[Optional[int]] = field(default_factory=list)
     smoothed: list[Optional[float]] = field(default_factory=list)
     warmup_start: list[Optional[int]] = field(default_factory=list)
+    withheld: list[Optional[bool]] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
 
     def trainer_steps(self) -> Optional[list[Optional[int]]]:
@@ -622,6 +624,10 @@ class _Trace:
             [None if source is None else (source, _epoch_of(self.epochs, source)) for source in self.restored_from],
             num_bad=self.num_bad,
             smoothed=self.smoothed,
+            # Traced only under a cut limit (PlateauEarlyStopping(max_reductions=K)): a log without the column
+            # cannot tell whether the run had one.
+            withheld=next((index + 1 for index, flag in enumerate(self.withheld) if flag), None),
+            knows_withheld=any(flag is not None for flag in self.withheld),
         )
 
 
@@ -693,6 +699,7 @@ _TRACE_COLUMNS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "num_bad": ("plateau/num_bad", _trace_int),
     "smoothed": ("plateau/smoothed", _trace_float),
     "warmup_start": ("plateau/warmup_start_step", _trace_int),
+    "withheld": ("plateau/withheld", _trace_flag),
 }
 
 

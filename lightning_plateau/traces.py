@@ -59,6 +59,7 @@ def _trace_metrics(
     warmup: bool = False,
     skip: bool = False,
     warmup_start: int = 0,
+    limit: bool = False,
 ) -> dict[str, float]:
     """The metrics logged for one evaluation: the scheduler's state right after its decision, cuts so far.
 
@@ -66,7 +67,8 @@ def _trace_metrics(
     ``warmup`` and ``skip`` (whether the plateau has a warmup, whether it skips non-finite values) add the flags
     ``plateau/warmup`` and ``plateau/skipped``, so a run with neither logs no column that is always 0. With a warmup
     that counts from a step other than 0 (``warmup_start``: a reused Trainer's fresh fit), ``plateau/warmup_start_step``
-    says where, so a replay of the log places the warmup as the run did.
+    says where, so a replay of the log places the warmup as the run did. Under a cut limit (``limit``:
+    ``PlateauEarlyStopping(max_reductions=K)``), ``plateau/withheld`` is 1 at the evaluation whose cut it withheld.
     """
     metrics: dict[str, float] = {"plateau/value": row.value}
     if row.smoothed is not None:
@@ -88,6 +90,8 @@ def _trace_metrics(
             metrics["plateau/warmup_start_step"] = warmup_start
     if skip:
         metrics["plateau/skipped"] = int(row.skipped)
+    if limit:
+        metrics["plateau/withheld"] = int(row.withheld)
     metrics.update(_lr_metrics(row.lrs))
     if restores is not None:
         metrics["plateau/restores"] = restores
@@ -182,6 +186,7 @@ class _Traces:
             warmup=scheduler.warmup_steps > 0,
             skip=scheduler.on_nonfinite == "skip",
             warmup_start=scheduler.warmup_start_step,
+            limit=scheduler._cut_limit is not None,
         )
         # A window is judged at its last training batch's end: the step its last per-step value is logged at.
         step = self._last_step = logging_step(trainer, batch_end=row.window is not None)

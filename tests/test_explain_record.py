@@ -6,6 +6,7 @@ the evaluation, the record and the option to pass) where the run's own record co
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import struct
@@ -162,7 +163,20 @@ def test_explain_shows_a_cut_withheld_by_max_reductions(tmp_path: Path, capsys: 
     assert "At evaluation 6 (epoch 5) cut 2 was withheld" in out
     assert "weights of evaluations 2, 2" not in out
 
-    # A log does not record the withheld cut: explain says what it assumes and how to give it.
+    # The log traces the withheld cut (plateau/withheld, logged under a cut limit): explain reads it there too.
+    code, out, err = explain(capsys, logger.log_dir, "--json")
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    assert ([cut["evaluation"] for cut in report["cuts"]], report["withheld"]["evaluation"]) == ([4], 6)
+    assert "PlateauEarlyStopping(max_reductions=1) (from " in report["settings"]
+    # A log without that column (an older version's, or with the column dropped) says what it assumes.
+    metrics = Path(logger.log_dir) / "metrics.csv"
+    rows = list(csv.DictReader(metrics.open()))
+    kept = [name for name in rows[0] if name != "plateau/withheld"]
+    with metrics.open("w", newline="") as sink:
+        writer = csv.DictWriter(sink, kept, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
     code, out, err = explain(capsys, logger.log_dir, "--only-cuts")
     assert code == 0
     assert "this replay cuts the lr 0.01 -> 1e-3, but the run's LR stayed 0.01" in err

@@ -711,7 +711,8 @@ def _run_config(args: argparse.Namespace, history: History, policy: Optional[str
         ways = " or ".join(f"--{name.replace('_', '-')} {_default_text(name)}" for name in culprits)
         every = " (for every policy compared)" if policy is not None else ""
         raise ValueError(
-            f"{history.name}: {where} cannot be replayed with the run's {stored} (from {history.policy_from}): {error}."
+            f"{history.name}: {where} cannot be replayed with the run's {stored} (from {history.policy_from}):"
+            f" {str(error).rstrip('.')}."
             f" Give {ways} in its place{every}, or another value that fits."
         ) from None
 

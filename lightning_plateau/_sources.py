@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-from lightning_plateau._rule import _warmup_end_of, warmup_lrs
+from lightning_plateau._rule import _POLICY, _warmup_end_of, warmup_lrs
 from lightning_plateau.config import PlateauConfig
 
 _DEFAULT_MONITOR = PlateauConfig().monitor
@@ -507,28 +507,7 @@ def optimizer_steps(history: History) -> Optional[list[int]]:
 
 def _scheduler_policy(state: Mapping[str, Any]) -> dict[str, Any]:
     """The policy a PlateauScheduler's checkpointed state holds (what ``state_dict`` writes), ``{}`` if none."""
-    policy = {
-        key: state[key]
-        for key in (
-            "mode",
-            "factor",
-            "patience",
-            "threshold",
-            "threshold_mode",
-            "cooldown",
-            "eps",
-            "monitor",
-            "warmup_steps",
-            "warmup_start_factor",
-            "on_nonfinite",
-            "smoothing",
-            "detector",
-            "slope_window",
-            "slope_confidence",
-            "slope_robust",
-        )
-        if key in state
-    }
+    policy = {key: state[key] for key in (*_POLICY, "monitor") if key in state}
     min_lrs = state.get("min_lrs")
     if isinstance(min_lrs, list) and min_lrs:
         policy["min_lr"] = min_lrs[0] if len(set(min_lrs)) == 1 else list(min_lrs)

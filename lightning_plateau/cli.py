@@ -49,30 +49,10 @@ _RESET = "\033[0m"
 _JSON_CHUNK = 10_000
 # The fields of a ReplayRow and of a PlateauCut that can be NaN or infinite.
 _NON_FINITE_FIELDS = ("value", "best", "smoothed")
-# The PlateauConfig fields that are options (`--threshold-mode` sets threshold_mode); `strict` means nothing here.
 # The options that take several values, to compare the policies they make.
 _GRID_OPTIONS = ("factor", "patience", "threshold", "cooldown", "detector", "smoothing")
-_CONFIG_OPTIONS = (
-    "monitor",
-    "mode",
-    "factor",
-    "patience",
-    "threshold",
-    "threshold_mode",
-    "cooldown",
-    "min_lr",
-    "eps",
-    "warmup_steps",
-    "warmup_start_factor",
-    "on_nonfinite",
-    "window_steps",
-    "restore_best_on_cut",
-    "smoothing",
-    "detector",
-    "slope_window",
-    "slope_confidence",
-    "slope_robust",
-)
+# The PlateauConfig fields that are options (`--threshold-mode` sets threshold_mode); `strict` means nothing here.
+_CONFIG_OPTIONS = tuple(field.name for field in dataclasses.fields(PlateauConfig) if field.name != "strict")
 # The settings of the slope detector, named only with it.
 _SLOPE_OPTIONS = ("slope_window", "slope_confidence", "slope_robust")
 # Settings named on the settings line only where given or stored with the run: off, they change nothing a replay shows.

@@ -248,28 +248,7 @@ class _PlateauRule(ReduceLROnPlateau):
                 f"PlateauScheduler(optimizer, {config!r}): the second argument is a PlateauConfig. Pass torch's"
                 f" ReduceLROnPlateau arguments by keyword, e.g. PlateauScheduler(optimizer, mode={config!r})."
             )
-        fields = dict(
-            monitor=monitor,
-            mode=mode,
-            factor=factor,
-            patience=patience,
-            threshold=threshold,
-            threshold_mode=threshold_mode,
-            cooldown=cooldown,
-            min_lr=min_lr,
-            eps=eps,
-            strict=strict,
-            warmup_steps=warmup_steps,
-            warmup_start_factor=warmup_start_factor,
-            on_nonfinite=on_nonfinite,
-            window_steps=window_steps,
-            restore_best_on_cut=restore_best_on_cut,
-            smoothing=smoothing,
-            detector=detector,
-            slope_window=slope_window,
-            slope_confidence=slope_confidence,
-            slope_robust=slope_robust,
-        )
+        fields = PlateauConfig.keyword_fields(locals())
         # Whether the monitor was named (a config, or `monitor=`): torch's keywords name none, and then the
         # "monitor" of Lightning's scheduler dict says which metric this scheduler watches.
         monitor_given = (

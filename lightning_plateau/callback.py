@@ -141,28 +141,7 @@ class PlateauCallback(Callback):
             raise ValueError(f"`log_traces` must be True or False, got {log_traces!r}")
         self.log_traces = log_traces
         self._traces = _Traces()
-        fields = dict(
-            monitor=monitor,
-            mode=mode,
-            factor=factor,
-            patience=patience,
-            threshold=threshold,
-            threshold_mode=threshold_mode,
-            cooldown=cooldown,
-            min_lr=min_lr,
-            eps=eps,
-            strict=strict,
-            warmup_steps=warmup_steps,
-            warmup_start_factor=warmup_start_factor,
-            on_nonfinite=on_nonfinite,
-            window_steps=window_steps,
-            restore_best_on_cut=restore_best_on_cut,
-            smoothing=smoothing,
-            detector=detector,
-            slope_window=slope_window,
-            slope_confidence=slope_confidence,
-            slope_robust=slope_robust,
-        )
+        fields = PlateauConfig.keyword_fields(locals())
         self.config: Optional[PlateauConfig] = None
         if config is not None or any(value is not None for value in fields.values()):
             self.config = PlateauConfig.from_arguments("PlateauCallback", config, fields)

@@ -334,6 +334,15 @@ class PlateauConfig:
         raise TypeError(f"Expected a PlateauConfig or a dict of its fields, got {type(config).__name__}: {config!r}")
 
     @classmethod
+    def keyword_fields(cls, namespace: Mapping[str, Any]) -> dict[str, Any]:
+        """The entries of ``namespace`` that are fields, e.g. of an ``__init__``'s ``locals()`` that writes them out.
+
+        ``PlateauScheduler`` and ``PlateauCallback`` name every field as a keyword of their own (LightningCLI and
+        ``help()`` read the signature); taking them back from ``locals()`` keeps a keyword from being forgotten.
+        """
+        return {field.name: namespace[field.name] for field in dataclasses.fields(cls)}
+
+    @classmethod
     def from_arguments(
         cls, owner: str, config: "PlateauConfig | Mapping[str, Any] | None", fields: Mapping[str, Any]
     ) -> "PlateauConfig":
